@@ -1,0 +1,133 @@
+"""Reading a model bundle (the folder `ppvl-ocr convert` writes; layout in convert.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelError
+
+BUNDLE_FORMAT = "ppvl-bundle"
+BUNDLE_FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+# The demo model shipped inside the package (issue 5): used when no model is configured.
+DEMO_BUNDLE = Path(__file__).parent / "demo"
+
+GET_A_MODEL = (
+    "convert the real model with `ppvl-ocr convert PaddlePaddle/PaddleOCR-VL -o BUNDLE` "
+    "(download it first if this machine is offline) and pass --model BUNDLE"
+)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_bundle(path: Path) -> bool:
+    try:
+        return json.loads((path / MANIFEST).read_text()).get("format") == BUNDLE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def resolve_model(model: str | Path | None) -> Path:
+    """The bundle folder for --model: a path, or `demo` / nothing for the bundled demo model."""
+    if model is None or str(model) == "demo":
+        if not (DEMO_BUNDLE / MANIFEST).is_file():
+            raise ModelError(f"the demo model is not installed with this package; {GET_A_MODEL}")
+        return DEMO_BUNDLE
+    return Path(model).expanduser()
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: str | Path) -> Bundle:
+        """Open and validate a bundle; every problem is one ModelError line."""
+        path = Path(path)
+        if not path.exists():
+            raise ModelError(f"{path}: no such model bundle; {GET_A_MODEL}")
+        if not path.is_dir():
+            raise ModelError(f"{path}: not a model bundle (a bundle is a folder); {GET_A_MODEL}")
+        manifest_file = path / MANIFEST
+        if not manifest_file.is_file():
+            if (path / "config.json").is_file():
+                raise ModelError(
+                    f"{path}: this is a Hugging Face checkpoint, not a bundle; run `ppvl-ocr convert {path} -o BUNDLE` first"
+                )
+            raise ModelError(f"{path}: not a model bundle (no {MANIFEST}); {GET_A_MODEL}")
+        try:
+            manifest = json.loads(manifest_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{manifest_file}: unreadable manifest ({exc})") from exc
+        if manifest.get("format") != BUNDLE_FORMAT:
+            raise ModelError(f"{path}: not a ppvl-ocr model bundle")
+        if manifest.get("format_version", 0) > BUNDLE_FORMAT_VERSION:
+            raise ModelError(
+                f"{path}: bundle format {manifest.get('format_version')} is newer than this ppvl-ocr understands; upgrade ppvl-ocr"
+            )
+        for name, info in manifest.get("files", {}).items():
+            f = path / name
+            if not f.is_file():
+                raise ModelError(f"{path}: bundle file {name} is missing; convert the model again")
+            if f.stat().st_size != info["bytes"]:
+                raise ModelError(f"{path}: bundle file {name} has the wrong size (truncated copy?); convert the model again")
+        return cls(path, manifest)
+
+    @property
+    def id(self) -> str:
+        return self.manifest["id"]
+
+    @property
+    def model_version(self) -> str:
+        return self.manifest.get("model_version", "?")
+
+    @property
+    def prompt_style(self) -> str:
+        return self.manifest.get("prompt_style", "?")
+
+    @property
+    def quants(self) -> dict[str, str]:
+        return self.manifest["text"]["quants"]
+
+    @property
+    def default_quant(self) -> str:
+        return self.manifest["text"]["default_quant"]
+
+    def text_gguf(self, quant: str | None = None) -> Path:
+        quant = (quant or self.default_quant).upper()
+        if quant not in self.quants:
+            raise ModelError(f"{self.path}: has no {quant} decoder (it has {', '.join(self.quants)})")
+        return self.path / self.quants[quant]
+
+    @property
+    def vision_file(self) -> Path:
+        return self.path / self.manifest["vision"]["file"]
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        return json.loads((self.path / "config.json").read_text())
+
+    @cached_property
+    def preprocessor(self) -> dict[str, Any]:
+        return json.loads((self.path / "preprocessor_config.json").read_text())
+
+    @cached_property
+    def chat_template(self) -> str:
+        return (self.path / "chat_template.jinja").read_text()
+
+    def verify(self) -> list[str]:
+        """Names of files whose sha256 differs from the manifest."""
+        return [name for name, info in self.manifest["files"].items() if sha256_file(self.path / name) != info["sha256"]]

@@ -1,0 +1,433 @@
+"""PaddleOCR-VL checkpoint -> model bundle.
+
+A bundle is a folder:
+
+    manifest.json            format version, id, source, files with sha256 and sizes, settings
+    config.json              the checkpoint's config (rebuilds the vision tower in PyTorch)
+    preprocessor_config.json image preprocessing (smart_resize limits, mean/std)
+    chat_template.jinja      the prompt template of this model version
+    tokenizer_config.json    tokenizer facts (special tokens, flags)
+    vision.safetensors       vision encoder + projector, at the checkpoint's precision
+    text-<QUANT>.gguf        the ERNIE decoder for llama.cpp (arch `paddleocr`), one per quant
+
+The text GGUF is written by our code with the `gguf` package (design.md section 5), streaming
+one tensor at a time, as F32; llama.cpp's own quantizer (`llama_model_quantize`) then makes each
+requested type from it. Everything is written into a hidden staging folder that is renamed into
+place last, so an interrupted convert never leaves something that looks like a bundle.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .bundle import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST, is_bundle, sha256_file
+from .checkpoint import Checkpoint, open_checkpoint, resolve_source
+from .errors import ModelError, OutputError, UsageError
+
+# --quant name -> llama_ftype (llama.h)
+QUANT_TYPES: dict[str, int] = {
+    "F32": 0,
+    "F16": 1,
+    "Q8_0": 7,
+    "Q5_K_M": 17,
+    "Q4_K_M": 15,
+    "Q4_0": 2,
+}
+DEFAULT_QUANT = "Q4_K_M"
+
+Log = Callable[[str], None]
+
+
+def _no_log(message: str) -> None:
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Vocabulary
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Vocab:
+    tokens: list[bytes]
+    scores: list[float]
+    types: list[int]  # gguf.TokenType values
+    bos_id: int
+    eos_id: int
+    unk_id: int
+    pad_id: int
+    add_bos: bool
+    add_eos: bool
+    add_space_prefix: bool
+
+
+def build_vocab(ckpt: Checkpoint) -> Vocab:
+    """SentencePiece pieces + the tokenizer's added tokens, padded to the model's vocab_size."""
+    import gguf
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString((ckpt.path / "tokenizer.model").read_bytes())
+    except Exception as exc:
+        raise ModelError(f"{ckpt.path / 'tokenizer.model'}: not a SentencePiece model ({exc})") from exc
+    if not proto.pieces:
+        raise ModelError(f"{ckpt.path / 'tokenizer.model'}: not a SentencePiece model (no pieces)")
+
+    # sentencepiece's piece types use the same numbering as gguf.TokenType (NORMAL=1 ... BYTE=6).
+    tokens = [p.piece.encode("utf-8") for p in proto.pieces]
+    scores = [float(p.score) for p in proto.pieces]
+    types = [int(p.type) for p in proto.pieces]
+
+    added: dict[int, tuple[str, bool]] = {}
+    added_json = ckpt.path / "added_tokens.json"
+    if added_json.is_file():
+        for content, idx in json.loads(added_json.read_text(encoding="utf-8")).items():
+            added[int(idx)] = (content, True)
+    for idx, entry in ckpt.tokenizer_config.get("added_tokens_decoder", {}).items():
+        added[int(idx)] = (entry["content"], bool(entry.get("special", False)))
+
+    size = max(ckpt.text.vocab_size, len(tokens), max(added, default=-1) + 1)
+    while len(tokens) < size:  # llama.cpp needs a row of the embedding for every id
+        tokens.append(f"[PAD{len(tokens)}]".encode())
+        scores.append(0.0)
+        types.append(int(gguf.TokenType.UNUSED))
+    for idx, (content, special) in added.items():
+        if idx >= len(proto.pieces):
+            tokens[idx] = content.encode("utf-8")
+            scores[idx] = -1000.0
+        if types[idx] != int(gguf.TokenType.UNKNOWN):
+            types[idx] = int(gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED)
+
+    by_text = {t: i for i, t in enumerate(tokens)}
+    cfg = ckpt.tokenizer_config
+
+    def token_id(key: str, default: int) -> int:
+        value = cfg.get(key)
+        if isinstance(value, dict):
+            value = value.get("content")
+        return by_text.get(value.encode("utf-8"), default) if isinstance(value, str) else default
+
+    return Vocab(
+        tokens=tokens,
+        scores=scores,
+        types=types,
+        bos_id=token_id("bos_token", 1),
+        eos_id=token_id("eos_token", 2),
+        unk_id=token_id("unk_token", 0),
+        pad_id=token_id("pad_token", 0),
+        add_bos=bool(cfg.get("add_bos_token", False)),
+        add_eos=bool(cfg.get("add_eos_token", False)),
+        add_space_prefix=bool(cfg.get("add_prefix_space", proto.normalizer_spec.add_dummy_prefix)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Text decoder -> GGUF
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PlannedTensor:
+    name: str  # GGUF name
+    shape: tuple[int, ...]
+    load: Callable[[], np.ndarray]
+
+
+def _plan_text_tensors(ckpt: Checkpoint) -> list[PlannedTensor]:
+    """Every decoder tensor with its GGUF name and shape, loaded only when written."""
+    import gguf
+    from safetensors import safe_open
+
+    hp = ckpt.text
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.PADDLEOCR, hp.num_hidden_layers)
+    q_rows = hp.num_attention_heads * hp.head_dim
+    kv_rows = hp.num_key_value_heads * hp.head_dim
+
+    def loader(file: Path, raw: str, rows: slice | None = None) -> Callable[[], np.ndarray]:
+        def load() -> np.ndarray:
+            with safe_open(str(file), framework="pt") as st:
+                tensor = st.get_slice(raw)[rows] if rows is not None else st.get_tensor(raw)
+            return tensor.float().numpy()
+
+        return load
+
+    def shape_of(file: Path, raw: str) -> tuple[int, ...]:
+        with safe_open(str(file), framework="pt") as st:
+            return tuple(st.get_slice(raw).get_shape())
+
+    planned: list[PlannedTensor] = []
+    for canon, (file, raw) in sorted(ckpt.tensor_names().items()):
+        if not (canon.startswith("text.") or canon == "lm_head.weight"):
+            continue
+        hf_name = "lm_head.weight" if canon == "lm_head.weight" else "model." + canon[len("text."):]
+        shape = shape_of(file, raw)
+        # Some exports fuse q/k/v and gate/up; llama.cpp wants them apart.
+        if ".qkv_proj." in hf_name:
+            bounds = [("q_proj", 0, q_rows), ("k_proj", q_rows, q_rows + kv_rows), ("v_proj", q_rows + kv_rows, q_rows + 2 * kv_rows)]
+            parts = [(hf_name.replace("qkv_proj", p), slice(a, b)) for p, a, b in bounds]
+        elif ".up_gate_proj." in hf_name:
+            half = shape[0] // 2
+            parts = [(hf_name.replace("up_gate_proj", "gate_proj"), slice(0, half)),
+                     (hf_name.replace("up_gate_proj", "up_proj"), slice(half, shape[0]))]
+        else:
+            parts = [(hf_name, None)]
+        for part_name, rows in parts:
+            gguf_name = name_map.get_name(part_name, try_suffixes=(".weight", ".bias"))
+            if gguf_name is None:
+                raise ModelError(f"{ckpt.path}: unexpected decoder tensor {raw!r}")
+            part_shape = shape if rows is None else (rows.stop - rows.start, *shape[1:])
+            planned.append(PlannedTensor(gguf_name, part_shape, loader(file, raw, rows)))
+
+    names = {t.name for t in planned}
+    for required in ("token_embd.weight", "output_norm.weight", "blk.0.attn_q.weight"):
+        if required not in names:
+            raise ModelError(f"{ckpt.path}: decoder weights incomplete ({required} has no source tensor)")
+    if "output.weight" not in names and not hp.tie_word_embeddings:
+        raise ModelError(f"{ckpt.path}: lm_head.weight is missing and the config does not tie it to the embeddings")
+    return planned
+
+
+def write_text_gguf(ckpt: Checkpoint, out: Path, log: Log = _no_log, progress: bool = False) -> None:
+    """The decoder as an F32 GGUF of arch `paddleocr`, streamed tensor by tensor."""
+    import gguf
+    from tqdm import tqdm
+
+    hp = ckpt.text
+    vocab = build_vocab(ckpt)
+    planned = _plan_text_tensors(ckpt)
+    # If lm_head is present it must become output.weight: llama.cpp silently reuses the
+    # embeddings when output.weight is missing (design.md section 1).
+    writer = gguf.GGUFWriter(str(out), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.PADDLEOCR])
+    writer.add_name(ckpt.path.name)
+    writer.add_context_length(hp.max_position_embeddings)
+    writer.add_embedding_length(hp.hidden_size)
+    writer.add_block_count(hp.num_hidden_layers)
+    writer.add_feed_forward_length(hp.intermediate_size)
+    writer.add_head_count(hp.num_attention_heads)
+    writer.add_head_count_kv(hp.num_key_value_heads)
+    writer.add_key_length(hp.head_dim)
+    writer.add_value_length(hp.head_dim)
+    writer.add_rope_dimension_count(hp.head_dim)
+    writer.add_rope_freq_base(hp.rope_theta)
+    writer.add_rope_dimension_sections([*hp.mrope_section, 0])
+    writer.add_layer_norm_rms_eps(hp.rms_norm_eps)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_scores(vocab.scores)
+    writer.add_token_types(vocab.types)
+    writer.add_bos_token_id(vocab.bos_id)
+    writer.add_eos_token_id(vocab.eos_id)
+    writer.add_unk_token_id(vocab.unk_id)
+    writer.add_pad_token_id(vocab.pad_id)
+    writer.add_add_bos_token(vocab.add_bos)
+    writer.add_add_eos_token(vocab.add_eos)
+    writer.add_add_space_prefix(vocab.add_space_prefix)
+    writer.add_chat_template(ckpt.chat_template)
+
+    for t in planned:
+        writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), int(np.prod(t.shape)) * 4)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for t in tqdm(planned, desc="text decoder", unit="tensor", disable=not progress, file=None):
+        data = np.ascontiguousarray(t.load(), dtype=np.float32)
+        if data.shape != t.shape:
+            raise ModelError(f"{ckpt.path}: tensor for {t.name} has shape {data.shape}, expected {t.shape}")
+        writer.write_tensor_data(data)
+    writer.close()
+    log(f"wrote text decoder: {len(planned)} tensors, vocab {len(vocab.tokens)}")
+
+
+def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> None:
+    """llama.cpp's quantizer, in process: no llama.cpp binary needed."""
+    import llama_cpp
+
+    from .decoder import init_llama
+
+    init_llama()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = QUANT_TYPES[quant]
+    params.nthread = threads or 0
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), llama_cpp.byref(params)) != 0:
+        raise ModelError(f"llama.cpp could not quantize the decoder to {quant}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Vision tower -> safetensors
+# ---------------------------------------------------------------------------------------------
+
+
+def write_vision(ckpt: Checkpoint, out: Path) -> dict[str, Any]:
+    """Vision encoder and projector under the names of ppvl_batch.vision.VisionTower, at the
+    checkpoint's own precision."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, tensor in ckpt.iter_tensors("visual."):
+        tensors[name] = tensor.contiguous()
+    for name, tensor in ckpt.iter_tensors("projector."):
+        tensors[name] = tensor.contiguous()
+    if not any(n.startswith("projector.") for n in tensors) or not any(n.startswith("visual.") for n in tensors):
+        raise ModelError(f"{ckpt.path}: vision encoder or projector weights are missing")
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values()})
+    save_file(tensors, str(out), metadata={"format": "pt"})
+    return {"dtype": dtypes[0] if len(dtypes) == 1 else "mixed", "parameters": sum(t.numel() for t in tensors.values())}
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole conversion
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_quants(quants: tuple[str, ...] | list[str]) -> list[str]:
+    names = []
+    for q in quants or (DEFAULT_QUANT,):
+        q = q.upper()
+        if q not in QUANT_TYPES:
+            raise UsageError(f"unknown quant {q!r}; choose from {', '.join(QUANT_TYPES)}")
+        if q not in names:
+            names.append(q)
+    return names
+
+
+def _check_destination(out: Path, overwrite: bool) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a bundle folder; refusing to overwrite it")
+    if is_bundle(out):
+        if not overwrite:
+            raise OutputError(f"{out}: a bundle is already there; pass --overwrite to replace it")
+        return
+    if any(out.iterdir()):
+        raise OutputError(f"{out}: exists, is not empty and is not a bundle; refusing to overwrite it")
+
+
+def _bundle_id(ckpt: Checkpoint, vision_sha: str) -> str:
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in ckpt.path.resolve().name) or "model"
+    digest = hashlib.sha256((vision_sha + json.dumps(ckpt.config, sort_keys=True)).encode()).hexdigest()
+    return f"{slug}-{digest[:8]}"
+
+
+def convert(
+    source: str,
+    out: str | Path,
+    quants: tuple[str, ...] | list[str] = (DEFAULT_QUANT,),
+    *,
+    overwrite: bool = False,
+    threads: int | None = None,
+    log: Log = _no_log,
+    progress: bool = False,
+) -> Path:
+    """Convert a PaddleOCR-VL checkpoint (folder or hub id) into a bundle at `out`."""
+    quant_names = parse_quants(quants)
+    out = Path(out)
+    _check_destination(out, overwrite)
+    ckpt = open_checkpoint(resolve_source(source))
+    ckpt.tensor_names()  # fail on unreadable shards before any work
+    started = time.monotonic()
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        log(f"converting {ckpt.path} (PaddleOCR-VL {ckpt.model_version}, prompt style {ckpt.prompt_style})")
+        vision_info = write_vision(ckpt, stage / "vision.safetensors")
+        log(f"wrote vision tower: {vision_info['parameters'] / 1e6:.1f}M parameters, {vision_info['dtype']}")
+
+        base = stage / "text-F32.gguf"
+        write_text_gguf(ckpt, base, log, progress)
+        for quant in quant_names:
+            if quant != "F32":
+                log(f"quantizing decoder to {quant}")
+                quantize(base, stage / f"text-{quant}.gguf", quant, threads)
+        if "F32" not in quant_names:
+            base.unlink()
+
+        (stage / "config.json").write_text(json.dumps(ckpt.config, indent=2))
+        (stage / "preprocessor_config.json").write_text(json.dumps(ckpt.preprocessor, indent=2))
+        (stage / "chat_template.jinja").write_text(ckpt.chat_template)
+        tokenizer_facts = {k: v for k, v in ckpt.tokenizer_config.items() if k not in ("chat_template",)}
+        (stage / "tokenizer_config.json").write_text(json.dumps(tokenizer_facts, indent=2))
+
+        files = {
+            f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size}
+            for f in sorted(stage.iterdir())
+        }
+        import gguf
+        import llama_cpp
+
+        manifest = {
+            "format": BUNDLE_FORMAT,
+            "format_version": BUNDLE_FORMAT_VERSION,
+            "id": _bundle_id(ckpt, files["vision.safetensors"]["sha256"]),
+            "model_version": ckpt.model_version,
+            "prompt_style": ckpt.prompt_style,
+            "source": {"path": str(ckpt.path.resolve()), "name": str(source)},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "converter": {
+                "ppvl_batch": __version__,
+                "gguf": getattr(gguf, "__version__", None) or _dist_version("gguf"),
+                "llama_cpp_python": llama_cpp.__version__,
+                "seconds": round(time.monotonic() - started, 1),
+            },
+            "text": {
+                "quants": {q: f"text-{q}.gguf" for q in quant_names},
+                "default_quant": quant_names[0],
+                "context_length": ckpt.text.max_position_embeddings,
+                "vocab_size": ckpt.text.vocab_size,
+                "tied_output": "lm_head.weight" not in ckpt.tensor_names(),
+            },
+            "vision": {"file": "vision.safetensors", **vision_info},
+            "files": files,
+        }
+        # The manifest is written last: a folder without one is never taken for a bundle.
+        (stage / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _move_into_place(stage, out)
+    except OSError as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+            raise OutputError(f"{out}: cannot write the bundle ({os.strerror(exc.errno)})") from exc
+        raise
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    log(f"bundle ready: {out} ({', '.join(quant_names)}) in {time.monotonic() - started:.1f}s")
+    return out
+
+
+def _dist_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def _move_into_place(stage: Path, out: Path) -> None:
+    """Rename the finished staging folder to `out`; an old bundle there is replaced only after
+    the new one is complete."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.rename(out, old)
+        os.rename(stage, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(stage, out)

@@ -1,0 +1,210 @@
+"""The library API shared by the CLI, the server and the benchmarks: a bundle loaded once,
+pages in, text out.
+
+    rec = Recognizer.load("bundle/")                       # vision in PyTorch, decoder in llama.cpp
+    [page] = rec.recognize([Image.open("scan.png")], task="ocr")
+    page.text, page.finish_reason, page.output_tokens
+
+For pipelining, the two stages are separate: `encode` runs vision for a batch of pages, `decode`
+turns one encoded page into text through the one persistent llama.cpp context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from .bundle import Bundle, resolve_model
+from .decoder import DecoderError, RepetitionGuard, Sampling, TextDecoder
+from .prompt import TASKS, V1_TASKS, split_prompt, task_text
+from .vision import ImageEmbedding, ImagePreprocessor, PreparedImage, VisionEncoder, load_vision_tower
+
+__all__ = ["TASKS", "PageResult", "EncodedPage", "Recognizer", "Sampling", "DecoderError"]
+
+DEFAULT_MAX_NEW_TOKENS = 4096
+PROMPT_TEXT_TOKENS = 64  # room for the text around the image in the context
+
+# PaddleOCR-VL 1.5+ spotting: a larger pixel budget, small images upscaled 2x first (model card).
+SPOTTING_MAX_PIXELS = 2048 * 28 * 28
+SPOTTING_UPSCALE_BELOW = 1500
+
+
+@dataclass
+class PageResult:
+    text: str
+    finish_reason: str  # stop | length | repetition | abort
+    image_tokens: int
+    prompt_tokens: int  # text and image tokens of the prompt
+    output_tokens: int
+    width: int  # size of the image the model saw
+    height: int
+    vision_seconds: float
+    prefill_seconds: float
+    decode_seconds: float
+    token_ids: list[int] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return self.vision_seconds + self.prefill_seconds + self.decode_seconds
+
+
+@dataclass
+class EncodedPage:
+    """A page after the vision stage."""
+
+    embedding: ImageEmbedding
+
+    @property
+    def image_tokens(self) -> int:
+        return self.embedding.rows * self.embedding.cols
+
+
+class Recognizer:
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        quant: str | None = None,
+        device: str = "cpu",
+        dtype: str | None = None,
+        threads: int | None = None,
+        n_gpu_layers: int = 0,
+        n_ctx: int | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    ):
+        import torch
+
+        from .decoder import default_threads
+
+        self.bundle = bundle
+        self.quant = (quant or bundle.default_quant).upper()
+        gguf_path = bundle.text_gguf(self.quant)
+        self.threads = threads or default_threads()
+        if device == "cpu":
+            torch.set_num_threads(self.threads)
+        self.preprocessor = ImagePreprocessor(bundle.preprocessor)
+        self.min_pixels = min_pixels or self.preprocessor.min_pixels
+        self.max_pixels = max_pixels or self.preprocessor.max_pixels
+        self.template = bundle.chat_template
+        tower = load_vision_tower(bundle.config, bundle.vision_file, device=device, dtype=dtype)
+        self.vision = VisionEncoder(tower, self.preprocessor, device)
+        self.vision_dtype = str(self.vision.dtype).removeprefix("torch.")
+        max_image_tokens = self._max_image_tokens()
+        self.decoder = TextDecoder(
+            gguf_path,
+            n_ctx=n_ctx or max_image_tokens + PROMPT_TEXT_TOKENS + max_new_tokens,
+            threads=self.threads,
+            n_gpu_layers=n_gpu_layers,
+        )
+        self.max_new_tokens = max_new_tokens
+        self._prompt_ids: dict[str, tuple[list[int], list[int]]] = {}
+
+    @classmethod
+    def load(cls, model: str | Path | None = None, **options) -> Recognizer:
+        """Open a bundle (a path, or `demo`/None for the bundled demo model) and load it."""
+        return cls(Bundle.open(resolve_model(model)), **options)
+
+    @property
+    def model_id(self) -> str:
+        """Bundle id, decoder quant and vision precision: what a result depends on."""
+        return f"{self.bundle.id}:{self.quant}:vision-{self.vision_dtype}"
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return V1_TASKS if self.bundle.prompt_style == "v1" else tuple(TASKS)
+
+    def _max_image_tokens(self) -> int:
+        limit = max(self.max_pixels, SPOTTING_MAX_PIXELS if self.bundle.prompt_style != "v1" else 0)
+        return limit // (28 * 28) + 1
+
+    # -- stage 1: vision ----------------------------------------------------------------------
+
+    def prepare(self, image: Image.Image, task: str | None = "ocr") -> PreparedImage:
+        """smart_resize + patchify for one page (cheap; can run in a prefetch thread)."""
+        min_pixels, max_pixels = self.min_pixels, self.max_pixels
+        if task == "spotting" and self.bundle.prompt_style != "v1":
+            max_pixels = max(max_pixels, SPOTTING_MAX_PIXELS)
+            if image.width < SPOTTING_UPSCALE_BELOW and image.height < SPOTTING_UPSCALE_BELOW:
+                image = image.resize((image.width * 2, image.height * 2), Image.Resampling.LANCZOS)
+        return self.preprocessor(image, min_pixels=min_pixels, max_pixels=max_pixels)
+
+    def encode(self, images: Sequence[Image.Image | PreparedImage], task: str | None = "ocr") -> list[EncodedPage]:
+        """Vision for a batch of pages (any sizes), in as few forward passes as memory allows."""
+        prepared = [im if isinstance(im, PreparedImage) else self.prepare(im, task) for im in images]
+        return [EncodedPage(e) for e in self.vision.encode(prepared)]
+
+    # -- stage 2: decoding --------------------------------------------------------------------
+
+    def prompt_ids(self, task: str | None = "ocr", prompt: str | None = None) -> tuple[list[int], list[int]]:
+        """Token ids of the prompt text before and after the image."""
+        text = task_text(task, prompt)
+        if text not in self._prompt_ids:
+            parts = split_prompt(self.template, text)
+            self._prompt_ids[text] = (self.decoder.tokenize(parts.before_image), self.decoder.tokenize(parts.after_image))
+        return self._prompt_ids[text]
+
+    def decode(
+        self,
+        page: EncodedPage,
+        task: str | None = "ocr",
+        prompt: str | None = None,
+        *,
+        max_new_tokens: int | None = None,
+        sampling: Sampling | None = None,
+        stop: Sequence[str] = (),
+        on_text: Callable[[str], bool | None] | None = None,
+        repetition_guard: bool = True,
+    ) -> PageResult:
+        before, after = self.prompt_ids(task, prompt)
+        gen = self.decoder.generate(
+            before,
+            page.embedding,
+            after,
+            max_new_tokens=max_new_tokens or self.max_new_tokens,
+            sampling=sampling,
+            stop=stop,
+            on_text=on_text,
+            repetition_guard=RepetitionGuard() if repetition_guard else None,
+        )
+        return PageResult(
+            text=gen.text,
+            finish_reason=gen.finish_reason,
+            image_tokens=page.image_tokens,
+            prompt_tokens=gen.prompt_tokens,
+            output_tokens=len(gen.token_ids),
+            width=page.embedding.width,
+            height=page.embedding.height,
+            vision_seconds=page.embedding.seconds,
+            prefill_seconds=gen.prefill_seconds,
+            decode_seconds=gen.decode_seconds,
+            token_ids=gen.token_ids,
+        )
+
+    def recognize(
+        self,
+        images: Sequence[Image.Image],
+        task: str | None = "ocr",
+        prompt: str | None = None,
+        *,
+        max_new_tokens: int | None = None,
+        repetition_guard: bool = True,
+    ) -> list[PageResult]:
+        """Text of each page: one vision batch, then each page through the decoder."""
+        return [
+            self.decode(page, task, prompt, max_new_tokens=max_new_tokens, repetition_guard=repetition_guard)
+            for page in self.encode(images, task)
+        ]
+
+    def close(self) -> None:
+        self.decoder.close()
+
+    def __enter__(self) -> Recognizer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
