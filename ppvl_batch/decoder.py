@@ -28,6 +28,9 @@ from .vision import ImageEmbedding
 
 log = logging.getLogger("ppvl_batch")
 
+# ggml_type of the KV cache
+KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}
+
 _LOG_LEVEL_ERROR = 4  # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error
 _initialized = False
 
@@ -110,6 +113,7 @@ class TextDecoder:
         threads: int | None = None,
         n_gpu_layers: int = 0,
         n_batch: int = 512,
+        kv_type: str = "f16",
     ):
         init_llama()
         mparams = llama_cpp.llama_model_default_params()
@@ -126,6 +130,11 @@ class TextDecoder:
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.no_perf = True
+        # f16 halves the KV cache (about 18 KB per token). f32 gives the reference's numerics, and
+        # then flash attention stays off: on the CPU it rounds queries to f16.
+        cparams.type_k = cparams.type_v = KV_TYPES[kv_type]
+        if kv_type == "f32":
+            cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
@@ -152,16 +161,56 @@ class TextDecoder:
 
     def detokenize(self, ids: Sequence[int]) -> str:
         """Text of generated tokens, special tokens such as <|LOC_12|> kept."""
+        raw = self._detokenize_bytes(ids)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return self._decode_byte_runs(ids, raw)
+
+    def _detokenize_bytes(self, ids: Sequence[int]) -> bytes:
         if not ids:
-            return ""
+            return b""
         arr = _int_array(ids)
         size = 64 + 16 * len(ids)
         while True:
             buf = ctypes.create_string_buffer(size)
             n = llama_cpp.llama_detokenize(self.vocab, arr, len(ids), buf, size, False, True)
             if n >= 0:
-                return buf.raw[:n].decode("utf-8", "replace")
+                return buf.raw[:n]
             size = -n + 16
+
+    def _piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(256)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        return buf.raw[: max(n, 0)]
+
+    def _decode_byte_runs(self, ids: Sequence[int], raw: bytes) -> str:
+        """Invalid UTF-8 can only come from byte-fallback tokens. Like the Hugging Face tokenizer,
+        a run of byte tokens that is not valid UTF-8 becomes one U+FFFD per byte (Python's
+        'replace' would group them differently)."""
+        pieces = [self._piece(t) for t in ids]
+        skip = len(b"".join(pieces)) - len(raw)  # leading space llama.cpp strips from the first piece
+        pieces[0] = pieces[0][skip:]
+        out: list[str] = []
+        run: list[bytes] = []
+
+        def flush() -> None:
+            if run:
+                data = b"".join(run)
+                try:
+                    out.append(data.decode("utf-8"))
+                except UnicodeDecodeError:
+                    out.append("\ufffd" * len(run))
+                run.clear()
+
+        for token, piece in zip(ids, pieces):
+            if llama_cpp.llama_vocab_get_attr(self.vocab, token) & llama_cpp.LLAMA_TOKEN_ATTR_BYTE:
+                run.append(piece)
+            else:
+                flush()
+                out.append(piece.decode("utf-8", "replace"))
+        flush()
+        return "".join(out)
 
     # -- batches ------------------------------------------------------------------------------
 
@@ -222,6 +271,22 @@ class TextDecoder:
 
     # -- one page -----------------------------------------------------------------------------
 
+    def prefill(self, before_image: Sequence[int], image: ImageEmbedding, after_image: Sequence[int]) -> tuple[int, np.ndarray]:
+        """Clear the context and decode the whole prompt; returns its length in tokens (image
+        tokens included) and the logits for the first answer token."""
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
+        p0 = len(before_image)
+        n_prompt = len(before_image) + image.rows * image.cols + len(after_image)
+        if n_prompt + 1 > self.n_ctx:
+            raise DecoderError(
+                f"page needs {n_prompt} prompt tokens, the context holds {self.n_ctx}; raise --ctx-size or lower --max-pixels"
+            )
+        self._decode_tokens(before_image, 0, want_logits=False)
+        self._decode_image(image, p0)
+        # The first text token after the image sits at p0 + max(rows, cols), not p0 + N.
+        self._decode_tokens(after_image, p0 + max(image.rows, image.cols), want_logits=True)
+        return n_prompt, self._logits()
+
     def generate(
         self,
         before_image: Sequence[int],
@@ -237,17 +302,9 @@ class TextDecoder:
         """Decode one page from a clean context. `on_text` gets each new piece of text and may
         return False to stop (a client that went away)."""
         started = time.perf_counter()
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
-
-        p0 = len(before_image)
-        text_start = p0 + max(image.rows, image.cols)
-        n_prompt = len(before_image) + image.rows * image.cols + len(after_image)
-        if n_prompt + 1 > self.n_ctx:
-            raise DecoderError(f"page needs {n_prompt} prompt tokens, the context holds {self.n_ctx}; raise --ctx-size or lower --max-pixels")
-        self._decode_tokens(before_image, 0, want_logits=False)
-        self._decode_image(image, p0)
-        self._decode_tokens(after_image, text_start, want_logits=True)
+        n_prompt, logits = self.prefill(before_image, image, after_image)
         prefill_seconds = time.perf_counter() - started
+        text_start = len(before_image) + max(image.rows, image.cols)
 
         sampling = sampling or Sampling()
         rng = np.random.default_rng(sampling.seed)
@@ -259,7 +316,7 @@ class TextDecoder:
         pos = text_start + len(after_image)
         decode_started = time.perf_counter()
         while len(out) < budget:
-            token = self._pick(self._logits(), sampling, rng)
+            token = self._pick(logits, sampling, rng)
             if llama_cpp.llama_vocab_is_eog(self.vocab, token):
                 finish = "stop"
                 break
@@ -280,6 +337,7 @@ class TextDecoder:
                 break
             if len(out) < budget:
                 self._decode_tokens([token], pos, want_logits=True)
+                logits = self._logits()
                 pos += 1
         decode_seconds = time.perf_counter() - decode_started
         text = shown if stopped_by_string else self.detokenize(out)

@@ -76,6 +76,7 @@ class Recognizer:
         min_pixels: int | None = None,
         max_pixels: int | None = None,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        kv_type: str = "f16",
     ):
         import torch
 
@@ -100,6 +101,7 @@ class Recognizer:
             n_ctx=n_ctx or max_image_tokens + PROMPT_TEXT_TOKENS + max_new_tokens,
             threads=self.threads,
             n_gpu_layers=n_gpu_layers,
+            kv_type=kv_type,
         )
         self.max_new_tokens = max_new_tokens
         self._prompt_ids: dict[str, tuple[list[int], list[int]]] = {}

@@ -1,0 +1,331 @@
+"""ppvl-ocr: the command line. Each command is a thin layer over the library modules."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import config_option
+from .errors import ExitCode, PPVLError
+from .prompt import TASKS
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0    every page ok
+  1    some pages or files failed (their records say why)
+  2    usage error
+  3    model bundle missing or invalid
+  4    output not writable / disk full
+  130  interrupted; re-running the same command resumes"""
+
+
+class PPVLGroup(click.Group):
+    """Turns our errors into one line on stderr and their exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PPVLError as exc:
+            click.echo(f"ppvl-ocr: error: {exc}", err=True)
+            ctx.exit(int(exc.exit_code))
+        except KeyboardInterrupt:
+            click.echo("ppvl-ocr: interrupted", err=True)
+            ctx.exit(int(ExitCode.INTERRUPTED))
+
+
+@click.group(cls=PPVLGroup, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ppvl-ocr")
+@click.option("-v", "--verbose", count=True, help="More log lines on stderr (-vv for llama.cpp's own).")
+def main(verbose: int) -> None:
+    """Batch document OCR with PaddleOCR-VL: PyTorch vision, llama.cpp decoding, on a CPU.
+
+    \b
+    ppvl-ocr scan ./docs -o out.jsonl          OCR folders, PDFs and images
+    ppvl-ocr convert CHECKPOINT -o BUNDLE      make a model bundle from PaddleOCR-VL
+    ppvl-ocr inspect BUNDLE                    what a bundle holds
+    ppvl-ocr serve --model BUNDLE              OpenAI-compatible server
+    ppvl-ocr ask --image page.png              send a page to a server
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
+        format="ppvl-ocr: %(message)s",
+        stream=sys.stderr,
+    )
+    if verbose > 1:
+        import os
+
+        os.environ["PPVL_LLAMA_LOG"] = "1"
+
+
+def model_options(func: Callable) -> Callable:
+    """The options that load a model, shared by every command that runs one."""
+    options = [
+        click.option("--model", "-m", envvar="PPVL_MODEL", metavar="BUNDLE",
+                     help="Model bundle folder (from `ppvl-ocr convert`); `demo` or unset: the bundled demo model. [env PPVL_MODEL]"),
+        click.option("--quant", envvar="PPVL_QUANT", metavar="NAME",
+                     help="Decoder quantization to use when the bundle has several (default: the bundle's first). [env PPVL_QUANT]"),
+        click.option("--device", envvar="PPVL_DEVICE", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+                     help="Where the vision encoder runs. [env PPVL_DEVICE]"),
+        click.option("--vision-dtype", envvar="PPVL_VISION_DTYPE", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
+                     show_default=True, help="Vision precision; auto = fp32 (the reference numerics). [env PPVL_VISION_DTYPE]"),
+        click.option("--threads", envvar="PPVL_THREADS", type=click.IntRange(1), default=None,
+                     help="CPU threads for vision and decoder (default: physical cores). [env PPVL_THREADS]"),
+        click.option("--n-gpu-layers", envvar="PPVL_N_GPU_LAYERS", type=click.IntRange(0), default=0, show_default=True,
+                     help="Decoder layers offloaded to the GPU (llama-cpp-python built with CUDA/Metal). [env PPVL_N_GPU_LAYERS]"),
+        click.option("--ctx-size", envvar="PPVL_CTX_SIZE", type=click.IntRange(256), default=None,
+                     help="llama.cpp context in tokens (default: the largest page + max new tokens). [env PPVL_CTX_SIZE]"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def load_recognizer(
+    model: str | None, quant: str | None, device: str, vision_dtype: str, threads: int | None,
+    n_gpu_layers: int, ctx_size: int | None, **extra: Any,
+):
+    """A Recognizer from the shared model options; says so on stderr when the demo model is used."""
+    from .bundle import GET_A_MODEL
+    from .recognizer import Recognizer
+
+    if model in (None, "", "demo"):
+        click.echo(f"ppvl-ocr: using the small bundled demo model; for real documents {GET_A_MODEL}", err=True)
+    return Recognizer.load(
+        model or None, quant=quant, device=device, dtype=vision_dtype, threads=threads,
+        n_gpu_layers=n_gpu_layers, n_ctx=ctx_size, **extra,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# convert
+# ---------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("source", metavar="CHECKPOINT")
+@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=True, dir_okay=True),
+              help="Bundle folder to create.")
+@click.option("-q", "--quant", "quants", multiple=True, metavar="NAME",
+              help="Decoder quantization: F32, F16, Q8_0, Q5_K_M, Q4_K_M (default), Q4_0. Repeat for several in one bundle.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle at OUTPUT (only once the new one is complete).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="Threads for quantization.")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+def convert(source: str, output: str, quants: tuple[str, ...], overwrite: bool, threads: int | None, quiet: bool) -> None:
+    """Convert a PaddleOCR-VL checkpoint into a model bundle.
+
+    CHECKPOINT is a local folder of the Hugging Face checkpoint (PaddleOCR-VL v1, 1.5 or 1.6,
+    as PaddlePaddle published it or as transformers saved it), or a hub id such as
+    PaddlePaddle/PaddleOCR-VL that is in the local Hugging Face cache (or downloadable).
+
+    The text decoder becomes a GGUF for llama.cpp (arch `paddleocr`), quantized in process; the
+    vision encoder and projector stay at the checkpoint's precision. Nothing is written to OUTPUT
+    until the bundle is complete.
+
+    \b
+    ppvl-ocr convert ./PaddleOCR-VL -o paddleocr-vl
+    ppvl-ocr convert ./PaddleOCR-VL-1.5 -o vl15 --quant Q4_K_M --quant Q8_0
+    """
+    from .convert import convert as run_convert
+    from .convert import parse_quants
+
+    names = parse_quants(quants)
+    say = (lambda m: None) if quiet else (lambda m: click.echo(f"ppvl-ocr: {m}", err=True))
+    run_convert(source, output, names, overwrite=overwrite, threads=threads, log=say,
+                progress=not quiet and sys.stderr.isatty())
+
+
+# ---------------------------------------------------------------------------------------------
+# inspect
+# ---------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("bundle", metavar="BUNDLE", default="demo")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--verify", is_flag=True, help="Also check every file's sha256 against the manifest.")
+def inspect(bundle: str, as_json: bool, verify: bool) -> None:
+    """Show a bundle's architecture, parameters per component, files and precision.
+
+    BUNDLE defaults to the bundled demo model.
+    """
+    import orjson
+
+    from .bundle import Bundle, resolve_model
+    from .errors import ModelError
+    from .inspection import describe, render_text
+
+    opened = Bundle.open(resolve_model(bundle))
+    info = describe(opened)
+    if verify:
+        bad = opened.verify()
+        info["verified"] = not bad
+        if bad:
+            raise ModelError(f"{opened.path}: sha256 mismatch in {', '.join(bad)}; convert the model again")
+    if as_json:
+        click.echo(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(render_text(info))
+
+
+# ---------------------------------------------------------------------------------------------
+# scan
+# ---------------------------------------------------------------------------------------------
+
+
+def _parse_pages(ctx: click.Context, param: click.Parameter, value: str | None):
+    from .pages import PageRanges
+
+    try:
+        return PageRanges.parse(value) if value else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+SCAN_EPILOG = """\b
+Resume: re-running the same command skips every page already in the output.
+A page's checkpoint key is the file's sha256, the page number and all that
+changes the answer (model and quant, --task/--prompt, --min/--max-pixels,
+--dpi, --max-new-tokens): a changed file is read again, a moved one is not.
+The output file is itself the checkpoint (a partial last line left by a
+crash is cut off and its page redone); with -o - give --state DIR to resume.
+A lock (OUTPUT.lock or DIR/lock) stops two runs writing one output; a lock
+left by a dead process is taken over. Outputs may not lie inside an input
+folder, and an existing file that is not a ppvl-ocr output is never
+overwritten without --overwrite.
+
+\b
+Records (one JSON object per line, written and flushed page by page):
+  source sha256 page page_count width height task prompt text finish_reason
+  status (ok|error) error {type, message} image_tokens output_tokens
+  seconds model key
+A document that cannot be opened gets one record with page null. Error types:
+  missing unreadable empty unsupported corrupt truncated encrypted too_large
+  recognition
+
+\b
+Settings: every option can also come from an environment variable (shown
+as [env ...]) or from a TOML file (./ppvl-ocr.toml or --config FILE) with
+top-level keys for all commands and a [scan] table, e.g.
+  model = "models/paddleocr-vl"
+  [scan]
+  output = "ocr.jsonl"
+  batch-size = 8
+The command line wins over the environment, which wins over the file.
+
+\b
+Exit codes:
+  0    every page ok
+  1    some pages or files failed (their records say why)
+  2    usage error
+  3    model bundle missing or invalid
+  4    output not writable, disk full, or locked by another run
+  130  interrupted (Ctrl-C, SIGTERM); re-running the same command resumes"""
+
+
+@main.command(epilog=SCAN_EPILOG)
+@click.argument("inputs", nargs=-1, metavar="INPUT...")
+@config_option
+@click.option("-o", "--output", default="-", show_default=True, envvar="PPVL_OUTPUT", metavar="FILE",
+              help="JSONL records, one per page; `-` is stdout, which then carries nothing else. [env PPVL_OUTPUT]")
+@click.option("--markdown", type=click.Path(file_okay=False, path_type=Path), envvar="PPVL_MARKDOWN", metavar="DIR",
+              help="Also write one DIR/<path>.md per document (e.g. docs/a.pdf -> DIR/docs/a.pdf.md; paths "
+                   "outside the working directory go under DIR/_abs/), atomically, once the document is complete. "
+                   "[env PPVL_MARKDOWN]")
+@click.option("--state", type=click.Path(file_okay=False, path_type=Path), envvar="PPVL_STATE", metavar="DIR",
+              help="Checkpoint folder for -o -, so that stdout runs resume too (a file output is its own "
+                   "checkpoint). [env PPVL_STATE]")
+@click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), envvar="PPVL_SUMMARY_JSON",
+              metavar="FILE", help="Write the end-of-run summary as JSON, for scripts. [env PPVL_SUMMARY_JSON]")
+@click.option("-0", "--null", "null_separated", is_flag=True, envvar="PPVL_NULL",
+              help="Paths on stdin (INPUT `-`) are NUL-separated, as `find -print0` writes them. [env PPVL_NULL]")
+@click.option("--include-hidden", is_flag=True, envvar="PPVL_INCLUDE_HIDDEN",
+              help="Walk into hidden files and folders (names starting with a dot). [env PPVL_INCLUDE_HIDDEN]")
+@click.option("--pages", callback=_parse_pages, envvar="PPVL_PAGES", metavar="RANGES",
+              help="Only these pages of each document, e.g. 1-3,7,10- (1-based). [env PPVL_PAGES]")
+@click.option("--dpi", type=click.FloatRange(min=1, max=2400), envvar="PPVL_DPI",
+              help="Render PDF pages at this resolution (default: per page, the one that fills the model's "
+                   "--max-pixels). [env PPVL_DPI]")
+@click.option("--password", envvar="PPVL_PASSWORD", metavar="TEXT",
+              help="Password for encrypted PDFs (prefer the environment variable). [env PPVL_PASSWORD]")
+@click.option("--task", type=click.Choice(list(TASKS)), default="ocr", show_default=True, envvar="PPVL_TASK",
+              help="What to read: text, tables (HTML), formulas (LaTeX), charts, text with positions "
+                   "(spotting, 1.5+), seals (1.5+). [env PPVL_TASK]")
+@click.option("--prompt", envvar="PPVL_PROMPT", metavar="TEXT",
+              help="A free prompt instead of the task's own. [env PPVL_PROMPT]")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=1024, show_default=True,
+              envvar="PPVL_MAX_NEW_TOKENS", help="Longest answer per page; longer ones end with "
+                                                 "finish_reason length. [env PPVL_MAX_NEW_TOKENS]")
+@click.option("--min-pixels", type=click.IntRange(1), envvar="PPVL_MIN_PIXELS",
+              help="Smallest image the model sees (default: the bundle's). [env PPVL_MIN_PIXELS]")
+@click.option("--max-pixels", type=click.IntRange(1), envvar="PPVL_MAX_PIXELS",
+              help="Largest image the model sees (default: the bundle's). [env PPVL_MAX_PIXELS]")
+@click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True, envvar="PPVL_BATCH_SIZE",
+              help="Pages per vision forward pass. [env PPVL_BATCH_SIZE]")
+@click.option("--retry-failed", is_flag=True, envvar="PPVL_RETRY_FAILED",
+              help="Read again the pages and files that failed in earlier runs (otherwise skipped and "
+                   "counted). [env PPVL_RETRY_FAILED]")
+@click.option("--overwrite", is_flag=True, envvar="PPVL_OVERWRITE",
+              help="Start over: empty the output and its checkpoint, replace Markdown files. [env PPVL_OVERWRITE]")
+@click.option("-q", "--quiet", is_flag=True, envvar="PPVL_QUIET",
+              help="Nothing on stderr but errors that stop the run. [env PPVL_QUIET]")
+@click.option("--log-interval", type=click.FloatRange(0), default=60, show_default=True, envvar="PPVL_LOG_INTERVAL",
+              metavar="SECONDS", help="When stderr is not a terminal: a progress line this often (a terminal "
+                                      "gets a progress bar). [env PPVL_LOG_INTERVAL]")
+@model_options
+@click.pass_context
+def scan(ctx: click.Context, inputs: tuple[str, ...], **opts: Any) -> None:
+    """OCR documents into JSONL records (and Markdown): folders, PDFs, images, stdin lists.
+
+    \b
+    ppvl-ocr scan ./docs -o out.jsonl
+    find /archive -name '*.pdf' -newer stamp | ppvl-ocr scan - -o out.jsonl --markdown md/
+    find /archive -name '*.pdf' -print0 | ppvl-ocr scan -0 - -o out.jsonl
+    ppvl-ocr scan scan.pdf --pages 3-7 --task table -o - | jq .text
+
+    INPUT is a file, a folder (walked recursively in sorted order, picking PDF, PNG, JPEG,
+    TIFF, WebP, BMP and GIF files, skipping hidden names unless --include-hidden, following
+    symlinks but never in a loop), a glob pattern ('scans/**/*.pdf'), or `-` for paths read
+    from stdin, one per line (NUL-separated with -0). A file named explicitly is always tried;
+    the same file reached twice is read once. Every page of a PDF and every frame of a TIFF is
+    a page; GIF and WebP give their first frame; any colour mode becomes RGB, EXIF rotation is
+    applied. A file that is missing, empty, corrupt, truncated, encrypted or not a document gets
+    an error record and the run goes on.
+
+    Pages are rendered ahead of the model in a background thread and read through one model for
+    the whole run. A summary goes to stderr at the end. Ctrl-C or SIGTERM finishes the page in
+    flight and exits with 130 (press again to stop at once); re-running resumes.
+    """
+    from .errors import UsageError
+    from .scan import Scan, ScanOptions, write_summary_json
+
+    model = {k: opts.pop(k) for k in ("model", "quant", "device", "vision_dtype", "threads", "n_gpu_layers", "ctx_size")}
+    if not inputs:
+        raise UsageError("no inputs: give files, folders, glob patterns, or - to read paths from stdin")
+    if opts["min_pixels"] and opts["max_pixels"] and opts["min_pixels"] > opts["max_pixels"]:
+        raise UsageError("--min-pixels is larger than --max-pixels")
+    options = ScanOptions(inputs=list(inputs), **opts)
+
+    def load():
+        rec = load_recognizer(**model, min_pixels=options.min_pixels, max_pixels=options.max_pixels,
+                              max_new_tokens=options.max_new_tokens)
+        if options.task not in rec.tasks:
+            rec.close()
+            raise UsageError(f"--task {options.task} is not available with this model (it has: {', '.join(rec.tasks)})")
+        return rec
+
+    summary = Scan(options, load).run()
+    if options.summary_json:
+        write_summary_json(options.summary_json, summary)
+    if not options.quiet:
+        click.echo(f"ppvl-ocr: {summary.line()}", err=True)
+    if summary.interrupted:
+        resume = "re-run the same command to resume" if options.output != "-" or options.state else \
+            "pages already written are not remembered without --state DIR"
+        click.echo(f"ppvl-ocr: interrupted; {resume}", err=True)
+    ctx.exit(summary.exit_code)

@@ -1,0 +1,331 @@
+"""Outputs: page results -> JSONL records, Markdown documents, and the resume checkpoint.
+
+The checkpoint is a journal of records, one JSON object per line, each carrying a `key` that
+identifies the page *and* everything that changes its answer (checkpoint_key). A page is done when
+its complete line is in the journal. When the output is a file, the output itself is the journal:
+one write per record, flushed and fsync'd, so a crash (kill -9, power loss) leaves at most a
+partial last line, which the next run cuts off and redoes. No second file can disagree with it,
+so there is neither a lost nor a duplicated page. When the output is stdout (`-o -`), the journal
+is `STATE/journal.jsonl`; each record goes to stdout first, then to the journal.
+
+A lock (flock on `<output>.lock` or `STATE/lock`, holding the PID for the message) keeps two runs
+from writing one output. The kernel drops a flock when its process dies, so a lock file left by a
+killed run is simply taken over.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from ppvl_batch.errors import OutputError
+
+Record = dict[str, Any]
+RECORD_START = b'{"source":'  # every record starts with its `source` field (see make_record)
+
+
+def settings_digest(settings: dict[str, Any]) -> str:
+    """Short stable hash of the settings that change a page's answer."""
+    return hashlib.sha256(orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def checkpoint_key(settings: str, content: str, page: int) -> str:
+    """Key of one page: settings digest + file content (sha256, or `path:...` when the file could
+    not be read) + page number (0 for the document itself). A moved file keeps its key; a changed
+    one gets a new one."""
+    return hashlib.sha256(f"{settings}\0{content}\0{page}".encode()).hexdigest()[:32]
+
+
+def _output_error(action: str, path: Path | str, e: OSError) -> OutputError:
+    reason = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+    return OutputError(f"cannot {action} {path}: {reason}")
+
+
+def make_record(
+    *,
+    source: str,
+    sha256: str | None,
+    page: int | None,
+    page_count: int | None,
+    task: str,
+    prompt: str | None,
+    model: str,
+    key: str,
+    seconds: float,
+    result: Any = None,
+    error: tuple[str, str] | None = None,
+) -> Record:
+    """One JSONL record: a page read by the model (`result`, a recognizer PageResult), or a page
+    or document that failed (`error` = (type, message); `page` None when the whole document
+    failed before its pages could be counted)."""
+    ok = error is None
+    return {
+        "source": source,
+        "sha256": sha256,
+        "page": page,
+        "page_count": page_count,
+        "width": result.width if ok else None,
+        "height": result.height if ok else None,
+        "task": task,
+        "prompt": prompt,
+        "text": result.text if ok else None,
+        "finish_reason": result.finish_reason if ok else None,
+        "status": "ok" if ok else "error",
+        "error": None if ok else {"type": error[0], "message": error[1]},
+        "image_tokens": result.image_tokens if ok else None,
+        "output_tokens": result.output_tokens if ok else None,
+        "seconds": round(seconds, 3),
+        "model": model,
+        "key": key,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# lock
+
+
+class Lock:
+    """An exclusive, non-blocking lock on a file, held until release() or process death."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        self.what = what  # named in the error message: the output the lock protects
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise _output_error("create lock", self.path, e) from e
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise OutputError(
+                    f"{self.what} is being written by another ppvl-ocr run (pid {holder}); "
+                    f"wait for it to finish or stop it"
+                ) from None
+            # The previous holder may have unlinked the file between our open and flock: then we
+            # locked an orphan inode and must start over on the current file.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.unlink(self.path)  # unlink while still locked, so no one locks a dying file
+            os.close(self._fd)
+            self._fd = None
+
+
+# --------------------------------------------------------------------------------------------
+# journal
+
+
+@dataclass(frozen=True)
+class Entry:
+    status: str  # "ok" or "error"
+    offset: int  # where the record's line starts in the journal
+
+
+class Journal:
+    """Append-only JSONL file of records with keys; `entries` maps key -> latest Entry."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, Entry] = {}
+        self._file: BinaryIO | None = None
+        self._size = 0
+
+    def open(self, overwrite: bool) -> None:
+        """Open for appending: load the keys of complete records, cut off a partial last line.
+        An existing file that is not a journal is refused unless `overwrite` (then emptied)."""
+        try:
+            self._file = open(self.path, "a+b")
+            if overwrite:
+                self._file.truncate(0)
+            self._file.seek(0)
+            self._load()
+        except OSError as e:
+            raise _output_error("open", self.path, e) from e
+
+    def _load(self) -> None:
+        assert self._file is not None
+        offset = 0
+        for number, line in enumerate(self._file, 1):
+            # A partial last line left by a crash is cut off below and its page redone; it starts
+            # like every record we write. Anything else is someone's data: refuse to touch it.
+            if not line.endswith(b"\n") and line.startswith(RECORD_START):
+                break
+            try:
+                record = orjson.loads(line)
+                key, status = record["key"], record["status"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                raise OutputError(
+                    f"{self.path} line {number} is not a ppvl-ocr record; "
+                    f"use another output or --overwrite to replace it"
+                ) from None
+            self.entries[key] = Entry(status, offset)
+            offset += len(line)
+        if offset != self._file.seek(0, os.SEEK_END):
+            self._file.truncate(offset)
+        self._size = offset
+
+    def status(self, key: str) -> str | None:
+        entry = self.entries.get(key)
+        return entry.status if entry else None
+
+    def record(self, key: str) -> Record:
+        """The latest record stored under `key` (read back from disk: texts stay out of memory)."""
+        with open(self.path, "rb") as f:
+            f.seek(self.entries[key].offset)
+            return orjson.loads(f.readline())
+
+    def append(self, line: bytes, key: str, status: str) -> None:
+        assert self._file is not None
+        try:
+            self._file.write(line)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as e:
+            # Drop what may have been half-written, so the journal stays a list of whole records.
+            try:
+                self._file.truncate(self._size)
+            except OSError:
+                pass  # the next run's _load cuts it instead
+            raise _output_error("write", self.path, e) from e
+        self.entries[key] = Entry(status, self._size)
+        self._size += len(line)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+# --------------------------------------------------------------------------------------------
+# records out
+
+
+class RecordWriter:
+    """Where records go: a file output, which is its own journal; or a stream (stdout, or a
+    device or pipe given as the output) plus, with a state folder, a journal there."""
+
+    def __init__(self, output: str, state_dir: Path | None, overwrite: bool) -> None:
+        path = None if output == "-" else Path(output)
+        self.stream_name = "stdout" if path is None else str(path)
+        self.is_stream = path is None or (path.exists() and not path.is_file())
+        self._stream: BinaryIO | None = None
+        if not self.is_stream:
+            self.journal: Journal | None = Journal(path)
+            self.lock: Lock | None = Lock(path.with_name(path.name + ".lock"), f"output {path}")
+        elif state_dir is not None:
+            self.journal = Journal(state_dir / "journal.jsonl")
+            self.lock = Lock(state_dir / "lock", f"state {state_dir}")
+        else:
+            self.journal = self.lock = None
+        self._path = path
+        self.overwrite = overwrite
+
+    @property
+    def fresh(self) -> bool:
+        """True when there is no earlier checkpoint: nothing was done before."""
+        return self.journal is None or not self.journal.entries
+
+    def open(self) -> None:
+        """Take the lock, load the checkpoint, open the stream; on failure hold nothing."""
+        try:
+            if self.lock is not None:
+                try:
+                    self.lock.path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise _output_error("create", self.lock.path.parent, e) from e
+                self.lock.acquire()
+            if self.journal is not None:
+                self.journal.open(self.overwrite)
+            if self.is_stream:
+                try:
+                    self._stream = sys.stdout.buffer if self._path is None else open(self._path, "wb")
+                except OSError as e:
+                    raise _output_error("open", self._path, e) from e
+        except BaseException:
+            self.close()
+            raise
+
+    def status(self, key: str) -> str | None:
+        return self.journal.status(key) if self.journal else None
+
+    def write(self, record: Record) -> None:
+        line = orjson.dumps(record) + b"\n"
+        if self._stream is not None:
+            # Stream first, journal second: after a crash in between, the page is read again
+            # (a duplicate line on the stream) rather than recorded as done but never delivered.
+            try:
+                self._stream.write(line)
+                self._stream.flush()
+            except OSError as e:  # includes BrokenPipeError: the reader went away
+                raise _output_error("write", self.stream_name, e) from e
+        if self.journal is not None:
+            self.journal.append(line, record["key"], record["status"])
+
+    def close(self) -> None:
+        if self._stream is not None and self._path is not None:
+            try:
+                self._stream.close()
+            except OSError:
+                pass  # the failed write was already reported
+        if self.journal is not None:
+            self.journal.close()
+        if self.lock is not None:
+            self.lock.release()
+
+
+# --------------------------------------------------------------------------------------------
+# Markdown
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so readers see the old file or the whole new one, never a part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _output_error("write", path, e) from e
+
+
+def render_markdown(records: Iterable[Record]) -> str:
+    """One document's Markdown: pages in order, each introduced by an HTML comment (invisible when
+    rendered, easy to split on); a failed page leaves a comment saying why."""
+    parts = []
+    for record in records:
+        if record["status"] == "ok":
+            parts.append(f"<!-- page {record['page']} -->\n\n{record['text'].strip()}\n")
+        else:
+            error = record["error"]
+            message = error["message"].replace("--", "- -")  # "--" may not appear in a comment
+            parts.append(f"<!-- page {record['page']}: {error['type']}: {message} -->\n")
+    return "\n".join(parts)

@@ -1,0 +1,262 @@
+"""Pages: documents (PDF, images) -> page images (PIL, RGB), one page at a time.
+
+Every way a document or a page can fail maps to a PageError with a short `type` that goes into the
+record (`error.type`):
+
+    missing      the path does not exist (or vanished after it was listed)
+    unreadable   no permission, or an I/O error while reading
+    empty        0-byte file, or a PDF without pages
+    unsupported  not a PDF or an image format we read
+    corrupt      a PDF or image whose data cannot be decoded
+    truncated    an image whose data ends early
+    encrypted    a PDF that needs a password (`--password`), or the password is wrong
+    too_large    an image over PIL's decompression-bomb limit
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pymupdf
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ppvl_batch.inputs import DOCUMENT_EXTENSIONS
+
+IMAGE_FORMATS = frozenset({"PNG", "JPEG", "MPO", "TIFF", "WEBP", "BMP", "DIB", "GIF"})
+# Formats whose files may hold several pages; the others (GIF, WebP, APNG animations) give their
+# first frame only.
+MULTI_PAGE_FORMATS = frozenset({"TIFF"})
+PDF_EXTENSIONS = frozenset({".pdf"})
+# A page rendered at an explicit --dpi is capped at this many pixels, so one poster-sized page
+# cannot exhaust memory; the model would scale it down to max_pixels anyway.
+MAX_RENDER_PIXELS = 40_000_000
+
+pymupdf.TOOLS.mupdf_display_errors(False)  # MuPDF's own warnings would clutter stderr
+
+
+class PageError(Exception):
+    """A document or page that cannot be turned into an image; `type` goes into the record."""
+
+    def __init__(self, type: str, message: str) -> None:
+        super().__init__(message)
+        self.type = type
+        self.message = message
+
+
+# --------------------------------------------------------------------------------------------
+# --pages
+
+
+@dataclass(frozen=True)
+class PageRanges:
+    """A `--pages` selection such as `1-3,7,10-` (1-based, inclusive; `N-` runs to the end)."""
+
+    ranges: tuple[tuple[int, int | None], ...]
+
+    @classmethod
+    def parse(cls, text: str) -> PageRanges:
+        ranges: list[tuple[int, int | None]] = []
+        for part in text.replace(" ", "").split(","):
+            m = re.fullmatch(r"(\d+)(?:(-)(\d*))?", part)
+            if not m:
+                raise ValueError(f"bad page range {part!r} (use e.g. 1-3,7,10-)")
+            first = int(m.group(1))
+            last = first if not m.group(2) else (int(m.group(3)) if m.group(3) else None)
+            if first < 1 or (last is not None and last < first):
+                raise ValueError(f"bad page range {part!r} (pages count from 1, low to high)")
+            ranges.append((first, last))
+        return cls(tuple(ranges))
+
+    def select(self, page_count: int) -> list[int]:
+        """Selected page numbers that exist in a document of `page_count` pages, ascending."""
+        chosen: set[int] = set()
+        for first, last in self.ranges:
+            chosen.update(range(first, min(page_count, last or page_count) + 1))
+        return sorted(chosen)
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of the file's bytes; raises PageError (missing, unreadable)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError as e:
+        raise _os_error(e) from e
+    return digest.hexdigest()
+
+
+def _os_error(e: OSError) -> PageError:
+    if isinstance(e, FileNotFoundError):
+        return PageError("missing", "no such file")
+    if isinstance(e, IsADirectoryError):
+        return PageError("unsupported", "is a directory")
+    return PageError("unreadable", e.strerror or str(e))
+
+
+def auto_zoom(width_pt: float, height_pt: float, max_pixels: int) -> float:
+    """Zoom (1.0 = 72 dpi) at which a page of this size renders to about `max_pixels`, so the
+    model sees as much detail as it can use and no pixels are rendered only to be thrown away."""
+    return math.sqrt(max_pixels / max(width_pt * height_pt, 1.0))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB version of any PIL image: EXIF orientation applied, 16/32-bit and float scaled
+    (not clipped) to 8 bits, palette expanded, transparency composited onto white (a transparent
+    background is paper, not black ink)."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            scale = 255.0 if values.max(initial=0.0) <= 1.0 else 1.0
+        else:
+            scale = 1.0 if image.mode == "I" and values.max(initial=0) <= 255 else 1 / 257
+        image = Image.fromarray(np.clip(values * scale + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode in ("L", "RGB") and "transparency" in image.info
+    ):
+        rgba = image.convert("RGBA")
+        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(paper, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+class Document:
+    """An open document. `page_count` pages, rendered one at a time by `render(n)` (1-based)."""
+
+    page_count: int
+
+    def render(self, number: int) -> Image.Image:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Document:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PdfDocument(Document):
+    def __init__(self, path: Path, password: str | None, dpi: float | None, max_pixels: int) -> None:
+        try:
+            self._doc = pymupdf.open(path, filetype="pdf")
+        except (pymupdf.FileDataError, RuntimeError, ValueError) as e:
+            raise PageError("corrupt", f"cannot open PDF: {e}") from e
+        except OSError as e:
+            raise _os_error(e) from e
+        if self._doc.needs_pass:
+            if password is None:
+                self._doc.close()
+                raise PageError("encrypted", "PDF is encrypted; give its password with --password")
+            if not self._doc.authenticate(password):
+                self._doc.close()
+                raise PageError("encrypted", "PDF is encrypted and the password is wrong")
+        self.page_count = self._doc.page_count
+        if self.page_count == 0:
+            self._doc.close()
+            raise PageError("empty", "PDF has no pages")
+        self._dpi = dpi
+        self._max_pixels = max_pixels
+
+    def render(self, number: int) -> Image.Image:
+        try:
+            page = self._doc.load_page(number - 1)
+            rect = page.rect
+            zoom = self._dpi / 72 if self._dpi else auto_zoom(rect.width, rect.height, self._max_pixels)
+            area = rect.width * rect.height * zoom * zoom
+            if area > MAX_RENDER_PIXELS:
+                zoom *= math.sqrt(MAX_RENDER_PIXELS / area)
+            pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB, alpha=False)
+        except (RuntimeError, ValueError) as e:  # MuPDF reports damaged page content this way
+            raise PageError("corrupt", f"cannot render page {number}: {e}") from e
+        if pix.width == 0 or pix.height == 0:
+            raise PageError("empty", f"page {number} has zero size")
+        return Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
+
+    def close(self) -> None:
+        self._doc.close()
+
+
+class ImageDocument(Document):
+    def __init__(self, path: Path, known_extension: bool) -> None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                self._image = Image.open(path)
+        except UnidentifiedImageError as e:
+            if known_extension:
+                raise PageError("corrupt", "image data cannot be decoded") from e
+            raise PageError("unsupported", "not a PDF or a supported image") from e
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise PageError("too_large", str(e)) from e
+        except OSError as e:
+            raise _os_error(e) from e
+        if self._image.format not in IMAGE_FORMATS:
+            fmt = self._image.format
+            self._image.close()
+            raise PageError("unsupported", f"{fmt} images are not supported")
+        multi = self._image.format in MULTI_PAGE_FORMATS
+        self.page_count = getattr(self._image, "n_frames", 1) if multi else 1
+
+    def render(self, number: int) -> Image.Image:
+        try:
+            self._image.seek(number - 1)
+            self._image.load()
+            return to_rgb(self._image)
+        except OSError as e:
+            text = str(e)
+            if "truncated" in text or "broken data stream" in text or "not enough data" in text:
+                raise PageError("truncated", f"image data ends early: {text}") from e
+            raise PageError("corrupt", f"image data cannot be decoded: {text}") from e
+        except (EOFError, ValueError, SyntaxError) as e:
+            raise PageError("corrupt", f"image data cannot be decoded: {e}") from e
+
+    def close(self) -> None:
+        self._image.close()
+
+
+def open_document(
+    path: Path, *, password: str | None = None, dpi: float | None = None, max_pixels: int
+) -> Document:
+    """Open a PDF or image for rendering. PDFs render at `dpi`, or when None at the dpi that
+    brings each page near `max_pixels`. Raises PageError for a document that cannot be used."""
+    try:
+        size = os.stat(path).st_size
+        with open(path, "rb") as f:
+            head = f.read(1024)
+    except OSError as e:
+        raise _os_error(e) from e
+    if size == 0:
+        raise PageError("empty", "file is empty (0 bytes)")
+    extension = path.suffix.lower()
+    # MuPDF accepts a PDF header anywhere in the first 1 KB; so do we.
+    if b"%PDF-" in head or extension in PDF_EXTENSIONS:
+        return PdfDocument(path, password, dpi, max_pixels)
+    return ImageDocument(path, extension in DOCUMENT_EXTENSIONS)
+
+
+def iter_pages(document: Document, numbers: list[int]) -> Iterator[tuple[int, Image.Image | PageError]]:
+    """(number, image or PageError) for each page number, rendered lazily."""
+    for number in numbers:
+        try:
+            yield number, document.render(number)
+        except PageError as e:
+            yield number, e

@@ -1,0 +1,501 @@
+"""scan: documents -> records, through one recognizer, resumably.
+
+    rasterizer thread:  hash file, open, skip pages already done, render + prepare each page
+                        -> bounded queue (memory stays flat however long the PDF)
+    main thread:        take up to batch_size pages -> one vision forward -> decode page by page
+                        -> record (journal, flushed) -> Markdown when a document is complete
+
+Items flow in document order, so records come out in document and page order. A signal
+(Ctrl-C, SIGTERM) lets the page in flight finish and stops; a second one stops at once. Either
+way every record written is whole and the next run resumes after it.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO
+
+import orjson
+
+from ppvl_batch.errors import ExitCode, OutputError, UsageError
+from ppvl_batch.inputs import Document, Inputs, collect
+from ppvl_batch.outputs import (
+    Record,
+    RecordWriter,
+    atomic_write,
+    checkpoint_key,
+    make_record,
+    render_markdown,
+    settings_digest,
+)
+from ppvl_batch.pages import PageError, PageRanges, file_sha256, open_document
+
+
+@dataclass
+class ScanOptions:
+    inputs: list[str]
+    output: str = "-"
+    markdown: Path | None = None
+    state: Path | None = None
+    summary_json: Path | None = None
+    null_separated: bool = False
+    include_hidden: bool = False
+    overwrite: bool = False
+    retry_failed: bool = False
+    pages: PageRanges | None = None
+    dpi: float | None = None
+    password: str | None = None
+    task: str = "ocr"
+    prompt: str | None = None
+    max_new_tokens: int = 1024
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    batch_size: int = 4
+    prefetch: int = 8  # rendered pages waiting for the model
+    quiet: bool = False
+    log_interval: float = 60.0
+
+
+@dataclass
+class Summary:
+    files: int = 0
+    files_failed: int = 0  # documents that could not be opened at all
+    pages_ok: int = 0
+    pages_failed: int = 0
+    pages_done_before: int = 0  # skipped: finished by an earlier run
+    pages_failed_before: int = 0  # skipped: failed in an earlier run (see --retry-failed)
+    seconds: float = 0.0
+    pages_per_minute: float = 0.0
+    interrupted: bool = False
+    exit_code: int = 0
+
+    def line(self) -> str:
+        text = (
+            f"{self.files} files: {self.pages_ok} pages ok, {self.pages_failed} failed"
+            f"{f' ({self.files_failed} files unreadable)' if self.files_failed else ''}, "
+            f"{self.pages_done_before} already done"
+        )
+        if self.pages_failed_before:
+            text += f", {self.pages_failed_before} failed before and skipped (--retry-failed retries them)"
+        return text + f"; {self.pages_per_minute:.1f} pages/min over {_duration(self.seconds)}"
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+# ------------------------------------------------------------------------------------------------
+# items passed from the rasterizer thread to the model thread
+
+
+@dataclass
+class DocStart:
+    doc: Document
+    sha256: str
+    page_count: int
+    numbers: list[int]  # the selected pages, including those skipped as done
+    todo: int  # how many of them this run reads
+
+
+@dataclass
+class Page:
+    doc: Document
+    sha256: str
+    number: int
+    page_count: int
+    key: str
+    prepared: Any = None  # the recognizer's PreparedImage, or None when `error` is set
+    error: PageError | None = None
+    seconds: float = 0.0  # spent rendering and preparing
+
+
+@dataclass
+class Skipped:
+    status: str  # the status recorded by the earlier run
+
+
+@dataclass
+class DocFailed:
+    doc: Document
+    sha256: str | None
+    key: str
+    error: PageError
+    seconds: float
+
+
+@dataclass
+class DocEnd:
+    start: DocStart
+
+
+@dataclass
+class Crashed:
+    error: BaseException
+
+
+_END = object()
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def check_outside_inputs(found: Inputs, options: ScanOptions, markdown_targets: list[Path]) -> None:
+    """Refuse outputs inside the input tree: they would be read back as inputs, or overwrite them."""
+    outputs: list[tuple[str, Path]] = []
+    if options.output != "-":
+        outputs.append(("output", Path(options.output)))
+    for label, path in (("--state", options.state), ("--summary-json", options.summary_json)):
+        if path is not None:
+            outputs.append((label, path))
+    outputs += [("--markdown", p) for p in markdown_targets]
+    files = {d.path for d in found.documents}
+    for label, path in outputs:
+        resolved = path.resolve()
+        inside = next((f for f in found.folders if resolved.is_relative_to(f)), None)
+        if inside is not None:
+            raise UsageError(f"{label} {path} is inside the input folder {inside}; write outputs outside the input tree")
+        if resolved in files:
+            raise UsageError(f"{label} {path} is one of the input files")
+
+
+class Scan:
+    def __init__(
+        self,
+        options: ScanOptions,
+        load_recognizer: Callable[[], Any],
+        *,
+        stdin: BinaryIO | None = None,
+        log: TextIO | None = None,
+    ) -> None:
+        self.o = options
+        self._load_recognizer = load_recognizer
+        self._stdin = stdin
+        self.log_stream = log or sys.stderr
+        self.summary = Summary()
+        self.stop = threading.Event()
+        self.interrupted = False  # by a signal
+        self._bar: Any = None  # tqdm bar when stderr is a terminal
+        self.cwd = Path.cwd().resolve()
+
+    # -- messages ---------------------------------------------------------------------------------
+
+    def say(self, message: str) -> None:
+        if not self.o.quiet:
+            self._write_log(f"ppvl-ocr: {message}")
+
+    def _write_log(self, line: str) -> None:
+        if self._bar is not None:
+            self._bar.write(line, file=self.log_stream)
+        else:
+            print(line, file=self.log_stream, flush=True)
+
+    # -- run --------------------------------------------------------------------------------------
+
+    def run(self) -> Summary:
+        """Scan everything; return the summary (its exit_code says how it went). Raises
+        UsageError, OutputError, ModelError for problems that stop the run before or while it
+        writes."""
+        o = self.o
+        found = collect(o.inputs, stdin=self._stdin, null_separated=o.null_separated, include_hidden=o.include_hidden)
+        if not found.documents:
+            raise UsageError("no documents to scan (no files found in the given inputs)")
+        self.markdown_paths = (
+            {d.path: o.markdown / f"{d.mirror_path(self.cwd)}.md" for d in found.documents} if o.markdown else {}
+        )
+        check_outside_inputs(found, o, list(self.markdown_paths.values()))
+        self.summary.files = len(found.documents)
+
+        self.writer = RecordWriter(o.output, o.state, o.overwrite)
+        self.writer.open()
+        try:
+            if o.markdown and self.writer.fresh and not o.overwrite and _has_files(o.markdown):
+                raise OutputError(
+                    f"--markdown {o.markdown} already holds files that no checkpoint of this output wrote; "
+                    f"use an empty folder or --overwrite"
+                )
+            self.rec = self._load_recognizer()
+            try:
+                self._run_pipeline(found.documents)
+            finally:
+                self.rec.close()
+        finally:
+            self.writer.close()
+            if self._bar is not None:
+                self._bar.close()
+        s = self.summary
+        s.exit_code = int(
+            ExitCode.INTERRUPTED if s.interrupted else ExitCode.PAGES_FAILED if s.pages_failed else ExitCode.OK
+        )
+        return s
+
+    def _run_pipeline(self, documents: list[Document]) -> None:
+        o = self.o
+        self.settings = settings_digest(
+            {
+                "model": self.rec.model_id,
+                "task": o.task,
+                "prompt": o.prompt,
+                "min_pixels": o.min_pixels,
+                "max_pixels": o.max_pixels,
+                "dpi": o.dpi,
+                "max_new_tokens": o.max_new_tokens,
+            }
+        )
+        items: queue.Queue = queue.Queue(maxsize=0)
+        rasterizer = threading.Thread(target=self._rasterize, args=(documents, items), name="rasterizer", daemon=True)
+        started = time.monotonic()
+        self._progress_start(started)
+        old_handlers = self._install_signal_handlers()
+        rasterizer.start()
+        try:
+            self._consume(items)
+        except KeyboardInterrupt:  # second signal: drop the page in flight
+            self.stop.set()
+        finally:
+            self.stop.set()
+            _restore_signal_handlers(old_handlers)
+            rasterizer.join(timeout=10)
+            s = self.summary
+            s.interrupted = self.interrupted
+            s.seconds = time.monotonic() - started
+            done = s.pages_ok + s.pages_failed
+            s.pages_per_minute = 60 * done / s.seconds if s.seconds > 0 else 0.0
+
+    # -- signals ----------------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum: int, frame: object) -> None:
+            if self.stop.is_set():
+                raise KeyboardInterrupt
+            self.interrupted = True
+            self.stop.set()
+            self.say(f"{signal.Signals(signum).name}: stopping after the page in flight (again to stop now)")
+
+        return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    # -- rasterizer thread ------------------------------------------------------------------------
+
+    def _put(self, items: queue.Queue, item: object) -> bool:
+        """Queue an item, giving up when the run is stopping (the consumer no longer reads)."""
+        while not self.stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _rasterize(self, documents: list[Document], items: queue.Queue) -> None:
+        try:
+            for doc in documents:
+                for item in self._document_items(doc):
+                    if not self._put(items, item):
+                        return
+            self._put(items, _END)
+        except BaseException as e:  # a bug: hand it to the main thread instead of dying silently
+            self._put(items, Crashed(e))
+
+    def _document_items(self, doc: Document) -> Iterator[object]:
+        o = self.o
+        started = time.monotonic()
+        sha: str | None = None
+        try:
+            sha = file_sha256(doc.path)
+            document = open_document(doc.path, password=o.password, dpi=o.dpi, max_pixels=self.rec.max_pixels)
+        except PageError as e:
+            key = checkpoint_key(self.settings, sha or f"path:{doc.path}", 0)
+            if self._skip(key):
+                yield Skipped(self.writer.status(key))
+            else:
+                yield DocFailed(doc, sha, key, e, time.monotonic() - started)
+            return
+        with document:
+            numbers = o.pages.select(document.page_count) if o.pages else list(range(1, document.page_count + 1))
+            keys = {n: checkpoint_key(self.settings, sha, n) for n in numbers}
+            todo = [n for n in numbers if not self._skip(keys[n])]
+            start = DocStart(doc, sha, document.page_count, numbers, len(todo))
+            yield start
+            for number in numbers:
+                if number not in todo:
+                    yield Skipped(self.writer.status(keys[number]))
+                    continue
+                began = time.monotonic()
+                page = Page(doc, sha, number, document.page_count, keys[number])
+                try:
+                    image = document.render(number)
+                    page.prepared = self.rec.prepare(image, o.task)
+                except PageError as e:
+                    page.error = e
+                except (ValueError, OSError) as e:  # the model's preprocessing refused the image
+                    page.error = PageError("unsupported", f"page cannot be prepared for the model: {e}")
+                page.seconds = time.monotonic() - began
+                yield page
+            yield DocEnd(start)
+
+    def _skip(self, key: str) -> bool:
+        status = self.writer.status(key)
+        return status == "ok" or (status == "error" and not self.o.retry_failed)
+
+    # -- model thread -----------------------------------------------------------------------------
+
+    def _consume(self, items: queue.Queue) -> None:
+        batch: list[object] = []
+        images = 0
+        while not self.stop.is_set():
+            try:
+                item = items.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if isinstance(item, Crashed):
+                raise item.error
+            if item is _END:
+                self._flush(batch)
+                return
+            batch.append(item)
+            images += isinstance(item, Page) and item.error is None
+            # Bounded by pages for the vision batch, and by items so that long runs of failures
+            # or skipped pages are still written as they come.
+            if images >= self.o.batch_size or len(batch) >= 8 * self.o.batch_size:
+                self._flush(batch)
+                batch, images = [], 0
+
+    def _flush(self, batch: list[object]) -> None:
+        pages = [i for i in batch if isinstance(i, Page) and i.error is None]
+        encoded = self._encode(pages)
+        for item in batch:
+            if self.stop.is_set():
+                return  # encoded pages not yet decoded are dropped: the next run does them
+            if isinstance(item, Page):
+                self._page(item, encoded.get(id(item)))
+            elif isinstance(item, Skipped):
+                if item.status == "ok":
+                    self.summary.pages_done_before += 1
+                else:
+                    self.summary.pages_failed_before += 1
+            elif isinstance(item, DocStart):
+                self._doc_records: dict[int, Record] = {}
+                self._progress_document(item)
+            elif isinstance(item, DocEnd):
+                self._finish_document(item.start)
+            elif isinstance(item, DocFailed):
+                self._doc_failed(item)
+
+    def _encode(self, pages: list[Page]) -> dict[int, Any]:
+        """Vision for the batch; if the batch fails, page by page, so one bad page fails alone."""
+        if not pages:
+            return {}
+        try:
+            return {id(p): e for p, e in zip(pages, self.rec.encode([p.prepared for p in pages], self.o.task))}
+        except (RuntimeError, ValueError):
+            encoded = {}
+            for page in pages:
+                try:
+                    (encoded[id(page)],) = self.rec.encode([page.prepared], self.o.task)
+                except (RuntimeError, ValueError) as e:
+                    page.error = PageError("recognition", f"vision encoder failed: {e}")
+            return encoded
+
+    def _page(self, page: Page, encoded: Any) -> None:
+        o = self.o
+        common = dict(
+            source=page.doc.source, sha256=page.sha256, page=page.number, page_count=page.page_count,
+            task=o.task, prompt=o.prompt, model=self.rec.model_id, key=page.key,
+        )
+        if page.error is None:
+            try:
+                result = self.rec.decode(encoded, o.task, o.prompt, max_new_tokens=o.max_new_tokens)
+            except (RuntimeError, ValueError) as e:  # DecoderError is a RuntimeError
+                page.error = PageError("recognition", f"decoder failed: {e}")
+        if page.error is None:
+            record = make_record(**common, seconds=page.seconds + result.seconds, result=result)
+            self.summary.pages_ok += 1
+        else:
+            record = make_record(**common, seconds=page.seconds, error=(page.error.type, page.error.message))
+            self.summary.pages_failed += 1
+            self.say(f"{page.doc.source} page {page.number}: {page.error.type}: {page.error.message}")
+        self.writer.write(record)
+        self._doc_records[page.number] = record
+        self._progress_page()
+
+    def _doc_failed(self, item: DocFailed) -> None:
+        o = self.o
+        record = make_record(
+            source=item.doc.source, sha256=item.sha256, page=None, page_count=None, task=o.task, prompt=o.prompt,
+            model=self.rec.model_id, key=item.key, seconds=item.seconds, error=(item.error.type, item.error.message),
+        )
+        self.writer.write(record)
+        self.summary.files_failed += 1
+        self.summary.pages_failed += 1
+        self.say(f"{item.doc.source}: {item.error.type}: {item.error.message}")
+        self._progress_page()
+
+    def _finish_document(self, start: DocStart) -> None:
+        """Write the document's Markdown once all its selected pages have records: when pages
+        were read in this run, or when the file is missing (e.g. the document was moved)."""
+        target = self.markdown_paths.get(start.doc.path)
+        if target is None or not start.numbers or (not self._doc_records and target.exists()):
+            return
+        records = []
+        for number in start.numbers:
+            record = self._doc_records.get(number)
+            if record is None:
+                key = checkpoint_key(self.settings, start.sha256, number)
+                if self.writer.status(key) is None:
+                    return  # no journal to read it from (stdout without --state)
+                record = self.writer.journal.record(key)
+            records.append(record)
+        atomic_write(target, render_markdown(records).encode())
+
+    # -- progress ---------------------------------------------------------------------------------
+
+    def _progress_start(self, started: float) -> None:
+        self._started = started
+        self._last_log = started
+        self._files_seen = 0
+        if not self.o.quiet and self.log_stream.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=None, unit="page", file=self.log_stream, dynamic_ncols=True)
+
+    def _progress_document(self, start: DocStart) -> None:
+        self._files_seen += 1
+        if self._bar is not None:
+            self._bar.total = (self._bar.total or 0) + start.todo
+            self._bar.set_description_str(f"file {self._files_seen}/{self.summary.files}", refresh=False)
+
+    def _progress_page(self) -> None:
+        s = self.summary
+        done = s.pages_ok + s.pages_failed
+        now = time.monotonic()
+        rate = 60 * done / max(now - self._started, 1e-9)
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix_str(f"{rate:.1f} pages/min, {s.pages_failed} failed", refresh=False)
+        elif now - self._last_log >= self.o.log_interval:
+            self._last_log = now
+            self.say(f"{done} pages ({s.pages_failed} failed, {s.pages_done_before} already done), {rate:.1f} pages/min")
+
+
+def _restore_signal_handlers(handlers: dict[int, Any]) -> None:
+    for sig, old in handlers.items():
+        signal.signal(sig, old)
+
+
+def _has_files(folder: Path) -> bool:
+    return folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
+
+
+def write_summary_json(path: Path, summary: Summary) -> None:
+    atomic_write(path, orjson.dumps(asdict(summary), option=orjson.OPT_INDENT_2) + b"\n")

@@ -1,0 +1,48 @@
+"""Shared fixtures: small random-weight PaddleOCR-VL checkpoints of the real architecture, built
+with transformers in both published layouts, and bundles converted from them by our converter."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import tiny_model  # noqa: E402  (tools/ is not part of the installed package)
+
+# (layout, version) of the checkpoints the tests use.
+LAYOUTS = {"v1-original": ("original", "1"), "v15-transformers": ("transformers", "1.5")}
+TEST_QUANTS = ["F32", "F16", "Q8_0", "Q4_K_M"]
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dirs(tmp_path_factory) -> dict[str, Path]:
+    """name -> checkpoint folder, built once per test session."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {
+        name: tiny_model.build_checkpoint(root / name, layout=layout, version=version, seed=7)
+        for name, (layout, version) in LAYOUTS.items()
+    }
+
+
+@pytest.fixture(scope="session")
+def bundle_dirs(checkpoint_dirs, tmp_path_factory) -> dict[str, Path]:
+    """name -> bundle with F32 (default), F16, Q8_0 and Q4_K_M decoders."""
+    from ppvl_batch.convert import convert
+
+    root = tmp_path_factory.mktemp("bundles")
+    return {name: convert(str(ckpt), root / name, TEST_QUANTS) for name, ckpt in checkpoint_dirs.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(checkpoint_dirs) -> Path:
+    return checkpoint_dirs["v15-transformers"]
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(bundle_dirs) -> Path:
+    """A small random-weight 1.5 bundle; its default decoder is F32."""
+    return bundle_dirs["v15-transformers"]
