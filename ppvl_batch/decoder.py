@@ -298,9 +298,11 @@ class TextDecoder:
         stop: Sequence[str] = (),
         on_text: Callable[[str], bool | None] | None = None,
         repetition_guard: RepetitionGuard | None = None,
+        ignore_eos: bool = False,
     ) -> Generation:
         """Decode one page from a clean context. `on_text` gets each new piece of text and may
-        return False to stop (a client that went away)."""
+        return False to stop (a client that went away). `ignore_eos` is for benchmarks that need
+        a fixed number of tokens."""
         started = time.perf_counter()
         n_prompt, logits = self.prefill(before_image, image, after_image)
         prefill_seconds = time.perf_counter() - started
@@ -317,7 +319,7 @@ class TextDecoder:
         decode_started = time.perf_counter()
         while len(out) < budget:
             token = self._pick(logits, sampling, rng)
-            if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+            if llama_cpp.llama_vocab_is_eog(self.vocab, token) and not ignore_eos:
                 finish = "stop"
                 break
             out.append(token)

@@ -36,7 +36,7 @@ def page(width: int, height: int, seed: int = 0) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def recognizers(bundle_dirs):
-    recs = {name: Recognizer.load(path, quant="F32", kv_type="f32") for name, path in bundle_dirs.items()}
+    recs = {name: Recognizer.load(path, quant="F32", dtype="fp32", kv_type="f32") for name, path in bundle_dirs.items()}
     yield recs
     for rec in recs.values():
         rec.close()
@@ -133,3 +133,21 @@ def test_f16_first_step_logits_close_to_f32(tiny_bundle):
     diff = np.abs(logits["F16"] - logits["F32"]).max()
     assert diff < 0.05 * np.abs(logits["F32"]).max()
     assert np.argmax(logits["F16"]) == np.argmax(logits["F32"])
+
+
+def test_memory_stays_flat_over_many_pages(recognizers):
+    import gc
+
+    import psutil
+
+    rec = recognizers["v15-transformers"]
+    images = [page(300 + 40 * (i % 5), 400 + 30 * (i % 3), seed=i) for i in range(5)]
+    for _ in range(4):  # warm up allocator pools and caches
+        rec.recognize(images[:2], max_new_tokens=16)
+    gc.collect()
+    start = psutil.Process().memory_info().rss
+    for i in range(30):
+        rec.recognize([images[i % 5], images[(i + 2) % 5]], max_new_tokens=16)
+    gc.collect()
+    growth = psutil.Process().memory_info().rss - start
+    assert growth < 40 * 2**20, f"RSS grew {growth / 2**20:.1f} MB over 60 pages"
