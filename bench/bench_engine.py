@@ -50,8 +50,9 @@ def run_ours(bundle: Path, quant: str, new_tokens: int, threads: int | None) -> 
     t0 = time.perf_counter()
     [encoded] = rec.encode([image])
     vision = time.perf_counter() - t0
-    before, after = rec.prompt_ids("ocr")
-    gen = rec.decoder.generate(before, encoded.embedding, after, max_new_tokens=new_tokens, ignore_eos=True)
+    request = rec.request(encoded, "ocr", max_new_tokens=new_tokens, repetition_guard=False)
+    request.ignore_eos = True
+    gen = rec.decoder.generate(request)
     return {
         "vision_s": vision,
         "prefill_s": gen.prefill_seconds,

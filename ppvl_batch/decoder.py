@@ -16,7 +16,7 @@ import ctypes
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,7 +72,6 @@ class Generation:
     prompt_tokens: int  # including image tokens
     prefill_seconds: float
     decode_seconds: float
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 class RepetitionGuard:
@@ -98,6 +97,83 @@ class RepetitionGuard:
         return False
 
 
+@dataclass
+class DecodeRequest:
+    """One page for the decoder: prompt ids around the image, and how to answer."""
+
+    before_image: Sequence[int]
+    image: ImageEmbedding
+    after_image: Sequence[int]
+    max_new_tokens: int
+    sampling: Sampling = field(default_factory=Sampling)
+    stop: Sequence[str] = ()
+    on_text: Callable[[str], bool | None] | None = None  # gets each new piece; False stops (client gone)
+    repetition_guard: RepetitionGuard | None = None
+    ignore_eos: bool = False  # benchmarks that need a fixed number of tokens
+
+
+class _Sequence:
+    """A page in flight: its tokens so far and the logits for its next token."""
+
+    def __init__(self, index: int, request: DecodeRequest, n_prompt: int, logits: np.ndarray, prefill_seconds: float, capacity: int):
+        self.index = index
+        self.request = request
+        self.n_prompt = n_prompt
+        self.logits = logits
+        self.prefill_seconds = prefill_seconds
+        self.budget = min(request.max_new_tokens, capacity - n_prompt)
+        image = request.image
+        self.next_pos = len(request.before_image) + max(image.rows, image.cols) + len(request.after_image)
+        self.rng = np.random.default_rng(request.sampling.seed)
+        self.out: list[int] = []
+        self.shown = ""  # text handed to on_text so far (or cut at a stop string)
+        self.stopped_by_string = False
+        self.finish = "length"
+        self.started = time.perf_counter()
+
+    def next_token(self, decoder: TextDecoder) -> int | None:
+        """The token to feed next, or None when the page is finished."""
+        request = self.request
+        if len(self.out) >= self.budget:
+            return None
+        token = pick_token(self.logits, request.sampling, self.rng)
+        if llama_cpp.llama_vocab_is_eog(decoder.vocab, token) and not request.ignore_eos:
+            self.finish = "stop"
+            return None
+        self.out.append(token)
+        if request.on_text is not None or request.stop:
+            current = decoder.detokenize(self.out).rstrip("\ufffd")  # hold back a half-decoded character
+            cuts = [current.index(s) for s in request.stop if s in current]
+            if cuts:
+                current, self.stopped_by_string, self.finish = current[: min(cuts)], True, "stop"
+            delta, self.shown = current[len(self.shown) :], current
+            if delta and request.on_text is not None and request.on_text(delta) is False:
+                self.finish = "abort"
+                return None
+            if self.stopped_by_string:
+                return None
+        if request.repetition_guard is not None and request.repetition_guard.looping(self.out):
+            self.finish = "repetition"
+            return None
+        if len(self.out) >= self.budget:
+            return None
+        return token
+
+    def result(self, decoder: TextDecoder) -> Generation:
+        text = self.shown if self.stopped_by_string else decoder.detokenize(self.out)
+        on_text = self.request.on_text
+        if on_text is not None and self.finish != "abort" and len(text) > len(self.shown):
+            on_text(text[len(self.shown) :])  # the tail held back as a possible half character
+        return Generation(
+            token_ids=self.out,
+            text=text,
+            finish_reason=self.finish,
+            prompt_tokens=self.n_prompt,
+            prefill_seconds=self.prefill_seconds,
+            decode_seconds=time.perf_counter() - self.started,
+        )
+
+
 def _int_array(values: Sequence[int] | np.ndarray, ctype=ctypes.c_int32):
     return (ctype * len(values))(*values)
 
@@ -114,7 +190,9 @@ class TextDecoder:
         n_gpu_layers: int = 0,
         n_batch: int = 512,
         kv_type: str = "f16",
+        n_seq: int = 1,
     ):
+        """n_ctx is the context of ONE page (prompt + answer); the KV cache holds n_seq of them."""
         init_llama()
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
@@ -123,10 +201,11 @@ class TextDecoder:
             raise ModelError(f"{gguf_path}: llama.cpp could not load this GGUF (damaged, or llama-cpp-python too old for arch paddleocr)")
         threads = threads or default_threads()
         cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = n_ctx
+        cparams.n_ctx = n_ctx * n_seq
         cparams.n_batch = n_batch
         cparams.n_ubatch = n_batch
-        cparams.n_seq_max = 1
+        cparams.n_seq_max = n_seq
+        cparams.kv_unified = True  # one cache shared by the pages in flight
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.no_perf = True
@@ -146,7 +225,11 @@ class TextDecoder:
         self.n_embd = llama_cpp.llama_model_n_embd(self.model)
         self.eos_id = llama_cpp.llama_vocab_eos(self.vocab)
         self.threads = threads
-        self._seq0 = (ctypes.c_int32 * 1)(0)
+        self.n_seq = n_seq
+        self.ctx_per_sequence = self.n_ctx // n_seq
+        # seq_id arrays for llama_batch rows, one per sequence, kept alive with the decoder
+        self._seq_id_values = [(ctypes.c_int32 * 1)(s) for s in range(n_seq)]
+        self._seq_arrays = [ctypes.cast(a, ctypes.POINTER(ctypes.c_int32)) for a in self._seq_id_values]
 
     # -- text <-> tokens ----------------------------------------------------------------------
 
@@ -214,18 +297,20 @@ class TextDecoder:
 
     # -- batches ------------------------------------------------------------------------------
 
-    def _submit(self, n: int, pos, *, tokens=None, embd=None, want_logits: bool = False) -> None:
-        seq_ids = (ctypes.POINTER(ctypes.c_int32) * n)(*([ctypes.cast(self._seq0, ctypes.POINTER(ctypes.c_int32))] * n))
-        logits = (ctypes.c_int8 * n)()
-        logits[n - 1] = 1 if want_logits else 0
+    def _submit(self, n: int, pos, seq_ids: Sequence[int], *, tokens=None, embd=None, logits: Sequence[int] = ()) -> None:
+        """One llama_decode call; `logits` lists the rows whose logits are wanted."""
+        seq_arrays = [self._seq_arrays[s] for s in seq_ids]
+        want = (ctypes.c_int8 * n)()
+        for row in logits:
+            want[row] = 1
         batch = llama_cpp.llama_batch(
             n_tokens=n,
             token=tokens,
             embd=embd,
             pos=pos,
             n_seq_id=_int_array([1] * n),
-            seq_id=seq_ids,
-            logits=logits,
+            seq_id=(ctypes.POINTER(ctypes.c_int32) * n)(*seq_arrays),
+            logits=want,
         )
         rc = llama_cpp.llama_decode(self.ctx, batch)
         if rc == 1:
@@ -233,18 +318,19 @@ class TextDecoder:
         if rc != 0:
             raise DecoderError(f"llama_decode failed ({rc})")
 
-    def _decode_tokens(self, ids: Sequence[int], start: int, want_logits: bool) -> None:
+    def _decode_tokens(self, ids: Sequence[int], start: int, seq: int, want_logits: bool) -> None:
         for a in range(0, len(ids), self.n_batch):
             chunk = ids[a : a + self.n_batch]
             last = a + self.n_batch >= len(ids)
             self._submit(
                 len(chunk),
                 _int_array(range(start + a, start + a + len(chunk))),
+                [seq] * len(chunk),
                 tokens=_int_array(chunk),
-                want_logits=want_logits and last,
+                logits=[len(chunk) - 1] if want_logits and last else (),
             )
 
-    def _decode_image(self, image: ImageEmbedding, p0: int) -> None:
+    def _decode_image(self, image: ImageEmbedding, p0: int, seq: int) -> None:
         """Merged token (row, col) sits at (t, h, w) = (p0, p0 + row, p0 + col); the position array
         is section-major (all t, all h, all w, then zeros) for each sub-batch."""
         emb = np.ascontiguousarray(image.embeddings, dtype=np.float32)
@@ -255,120 +341,83 @@ class TextDecoder:
         for a in range(0, emb.shape[0], self.n_batch):
             b = min(a + self.n_batch, emb.shape[0])
             n = b - a
-            pos = np.concatenate(
-                [np.full(n, p0), p0 + rows[a:b], p0 + cols[a:b], np.zeros(n)]
-            ).astype(np.int32)
+            pos = np.concatenate([np.full(n, p0), p0 + rows[a:b], p0 + cols[a:b], np.zeros(n)]).astype(np.int32)
             chunk = emb[a:b]
             self._submit(
                 n,
                 pos.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
+                [seq] * n,
                 embd=chunk.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
             )
 
-    def _logits(self) -> np.ndarray:
-        ptr = llama_cpp.llama_get_logits_ith(self.ctx, -1)
+    def _logits(self, row: int = -1) -> np.ndarray:
+        ptr = llama_cpp.llama_get_logits_ith(self.ctx, row)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
-    # -- one page -----------------------------------------------------------------------------
+    # -- pages --------------------------------------------------------------------------------
 
-    def prefill(self, before_image: Sequence[int], image: ImageEmbedding, after_image: Sequence[int]) -> tuple[int, np.ndarray]:
-        """Clear the context and decode the whole prompt; returns its length in tokens (image
-        tokens included) and the logits for the first answer token."""
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
+    def prefill(
+        self, before_image: Sequence[int], image: ImageEmbedding, after_image: Sequence[int], seq: int = 0
+    ) -> tuple[int, np.ndarray]:
+        """Clear sequence `seq` and decode a whole prompt into it; returns the prompt length in
+        tokens (image tokens included) and a copy of the logits for the first answer token."""
+        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.ctx), seq, -1, -1)
         p0 = len(before_image)
         n_prompt = len(before_image) + image.rows * image.cols + len(after_image)
-        if n_prompt + 1 > self.n_ctx:
+        if n_prompt + 1 > self.ctx_per_sequence:
             raise DecoderError(
-                f"page needs {n_prompt} prompt tokens, the context holds {self.n_ctx}; raise --ctx-size or lower --max-pixels"
+                f"page needs {n_prompt} prompt tokens, the context holds {self.ctx_per_sequence} per page; "
+                "raise --ctx-size or lower --max-pixels"
             )
-        self._decode_tokens(before_image, 0, want_logits=False)
-        self._decode_image(image, p0)
+        self._decode_tokens(before_image, 0, seq, want_logits=False)
+        self._decode_image(image, p0, seq)
         # The first text token after the image sits at p0 + max(rows, cols), not p0 + N.
-        self._decode_tokens(after_image, p0 + max(image.rows, image.cols), want_logits=True)
-        return n_prompt, self._logits()
+        self._decode_tokens(after_image, p0 + max(image.rows, image.cols), seq, want_logits=True)
+        return n_prompt, self._logits().copy()
 
-    def generate(
-        self,
-        before_image: Sequence[int],
-        image: ImageEmbedding,
-        after_image: Sequence[int],
-        *,
-        max_new_tokens: int,
-        sampling: Sampling | None = None,
-        stop: Sequence[str] = (),
-        on_text: Callable[[str], bool | None] | None = None,
-        repetition_guard: RepetitionGuard | None = None,
-        ignore_eos: bool = False,
-    ) -> Generation:
-        """Decode one page from a clean context. `on_text` gets each new piece of text and may
-        return False to stop (a client that went away). `ignore_eos` is for benchmarks that need
-        a fixed number of tokens."""
-        started = time.perf_counter()
-        n_prompt, logits = self.prefill(before_image, image, after_image)
-        prefill_seconds = time.perf_counter() - started
-        text_start = len(before_image) + max(image.rows, image.cols)
+    def generate(self, request: DecodeRequest) -> Generation:
+        """One page from a clean sequence."""
+        [(_, generation)] = list(self.generate_many([request]))
+        return generation
 
-        sampling = sampling or Sampling()
-        rng = np.random.default_rng(sampling.seed)
-        budget = min(max_new_tokens, self.n_ctx - n_prompt)
-        out: list[int] = []
-        shown = ""  # text already handed to on_text (or cut at a stop string)
-        stopped_by_string = False
-        finish = "length"
-        pos = text_start + len(after_image)
-        decode_started = time.perf_counter()
-        while len(out) < budget:
-            token = self._pick(logits, sampling, rng)
-            if llama_cpp.llama_vocab_is_eog(self.vocab, token) and not ignore_eos:
-                finish = "stop"
-                break
-            out.append(token)
-            if on_text is not None or stop:
-                current = self.detokenize(out).rstrip("\ufffd")  # hold back a half-decoded character
-                cuts = [current.index(s) for s in stop if s in current]
-                if cuts:
-                    current, stopped_by_string, finish = current[: min(cuts)], True, "stop"
-                delta, shown = current[len(shown) :], current
-                if delta and on_text is not None and on_text(delta) is False:
-                    finish = "abort"
+    def generate_many(self, requests: Iterable[DecodeRequest]) -> Iterator[tuple[int, Generation]]:
+        """Decode pages with up to `n_seq` of them in flight in the one context: each step is one
+        llama_decode over every active page's next token, which reads the weights once for all
+        of them (single-sequence decoding on a CPU is bound by reading the weights). Yields
+        (index of the request, Generation) as pages finish, not necessarily in order."""
+        pending = iter(enumerate(requests))
+        active: dict[int, _Sequence] = {}  # seq id -> page in flight
+        exhausted = False
+        while True:
+            for seq in range(self.n_seq):
+                if seq in active or exhausted:
+                    continue
+                item = next(pending, None)
+                if item is None:
+                    exhausted = True
                     break
-                if stopped_by_string:
-                    break
-            if repetition_guard is not None and repetition_guard.looping(out):
-                finish = "repetition"
-                break
-            if len(out) < budget:
-                self._decode_tokens([token], pos, want_logits=True)
-                logits = self._logits()
-                pos += 1
-        decode_seconds = time.perf_counter() - decode_started
-        text = shown if stopped_by_string else self.detokenize(out)
-        if on_text is not None and finish != "abort" and len(text) > len(shown):
-            on_text(text[len(shown) :])
-        return Generation(
-            token_ids=out,
-            text=text,
-            finish_reason=finish,
-            prompt_tokens=n_prompt,
-            prefill_seconds=prefill_seconds,
-            decode_seconds=decode_seconds,
-        )
-
-    @staticmethod
-    def _pick(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
-        if sampling.temperature <= 0:
-            return int(np.argmax(logits))
-        scaled = logits.astype(np.float64) / sampling.temperature
-        probs = np.exp(scaled - scaled.max())
-        probs /= probs.sum()
-        if sampling.top_p < 1.0:
-            order = np.argsort(-probs)
-            keep = np.cumsum(probs[order]) - probs[order] < sampling.top_p
-            mask = np.zeros_like(probs, dtype=bool)
-            mask[order[keep]] = True
-            probs = np.where(mask, probs, 0.0)
-            probs /= probs.sum()
-        return int(rng.choice(len(probs), p=probs))
+                index, request = item
+                started = time.perf_counter()
+                n_prompt, logits = self.prefill(request.before_image, request.image, request.after_image, seq)
+                active[seq] = _Sequence(index, request, n_prompt, logits, time.perf_counter() - started, self.ctx_per_sequence)
+            if not active:
+                return
+            step_tokens, step_seqs, step_pos = [], [], []
+            for seq, state in list(active.items()):
+                token = state.next_token(self)
+                if token is None:
+                    del active[seq]
+                    yield state.index, state.result(self)
+                    continue
+                step_tokens.append(token)
+                step_seqs.append(seq)
+                step_pos.append(state.next_pos)
+                state.next_pos += 1
+            if step_tokens:
+                n = len(step_tokens)
+                self._submit(n, _int_array(step_pos), step_seqs, tokens=_int_array(step_tokens), logits=range(n))
+                for row, seq in enumerate(step_seqs):
+                    active[seq].logits = self._logits(row).copy()
 
     def close(self) -> None:
         if getattr(self, "ctx", None):
@@ -380,6 +429,23 @@ class TextDecoder:
 
     def __del__(self) -> None:
         self.close()
+
+
+def pick_token(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
+    """Greedy at temperature 0; otherwise sampling from the top_p nucleus."""
+    if sampling.temperature <= 0:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64) / sampling.temperature
+    probs = np.exp(scaled - scaled.max())
+    probs /= probs.sum()
+    if sampling.top_p < 1.0:
+        order = np.argsort(-probs)
+        keep = np.cumsum(probs[order]) - probs[order] < sampling.top_p
+        mask = np.zeros_like(probs, dtype=bool)
+        mask[order[keep]] = True
+        probs = np.where(mask, probs, 0.0)
+        probs /= probs.sum()
+    return int(rng.choice(len(probs), p=probs))
 
 
 def default_threads() -> int:

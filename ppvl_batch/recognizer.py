@@ -11,14 +11,14 @@ turns one encoded page into text through the one persistent llama.cpp context.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
 from .bundle import Bundle, resolve_model
-from .decoder import DecoderError, RepetitionGuard, Sampling, TextDecoder
+from .decoder import DecodeRequest, DecoderError, Generation, RepetitionGuard, Sampling, TextDecoder
 from .prompt import TASKS, V1_TASKS, split_prompt, task_text
 from .vision import ImageEmbedding, ImagePreprocessor, PreparedImage, VisionEncoder, load_vision_tower
 
@@ -77,6 +77,7 @@ class Recognizer:
         max_pixels: int | None = None,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         kv_type: str = "f16",
+        parallel: int = 1,
     ):
         import torch
 
@@ -102,6 +103,7 @@ class Recognizer:
             threads=self.threads,
             n_gpu_layers=n_gpu_layers,
             kv_type=kv_type,
+            n_seq=parallel,
         )
         self.max_new_tokens = max_new_tokens
         self._prompt_ids: dict[str, tuple[list[int], list[int]]] = {}
@@ -150,7 +152,7 @@ class Recognizer:
             self._prompt_ids[text] = (self.decoder.tokenize(parts.before_image), self.decoder.tokenize(parts.after_image))
         return self._prompt_ids[text]
 
-    def decode(
+    def request(
         self,
         page: EncodedPage,
         task: str | None = "ocr",
@@ -161,18 +163,40 @@ class Recognizer:
         stop: Sequence[str] = (),
         on_text: Callable[[str], bool | None] | None = None,
         repetition_guard: bool = True,
-    ) -> PageResult:
+    ) -> DecodeRequest:
+        """What the decoder needs for one encoded page."""
         before, after = self.prompt_ids(task, prompt)
-        gen = self.decoder.generate(
-            before,
-            page.embedding,
-            after,
+        return DecodeRequest(
+            before_image=before,
+            image=page.embedding,
+            after_image=after,
             max_new_tokens=max_new_tokens or self.max_new_tokens,
-            sampling=sampling,
+            sampling=sampling or Sampling(),
             stop=stop,
             on_text=on_text,
             repetition_guard=RepetitionGuard() if repetition_guard else None,
         )
+
+    def decode(self, page: EncodedPage, task: str | None = "ocr", prompt: str | None = None, **options) -> PageResult:
+        """Text of one encoded page (options as for `request`)."""
+        return self._result(page, self.decoder.generate(self.request(page, task, prompt, **options)))
+
+    def decode_many(
+        self, pages: Iterable[tuple[EncodedPage, DecodeRequest]]
+    ) -> Iterator[tuple[int, PageResult]]:
+        """Decode pages with up to `parallel` in flight; yields (index, result) as pages finish."""
+        kept: dict[int, EncodedPage] = {}
+
+        def requests() -> Iterator[DecodeRequest]:
+            for i, (page, request) in enumerate(pages):
+                kept[i] = page
+                yield request
+
+        for index, generation in self.decoder.generate_many(requests()):
+            yield index, self._result(kept.pop(index), generation)
+
+    @staticmethod
+    def _result(page: EncodedPage, gen: Generation) -> PageResult:
         return PageResult(
             text=gen.text,
             finish_reason=gen.finish_reason,
@@ -196,11 +220,11 @@ class Recognizer:
         max_new_tokens: int | None = None,
         repetition_guard: bool = True,
     ) -> list[PageResult]:
-        """Text of each page: one vision batch, then each page through the decoder."""
-        return [
-            self.decode(page, task, prompt, max_new_tokens=max_new_tokens, repetition_guard=repetition_guard)
-            for page in self.encode(images, task)
-        ]
+        """Text of each page, in order: one vision batch, then the decoder (`parallel` pages at a time)."""
+        encoded = self.encode(images, task)
+        jobs = [(page, self.request(page, task, prompt, max_new_tokens=max_new_tokens, repetition_guard=repetition_guard)) for page in encoded]
+        results = dict(self.decode_many(jobs))
+        return [results[i] for i in range(len(encoded))]
 
     def close(self) -> None:
         self.decoder.close()
