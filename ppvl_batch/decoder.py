@@ -129,11 +129,13 @@ class _Sequence:
         self.shown = ""  # text handed to on_text so far (or cut at a stop string)
         self.stopped_by_string = False
         self.finish = "length"
-        self.started = time.perf_counter()
+        self.started: float | None = None  # first decode step: other pages' prefills do not count
 
     def next_token(self, decoder: TextDecoder) -> int | None:
         """The token to feed next, or None when the page is finished."""
         request = self.request
+        if self.started is None:
+            self.started = time.perf_counter()
         if len(self.out) >= self.budget:
             return None
         token = pick_token(self.logits, request.sampling, self.rng)
@@ -170,7 +172,7 @@ class _Sequence:
             finish_reason=self.finish,
             prompt_tokens=self.n_prompt,
             prefill_seconds=self.prefill_seconds,
-            decode_seconds=time.perf_counter() - self.started,
+            decode_seconds=time.perf_counter() - (self.started or time.perf_counter()),
         )
 
 
