@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from . import __version__
 from .bundle import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST, is_bundle, sha256_file
@@ -143,7 +144,14 @@ def build_vocab(ckpt: Checkpoint) -> Vocab:
 class PlannedTensor:
     name: str  # GGUF name
     shape: tuple[int, ...]
-    load: Callable[[], np.ndarray]
+    load: Callable[[], torch.Tensor]
+    bf16: bool  # stored as bf16 in the checkpoint
+
+    @property
+    def keep_bf16(self) -> bool:
+        # bf16 matrices stay bf16 (lossless, half the bytes of f32); vectors (norms) are f32 as
+        # llama.cpp's own converter writes them.
+        return self.bf16 and len(self.shape) > 1
 
 
 def _plan_text_tensors(ckpt: Checkpoint) -> list[PlannedTensor]:
@@ -157,23 +165,23 @@ def _plan_text_tensors(ckpt: Checkpoint) -> list[PlannedTensor]:
     kv_rows = hp.num_key_value_heads * hp.head_dim
 
     def loader(file: Path, raw: str, rows: slice | None = None) -> Callable[[], np.ndarray]:
-        def load() -> np.ndarray:
+        def load() -> torch.Tensor:
             with safe_open(str(file), framework="pt") as st:
-                tensor = st.get_slice(raw)[rows] if rows is not None else st.get_tensor(raw)
-            return tensor.float().numpy()
+                return st.get_slice(raw)[rows] if rows is not None else st.get_tensor(raw)
 
         return load
 
-    def shape_of(file: Path, raw: str) -> tuple[int, ...]:
+    def shape_and_dtype(file: Path, raw: str) -> tuple[tuple[int, ...], str]:
         with safe_open(str(file), framework="pt") as st:
-            return tuple(st.get_slice(raw).get_shape())
+            info = st.get_slice(raw)
+            return tuple(info.get_shape()), info.get_dtype()
 
     planned: list[PlannedTensor] = []
     for canon, (file, raw) in sorted(ckpt.tensor_names().items()):
         if not (canon.startswith("text.") or canon == "lm_head.weight"):
             continue
         hf_name = "lm_head.weight" if canon == "lm_head.weight" else "model." + canon[len("text."):]
-        shape = shape_of(file, raw)
+        shape, dtype = shape_and_dtype(file, raw)
         # Some exports fuse q/k/v and gate/up; llama.cpp wants them apart.
         if ".qkv_proj." in hf_name:
             bounds = [("q_proj", 0, q_rows), ("k_proj", q_rows, q_rows + kv_rows), ("v_proj", q_rows + kv_rows, q_rows + 2 * kv_rows)]
@@ -189,7 +197,7 @@ def _plan_text_tensors(ckpt: Checkpoint) -> list[PlannedTensor]:
             if gguf_name is None:
                 raise ModelError(f"{ckpt.path}: unexpected decoder tensor {raw!r}")
             part_shape = shape if rows is None else (rows.stop - rows.start, *shape[1:])
-            planned.append(PlannedTensor(gguf_name, part_shape, loader(file, raw, rows)))
+            planned.append(PlannedTensor(gguf_name, part_shape, loader(file, raw, rows), dtype == "BF16"))
 
     names = {t.name for t in planned}
     for required in ("token_embd.weight", "output_norm.weight", "blk.0.attn_q.weight"):
@@ -200,8 +208,9 @@ def _plan_text_tensors(ckpt: Checkpoint) -> list[PlannedTensor]:
     return planned
 
 
-def write_text_gguf(ckpt: Checkpoint, out: Path, log: Log = _no_log, progress: bool = False) -> None:
-    """The decoder as an F32 GGUF of arch `paddleocr`, streamed tensor by tensor."""
+def write_text_gguf(ckpt: Checkpoint, out: Path, log: Log = _no_log, progress: bool = False) -> bool:
+    """The decoder as a GGUF of arch `paddleocr`, streamed tensor by tensor, at the checkpoint's
+    precision (bf16 matrices stay bf16, everything else f32). Returns whether it is all f32."""
     import gguf
     from tqdm import tqdm
 
@@ -224,7 +233,8 @@ def write_text_gguf(ckpt: Checkpoint, out: Path, log: Log = _no_log, progress: b
     writer.add_rope_freq_base(hp.rope_theta)
     writer.add_rope_dimension_sections([*hp.mrope_section, 0])
     writer.add_layer_norm_rms_eps(hp.rms_norm_eps)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    all_f32 = not any(t.keep_bf16 for t in planned)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32 if all_f32 else gguf.LlamaFileType.MOSTLY_BF16)
 
     writer.add_tokenizer_model("llama")
     writer.add_token_list(vocab.tokens)
@@ -240,17 +250,26 @@ def write_text_gguf(ckpt: Checkpoint, out: Path, log: Log = _no_log, progress: b
     writer.add_chat_template(ckpt.chat_template)
 
     for t in planned:
-        writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), int(np.prod(t.shape)) * 4)
+        if t.keep_bf16:
+            nbytes = int(np.prod(t.shape)) * 2
+            writer.add_tensor_info(t.name, t.shape, np.dtype(np.uint16), nbytes, raw_dtype=gguf.GGMLQuantizationType.BF16)
+        else:
+            writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), int(np.prod(t.shape)) * 4)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     for t in tqdm(planned, desc="text decoder", unit="tensor", disable=not progress, file=None):
-        data = np.ascontiguousarray(t.load(), dtype=np.float32)
+        tensor = t.load()
+        if t.keep_bf16:  # numpy has no bf16: write the raw 16-bit patterns
+            data = tensor.contiguous().view(torch.int16).numpy().view(np.uint16)
+        else:
+            data = np.ascontiguousarray(tensor.float().numpy())
         if data.shape != t.shape:
             raise ModelError(f"{ckpt.path}: tensor for {t.name} has shape {data.shape}, expected {t.shape}")
         writer.write_tensor_data(data)
     writer.close()
-    log(f"wrote text decoder: {len(planned)} tensors, vocab {len(vocab.tokens)}")
+    log(f"wrote text decoder: {len(planned)} tensors ({'f32' if all_f32 else 'bf16'}), vocab {len(vocab.tokens)}")
+    return all_f32
 
 
 def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> None:
@@ -351,13 +370,15 @@ def convert(
         vision_info = write_vision(ckpt, stage / "vision.safetensors")
         log(f"wrote vision tower: {vision_info['parameters'] / 1e6:.1f}M parameters, {vision_info['dtype']}")
 
-        base = stage / "text-F32.gguf"
-        write_text_gguf(ckpt, base, log, progress)
+        base = stage / "text-source.gguf"
+        base_is_f32 = write_text_gguf(ckpt, base, log, progress)
         for quant in quant_names:
-            if quant != "F32":
+            if not (quant == "F32" and base_is_f32):
                 log(f"quantizing decoder to {quant}")
                 quantize(base, stage / f"text-{quant}.gguf", quant, threads)
-        if "F32" not in quant_names:
+        if "F32" in quant_names and base_is_f32:
+            base.rename(stage / "text-F32.gguf")
+        else:
             base.unlink()
 
         (stage / "config.json").write_text(json.dumps(ckpt.config, indent=2))
