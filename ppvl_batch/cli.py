@@ -268,8 +268,9 @@ Exit codes:
 @click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True, envvar="PPVL_BATCH_SIZE",
               help="Pages per vision forward pass. [env PPVL_BATCH_SIZE]")
 @click.option("--retry-failed", is_flag=True, envvar="PPVL_RETRY_FAILED",
-              help="Read again the pages and files that failed in earlier runs (otherwise skipped and "
-                   "counted). [env PPVL_RETRY_FAILED]")
+              help="Read again the pages that failed in earlier runs (otherwise skipped and counted). A file "
+                   "that could not be opened is tried on every run anyway, but records a new error only with "
+                   "this flag. [env PPVL_RETRY_FAILED]")
 @click.option("--overwrite", is_flag=True, envvar="PPVL_OVERWRITE",
               help="Start over: empty the output and its checkpoint, replace Markdown files. [env PPVL_OVERWRITE]")
 @click.option("-q", "--quiet", is_flag=True, envvar="PPVL_QUIET",
@@ -414,7 +415,8 @@ def serve(host: str, port: int, api_key: str | None, allow_files: Path | None, a
         max_body_bytes=int(max_body_mb * 1024 * 1024), max_image_pixels=max_image_pixels, max_images=max_images,
         default_max_tokens=max_tokens or min(1024, max_tokens_limit), max_tokens_limit=max_tokens_limit, queue_size=queue_size, request_timeout=timeout,
     )
-    logging.getLogger("ppvl_batch.server").setLevel(logging.WARNING if quiet else logging.INFO)
+    logging.getLogger("ppvl_batch.server").setLevel(logging.INFO)
+    logging.getLogger("ppvl_batch.server.requests").setLevel(logging.WARNING if quiet else logging.INFO)
     # The context must hold the largest page plus the longest answer a request may ask for.
     run_server(options, lambda: load_recognizer(**model, max_new_tokens=max_tokens_limit), host, port)
 

@@ -312,9 +312,11 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:  # also Ctrl-C: leave no temporary file behind
         tmp.unlink(missing_ok=True)
-        raise _output_error("write", path, e) from e
+        if isinstance(e, OSError):
+            raise _output_error("write", path, e) from e
+        raise
 
 
 def render_markdown(records: Iterable[Record]) -> str:

@@ -20,7 +20,6 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,12 +250,3 @@ def open_document(
     if b"%PDF-" in head or extension in PDF_EXTENSIONS:
         return PdfDocument(path, password, dpi, max_pixels)
     return ImageDocument(path, extension in DOCUMENT_EXTENSIONS)
-
-
-def iter_pages(document: Document, numbers: list[int]) -> Iterator[tuple[int, Image.Image | PageError]]:
-    """(number, image or PageError) for each page number, rendered lazily."""
-    for number in numbers:
-        try:
-            yield number, document.render(number)
-        except PageError as e:
-            yield number, e

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, TextIO
 
 import orjson
 
@@ -77,9 +77,11 @@ class Summary:
     exit_code: int = 0
 
     def line(self) -> str:
+        unopened = ""
+        if self.files_failed:
+            unopened = f" ({self.files_failed} file{'s' if self.files_failed > 1 else ''} could not be opened)"
         text = (
-            f"{self.files} files: {self.pages_ok} pages ok, {self.pages_failed} failed"
-            f"{f' ({self.files_failed} files unreadable)' if self.files_failed else ''}, "
+            f"{self.files} files: {self.pages_ok} pages ok, {self.pages_failed} failed{unopened}, "
             f"{self.pages_done_before} already done"
         )
         if self.pages_failed_before:
@@ -173,12 +175,10 @@ class Scan:
         options: ScanOptions,
         load_recognizer: Callable[[], Any],
         *,
-        stdin: BinaryIO | None = None,
         log: TextIO | None = None,
     ) -> None:
         self.o = options
         self._load_recognizer = load_recognizer
-        self._stdin = stdin
         self.log_stream = log or sys.stderr
         self.summary = Summary()
         self.stop = threading.Event()
@@ -205,7 +205,10 @@ class Scan:
         UsageError, OutputError, ModelError for problems that stop the run before or while it
         writes."""
         o = self.o
-        found = collect(o.inputs, stdin=self._stdin, null_separated=o.null_separated, include_hidden=o.include_hidden)
+        self.writer = RecordWriter(o.output, o.state, o.overwrite)
+        if o.state is not None and not self.writer.is_stream:
+            raise UsageError("--state is only for -o -: a file output is its own checkpoint")
+        found = collect(o.inputs, null_separated=o.null_separated, include_hidden=o.include_hidden)
         if not found.documents:
             raise UsageError("no documents to scan (no files found in the given inputs)")
         self.markdown_paths = (
@@ -214,13 +217,14 @@ class Scan:
         check_outside_inputs(found, o, list(self.markdown_paths.values()))
         self.summary.files = len(found.documents)
 
-        self.writer = RecordWriter(o.output, o.state, o.overwrite)
         self.writer.open()
         try:
-            if o.markdown and self.writer.fresh and not o.overwrite and _has_files(o.markdown):
+            # Without a checkpoint, an existing Markdown file at one of our paths is someone else's.
+            existing = next((t for t in self.markdown_paths.values() if t.exists()), None)
+            if existing is not None and self.writer.fresh and not o.overwrite:
                 raise OutputError(
-                    f"--markdown {o.markdown} already holds files that no checkpoint of this output wrote; "
-                    f"use an empty folder or --overwrite"
+                    f"{existing} exists and no checkpoint of this output wrote it; "
+                    f"use another --markdown folder or --overwrite"
                 )
             self.rec = self._load_recognizer()
             try:
@@ -250,7 +254,7 @@ class Scan:
                 "max_new_tokens": o.max_new_tokens,
             }
         )
-        items: queue.Queue = queue.Queue(maxsize=0)
+        items: queue.Queue = queue.Queue(maxsize=max(o.prefetch, o.batch_size))
         rasterizer = threading.Thread(target=self._rasterize, args=(documents, items), name="rasterizer", daemon=True)
         started = time.monotonic()
         self._progress_start(started)
@@ -259,10 +263,10 @@ class Scan:
         try:
             self._consume(items)
         except KeyboardInterrupt:  # second signal: drop the page in flight
-            self.stop.set()
+            self.interrupted = True
         finally:
-            self.stop.set()
             _restore_signal_handlers(old_handlers)
+            self.stop.set()
             rasterizer.join(timeout=10)
             s = self.summary
             s.interrupted = self.interrupted
@@ -324,7 +328,7 @@ class Scan:
         with document:
             numbers = o.pages.select(document.page_count) if o.pages else list(range(1, document.page_count + 1))
             keys = {n: checkpoint_key(self.settings, sha, n) for n in numbers}
-            todo = [n for n in numbers if not self._skip(keys[n])]
+            todo = {n for n in numbers if not self._skip(keys[n])}
             start = DocStart(doc, sha, document.page_count, numbers, len(todo))
             yield start
             for number in numbers:
@@ -386,7 +390,7 @@ class Scan:
                     self.summary.pages_failed_before += 1
             elif isinstance(item, DocStart):
                 self._doc_records: dict[int, Record] = {}
-                self._progress_document(item)
+                self._progress_document(item.todo)
             elif isinstance(item, DocEnd):
                 self._finish_document(item.start)
             elif isinstance(item, DocFailed):
@@ -435,6 +439,7 @@ class Scan:
             source=item.doc.source, sha256=item.sha256, page=None, page_count=None, task=o.task, prompt=o.prompt,
             model=self.rec.model_id, key=item.key, seconds=item.seconds, error=(item.error.type, item.error.message),
         )
+        self._progress_document(1)
         self.writer.write(record)
         self.summary.files_failed += 1
         self.summary.pages_failed += 1
@@ -469,10 +474,11 @@ class Scan:
 
             self._bar = tqdm(total=None, unit="page", file=self.log_stream, dynamic_ncols=True)
 
-    def _progress_document(self, start: DocStart) -> None:
+    def _progress_document(self, todo: int) -> None:
+        """A document starts: `todo` more records to write."""
         self._files_seen += 1
         if self._bar is not None:
-            self._bar.total = (self._bar.total or 0) + start.todo
+            self._bar.total = (self._bar.total or 0) + todo
             self._bar.set_description_str(f"file {self._files_seen}/{self.summary.files}", refresh=False)
 
     def _progress_page(self) -> None:
@@ -491,10 +497,6 @@ class Scan:
 def _restore_signal_handlers(handlers: dict[int, Any]) -> None:
     for sig, old in handlers.items():
         signal.signal(sig, old)
-
-
-def _has_files(folder: Path) -> bool:
-    return folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
 
 
 def write_summary_json(path: Path, summary: Summary) -> None:

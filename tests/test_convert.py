@@ -192,3 +192,34 @@ def test_inspect_reports_components(tiny_bundle):
     assert info["prompt_style"] == "v1.5" and info["quants"][0] == "F32"
     human = run("inspect", str(tiny_bundle), "--verify")
     assert human.exit_code == 0 and "vision encoder" in human.stdout and "text-Q4_K_M.gguf" in human.stdout
+
+
+def run_cli_process(*args: str, env_extra: dict[str, str]):
+    """The real command in a fresh process: huggingface_hub reads its settings at import."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, **env_extra}
+    exe = Path(sys.executable).with_name("ppvl-ocr")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_hub_id_from_the_local_cache(tiny_checkpoint, tmp_path):
+    repo = tmp_path / "hf" / "hub" / "models--PaddlePaddle--PaddleOCR-VL-1.5"
+    shutil.copytree(tiny_checkpoint, repo / "snapshots" / "abc123")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    result = run_cli_process("convert", "PaddlePaddle/PaddleOCR-VL-1.5", "-o", str(tmp_path / "out"), "--quant", "F16",
+                             env_extra={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert Bundle.open(tmp_path / "out").model_version == "1.5"
+
+
+def test_hub_id_not_cached_and_offline_says_how_to_get_it(tmp_path):
+    result = run_cli_process("convert", "PaddlePaddle/PaddleOCR-VL", "-o", str(tmp_path / "out"),
+                             env_extra={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 3
+    assert "hf download PaddlePaddle/PaddleOCR-VL --local-dir DIR" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

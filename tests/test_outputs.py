@@ -1,0 +1,248 @@
+"""outputs.py: records, the journal (checkpoint), the lock, Markdown."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import orjson
+import pytest
+
+from ppvl_batch.errors import OutputError
+from ppvl_batch.outputs import (
+    RECORD_START,
+    Journal,
+    Lock,
+    RecordWriter,
+    atomic_write,
+    checkpoint_key,
+    make_record,
+    render_markdown,
+    settings_digest,
+)
+
+RESULT = SimpleNamespace(finish_reason="stop", image_tokens=12, output_tokens=3, width=56, height=28)
+
+
+def record(key: str, status: str = "ok", page: int = 1, text: str = "t") -> dict:
+    result = SimpleNamespace(**{**vars(RESULT), "text": text})
+    common = dict(source="a.pdf", sha256="ab", page=page, page_count=3, task="ocr", prompt=None, model="m", key=key, seconds=1.23456)
+    if status == "ok":
+        return make_record(**common, result=result)
+    return make_record(**common, error=("corrupt", "bad -- page"))
+
+
+def line(rec: dict) -> bytes:
+    return orjson.dumps(rec) + b"\n"
+
+
+# ---------------------------------------------------------------------------- keys and records
+
+
+def test_settings_digest_is_order_independent_and_sensitive() -> None:
+    a = settings_digest({"model": "m", "dpi": None, "max_new_tokens": 8})
+    assert a == settings_digest({"max_new_tokens": 8, "dpi": None, "model": "m"})
+    assert a != settings_digest({"model": "m", "dpi": 150, "max_new_tokens": 8})
+
+
+def test_checkpoint_key_parts() -> None:
+    base = checkpoint_key("s", "sha", 1)
+    assert len({base, checkpoint_key("t", "sha", 1), checkpoint_key("s", "sha2", 1), checkpoint_key("s", "sha", 2)}) == 4
+    assert base == checkpoint_key("s", "sha", 1)
+
+
+def test_record_fields_and_prefix() -> None:
+    ok = record("k")
+    assert list(ok) == [
+        "source", "sha256", "page", "page_count", "width", "height", "task", "prompt", "text", "finish_reason",
+        "status", "error", "image_tokens", "output_tokens", "seconds", "model", "key",
+    ]
+    assert (ok["status"], ok["error"], ok["width"], ok["text"], ok["seconds"]) == ("ok", None, 56, "t", 1.235)
+    bad = record("k", status="error")
+    assert bad["status"] == "error" and bad["error"] == {"type": "corrupt", "message": "bad -- page"}
+    assert bad["text"] is None and bad["width"] is None
+    # The journal recognises a partial line of ours by this prefix.
+    assert line(ok).startswith(RECORD_START) and line(bad).startswith(RECORD_START)
+
+
+# ---------------------------------------------------------------------------- journal
+
+
+def test_journal_round_trip_and_latest_entry_wins(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "out.jsonl")
+    j.open(overwrite=False)
+    j.append(line(record("k1", text="one")), "k1", "ok")
+    j.append(line(record("k2", status="error")), "k2", "error")
+    j.append(line(record("k2", text="retried")), "k2", "ok")
+    j.close()
+    again = Journal(tmp_path / "out.jsonl")
+    again.open(overwrite=False)
+    assert {k: again.status(k) for k in ("k1", "k2", "k3")} == {"k1": "ok", "k2": "ok", "k3": None}
+    assert again.record("k2")["text"] == "retried"
+    assert again.record("k1")["text"] == "one"
+
+
+def test_journal_cuts_partial_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    whole = line(record("k1"))
+    path.write_bytes(whole + line(record("k2"))[:30])
+    j = Journal(path)
+    j.open(overwrite=False)
+    assert set(j.entries) == {"k1"}
+    assert path.read_bytes() == whole
+    j.append(line(record("k2")), "k2", "ok")
+    j.close()
+    assert path.read_bytes() == whole + line(record("k2"))
+
+
+@pytest.mark.parametrize("content", [b"my notes\n", b"\x89PNG\r\n\x1a\n\x00binary", b'{"a": 1}\n', b"%PDF-1.7 no newline"])
+def test_journal_refuses_foreign_files_and_leaves_them_alone(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "precious.txt"
+    path.write_bytes(content)
+    with pytest.raises(OutputError, match="not a ppvl-ocr record.*--overwrite"):
+        Journal(path).open(overwrite=False)
+    assert path.read_bytes() == content
+    j = Journal(path)
+    j.open(overwrite=True)
+    assert path.read_bytes() == b"" and not j.entries
+
+
+def test_journal_write_failure_is_output_error_and_keeps_whole_records(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "out.jsonl"
+    j = Journal(path)
+    j.open(overwrite=False)
+    j.append(line(record("k1")), "k1", "ok")
+
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OutputError, match="disk full") as info:
+        j.append(line(record("k2")), "k2", "ok")
+    assert info.value.exit_code == 4
+    assert path.read_bytes() == line(record("k1"))
+    assert j.status("k2") is None
+
+
+# ---------------------------------------------------------------------------- lock
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from ppvl_batch.outputs import Lock
+lock = Lock(Path(sys.argv[1]), "out")
+lock.acquire()
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_lock_excludes_a_second_process_and_names_its_pid(tmp_path: Path) -> None:
+    path = tmp_path / "out.lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputError, match=f"another ppvl-ocr run \\(pid {holder.pid}\\)") as info:
+            Lock(path, "output out.jsonl").acquire()
+        assert info.value.exit_code == 4
+    finally:
+        holder.kill()
+        holder.wait()
+    # killed with SIGKILL: its lock file is still there, but the lock died with it
+    assert path.read_text().strip() == str(holder.pid)
+    lock = Lock(path, "output out.jsonl")
+    lock.acquire()
+    assert path.read_text().strip() == str(os.getpid())
+    lock.release()
+    assert not path.exists()
+
+
+def test_lock_from_a_dead_pid_is_taken_over(tmp_path: Path) -> None:
+    path = tmp_path / "out.lock"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    path.write_text(dead.stdout)
+    lock = Lock(path, "x")
+    lock.acquire()
+    assert path.read_text().strip() == str(os.getpid())
+    lock.release()
+
+
+# ---------------------------------------------------------------------------- writer
+
+
+def test_writer_file_output_is_its_own_journal(tmp_path: Path) -> None:
+    out = tmp_path / "sub" / "out.jsonl"
+    w = RecordWriter(str(out), None, overwrite=False)
+    w.open()
+    assert w.fresh and (tmp_path / "sub" / "out.jsonl.lock").exists()
+    w.write(record("k1"))
+    assert out.read_bytes() == line(record("k1"))  # flushed as written
+    w.close()
+    assert not (tmp_path / "sub" / "out.jsonl.lock").exists()
+    w = RecordWriter(str(out), None, overwrite=False)
+    w.open()
+    assert not w.fresh and w.status("k1") == "ok"
+    w.close()
+
+
+def test_writer_that_fails_to_open_holds_no_lock(tmp_path: Path) -> None:
+    out = tmp_path / "notes.jsonl"
+    out.write_text("mine\n")
+    with pytest.raises(OutputError):
+        RecordWriter(str(out), None, overwrite=False).open()
+    assert not (tmp_path / "notes.jsonl.lock").exists()
+    w = RecordWriter(str(out), None, overwrite=True)
+    w.open()  # in the same process: a leaked flock would refuse this
+    w.close()
+    assert out.read_bytes() == b""
+
+
+def test_writer_stdout_with_and_without_state(tmp_path: Path, monkeypatch) -> None:
+    stdout = io.TextIOWrapper(io.BytesIO())
+    monkeypatch.setattr(sys, "stdout", stdout)
+    w = RecordWriter("-", tmp_path / "state", overwrite=False)
+    w.open()
+    w.write(record("k1"))
+    w.close()
+    assert stdout.buffer.getvalue() == line(record("k1"))
+    assert (tmp_path / "state" / "journal.jsonl").read_bytes() == line(record("k1"))
+    w = RecordWriter("-", None, overwrite=False)
+    w.open()
+    w.write(record("k1"))
+    assert w.fresh and w.status("k1") is None  # nothing remembered without a state folder
+    w.close()
+
+
+def test_writer_to_a_full_device_is_output_error() -> None:
+    w = RecordWriter("/dev/full", None, overwrite=False)
+    w.open()
+    with pytest.raises(OutputError, match="/dev/full: disk full"):
+        w.write(record("k1"))
+    w.close()
+
+
+# ---------------------------------------------------------------------------- Markdown
+
+
+def test_atomic_write_replaces_whole_file(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b.md"
+    atomic_write(target, b"one")
+    atomic_write(target, b"two")
+    assert target.read_bytes() == b"two"
+    assert os.listdir(target.parent) == ["b.md"]
+
+
+def test_render_markdown_pages_and_errors() -> None:
+    pages = [record("a", page=1, text=" First page \n"), record("b", status="error", page=2), record("c", page=3, text="Third")]
+    text = render_markdown(pages)
+    assert text == (
+        "<!-- page 1 -->\n\nFirst page\n\n"
+        "<!-- page 2: corrupt: bad - - page -->\n\n"
+        "<!-- page 3 -->\n\nThird\n"
+    )

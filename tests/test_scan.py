@@ -1,0 +1,593 @@
+"""`ppvl-ocr scan` end to end on the tiny random-weight bundle: inputs, records, Markdown, resume,
+crashes, signals, the lock, errors and exit codes, config/env, memory over a long PDF.
+
+Random weights give gibberish text but real records. Pages are tiny (a few image tokens) and
+answers short, so the whole file runs in about a minute on two cores. In-process runs share one
+loaded recognizer per setting (see `fast_model`); runs that must be real processes (kill -9,
+SIGTERM, RSS) start the installed `ppvl-ocr`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import orjson
+import pytest
+from click.testing import CliRunner
+from makedocs import make_pdf, make_zero_page_pdf, text_image
+
+from ppvl_batch.cli import main
+from ppvl_batch.outputs import Lock
+from ppvl_batch.scan import Scan, ScanOptions
+
+PPVL = str(Path(sys.executable).with_name("ppvl-ocr"))
+SMALL = ["--min-pixels", "784", "--max-pixels", "3136", "--max-new-tokens", "4"]
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path: Path, monkeypatch) -> Path:
+    """Every test works in its own folder (relative paths, ./ppvl-ocr.toml lookup)."""
+    monkeypatch.chdir(tmp_path)
+    for name in [k for k in os.environ if k.startswith("PPVL_")]:
+        monkeypatch.delenv(name)
+    return tmp_path
+
+
+class _Shared:
+    """A recognizer reused by several in-process runs: close() leaves it open."""
+
+    def __init__(self, rec) -> None:
+        self._rec = rec
+
+    def __getattr__(self, name: str):
+        return getattr(self._rec, name)
+
+    def close(self) -> None:
+        pass
+
+
+_LOADED: dict = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_loaded():
+    yield
+    while _LOADED:
+        _LOADED.popitem()[1].close()
+
+
+@pytest.fixture
+def fast_model(monkeypatch, tiny_bundle):
+    """Recognizer.load returns one recognizer per distinct settings for the whole session."""
+    from ppvl_batch.recognizer import Recognizer
+
+    load = Recognizer.load.__func__
+
+    def cached(cls, model=None, **options):
+        key = (str(model), tuple(sorted(options.items())))
+        if key not in _LOADED:
+            _LOADED[key] = load(cls, model, **options)
+        return _Shared(_LOADED[key])
+
+    monkeypatch.setattr(Recognizer, "load", classmethod(cached))
+    return tiny_bundle
+
+
+def scan(*args: str, model: Path | None = None, input: bytes | None = None, env: dict | None = None):
+    """Run `ppvl-ocr scan` in process; returns click's Result (exit_code, stdout, stderr)."""
+    extra = ["--model", str(model)] if model else []
+    return CliRunner().invoke(main, ["scan", *args, *extra, *SMALL], input=input, env=env, catch_exceptions=False)
+
+
+def records(path: Path | str) -> list[dict]:
+    return [orjson.loads(line) for line in Path(path).read_bytes().splitlines()]
+
+
+def pages_of(recs: list[dict]) -> list[tuple[str, int | None]]:
+    return [(r["source"], r["page"]) for r in recs]
+
+
+def docs_tree(root: Path) -> Path:
+    """docs/ with two same-named PDFs in different folders, a multi-page TIFF and a PNG."""
+    make_pdf(root / "docs/a/report.pdf", pages=2, label="alpha")
+    make_pdf(root / "docs/b/report.pdf", pages=3, label="beta")
+    frames = [text_image((60, 40), f"f{i}") for i in range(2)]
+    frames[0].save(root / "docs/scan.tiff", save_all=True, append_images=frames[1:])
+    text_image((80, 50), "png").save(root / "docs/z.png")
+    (root / "docs/readme.txt").write_text("not walked")
+    return root / "docs"
+
+
+# ---------------------------------------------------------------------------- records and Markdown
+
+
+def test_folder_scan_records_and_markdown_mirror(in_tmp: Path, fast_model: Path) -> None:
+    docs_tree(in_tmp)
+    result = scan("docs", "-o", "out/ocr.jsonl", "--markdown", "md", "--summary-json", "sum.json", model=fast_model)
+    assert result.exit_code == 0, result.stderr
+    recs = records("out/ocr.jsonl")
+    assert pages_of(recs) == [
+        ("docs/a/report.pdf", 1), ("docs/a/report.pdf", 2),
+        ("docs/b/report.pdf", 1), ("docs/b/report.pdf", 2), ("docs/b/report.pdf", 3),
+        ("docs/scan.tiff", 1), ("docs/scan.tiff", 2), ("docs/z.png", 1),
+    ]
+    first = recs[0]
+    assert first["status"] == "ok" and first["error"] is None and first["task"] == "ocr"
+    assert first["page_count"] == 2 and recs[2]["page_count"] == 3
+    assert first["width"] % 28 == 0 and first["width"] * first["height"] <= 3136
+    assert first["image_tokens"] == first["width"] * first["height"] // 784
+    assert 1 <= first["output_tokens"] <= 4 and first["finish_reason"] in ("stop", "length", "repetition")
+    assert first["model"].split(":")[1] == "F32" and {r["model"] for r in recs} == {first["model"]}
+    import hashlib
+
+    assert first["sha256"] == hashlib.sha256(Path("docs/a/report.pdf").read_bytes()).hexdigest()
+    assert len({r["key"] for r in recs}) == len(recs)
+
+    # Markdown mirrors the tree: same-named files do not collide; pages in order.
+    md_a = Path("md/docs/a/report.pdf.md").read_text()
+    md_b = Path("md/docs/b/report.pdf.md").read_text()
+    assert md_a.count("<!-- page") == 2 and md_b.count("<!-- page") == 3
+    assert md_b.index("<!-- page 1 -->") < md_b.index("<!-- page 2 -->") < md_b.index("<!-- page 3 -->")
+    assert recs[2]["text"].strip() in md_b
+    assert sorted(str(p) for p in Path("md").rglob("*.md")) == [
+        "md/docs/a/report.pdf.md", "md/docs/b/report.pdf.md", "md/docs/scan.tiff.md", "md/docs/z.png.md",
+    ]
+    summary = orjson.loads(Path("sum.json").read_bytes())
+    assert (summary["files"], summary["pages_ok"], summary["pages_failed"], summary["exit_code"]) == (4, 8, 0, 0)
+    assert "4 files: 8 pages ok, 0 failed" in result.stderr
+    assert not Path("out/ocr.jsonl.lock").exists()
+
+
+def test_stdout_output_and_page_selection(in_tmp: Path, fast_model: Path) -> None:
+    make_pdf(in_tmp / "long.pdf", pages=12)
+    result = scan("long.pdf", "--pages", "2-3,7,11-", "-o", "-", model=fast_model)
+    assert result.exit_code == 0, result.stderr
+    recs = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert [r["page"] for r in recs] == [2, 3, 7, 11, 12]
+    assert all(r["page_count"] == 12 for r in recs)
+
+
+def test_stdin_lists_with_and_without_nul(in_tmp: Path, fast_model: Path) -> None:
+    a = make_pdf(in_tmp / "in/with space.pdf")
+    b = make_pdf(in_tmp / "in/new\nline.pdf")
+    text_image().save(in_tmp / "in/c.png")
+    result = scan("-", "-o", "lines.jsonl", model=fast_model, input=f"{a}\n{in_tmp / 'in/c.png'}\n{a}\n".encode())
+    assert result.exit_code == 0, result.stderr
+    assert pages_of(records("lines.jsonl")) == [(str(a), 1), (str(in_tmp / "in/c.png"), 1)]
+    nul = b"\0".join(os.fsencode(p) for p in [b, a]) + b"\0"
+    result = scan("-0", "-", "-o", "nul.jsonl", model=fast_model, input=nul)
+    assert result.exit_code == 0, result.stderr
+    assert pages_of(records("nul.jsonl")) == [(str(b), 1), (str(a), 1)]
+
+
+def test_globs_hidden_files_and_outside_cwd_markdown(in_tmp: Path, fast_model: Path, tmp_path_factory) -> None:
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    make_pdf(elsewhere / "x.pdf")
+    make_pdf(elsewhere / ".hidden/y.pdf")
+    result = scan(str(elsewhere), "-o", "o.jsonl", "--markdown", "md", model=fast_model)
+    assert result.exit_code == 0, result.stderr
+    assert [Path(r["source"]).name for r in records("o.jsonl")] == ["x.pdf"]
+    assert Path("md/_abs", *(elsewhere / "x.pdf.md").parts[1:]).is_file()
+    result = scan(str(elsewhere / "**/*.pdf"), "--include-hidden", "-o", "o.jsonl", model=fast_model)
+    assert [Path(r["source"]).name for r in records("o.jsonl")] == ["x.pdf", "y.pdf"]  # x already done
+
+
+# ---------------------------------------------------------------------------- resume
+
+
+def test_resume_changed_and_moved_files_and_settings(in_tmp: Path, fast_model: Path) -> None:
+    docs = docs_tree(in_tmp)
+    args = ["docs", "-o", "out.jsonl", "--markdown", "md"]
+    assert scan(*args, model=fast_model).exit_code == 0
+    first = records("out.jsonl")
+
+    again = scan(*args, model=fast_model)
+    assert again.exit_code == 0 and records("out.jsonl") == first
+    assert "0 pages ok, 0 failed, 8 already done" in again.stderr
+
+    # changed content: read again; moved file: not read again, but its Markdown appears
+    make_pdf(docs / "a/report.pdf", pages=1, label="changed")
+    (docs / "z.png").rename(docs / "moved.png")
+    shutil.rmtree("md/docs/b")
+    result = scan(*args, model=fast_model)
+    assert result.exit_code == 0
+    new = records("out.jsonl")[len(first):]
+    assert pages_of(new) == [("docs/a/report.pdf", 1)]
+    assert new[0]["sha256"] != first[0]["sha256"] and new[0]["page_count"] == 1
+    assert Path("md/docs/a/report.pdf.md").read_text().count("<!-- page") == 1
+    assert Path("md/docs/moved.png.md").is_file()
+    assert Path("md/docs/b/report.pdf.md").read_text().count("<!-- page") == 3  # rebuilt from the checkpoint
+
+    # anything that changes the answer changes the key
+    before = len(records("out.jsonl"))
+    assert scan("docs/scan.tiff", "-o", "out.jsonl", "--task", "table", model=fast_model).exit_code == 0
+    assert scan("docs/scan.tiff", "-o", "out.jsonl", "--prompt", "Read it:", model=fast_model).exit_code == 0
+    assert scan("docs/scan.tiff", "-o", "out.jsonl", "--task", "table", model=fast_model).exit_code == 0
+    added = records("out.jsonl")[before:]
+    assert [(r["task"], r["prompt"], r["page"]) for r in added] == [
+        ("table", None, 1), ("table", None, 2), ("ocr", "Read it:", 1), ("ocr", "Read it:", 2),
+    ]
+
+
+def _wait_for_lines(path: Path, count: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= count:
+            return
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not reach {count} lines")
+
+
+def test_sigterm_then_kill_9_then_resume_gives_every_page_once(in_tmp: Path, fast_model: Path) -> None:
+    make_pdf(in_tmp / "docs/book.pdf", pages=14)
+    make_pdf(in_tmp / "docs/note.pdf", pages=2)
+    out = in_tmp / "out.jsonl"
+    command = [PPVL, "scan", "docs", "-o", str(out), "--model", str(fast_model), "--batch-size", "1", *SMALL]
+
+    # SIGTERM: the page in flight is finished, exit 130 with a resume hint
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_lines(out, 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "re-run the same command to resume" in stderr
+    after_term = records(out)  # every line whole
+    assert 2 <= len(after_term) < 16
+
+    # kill -9 at an arbitrary moment, then a torn last line as a crash mid-write would leave
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_lines(out, len(after_term) + 2, proc)
+    proc.kill()
+    proc.wait()
+    with open(out, "ab") as f:
+        f.write(b'{"source":"docs/book.pdf","sha256":"12')
+    assert Path(str(out) + ".lock").exists()  # left behind by the killed run
+
+    result = scan("docs", "-o", str(out), "--batch-size", "1", model=fast_model)
+    assert result.exit_code == 0, result.stderr
+    final = records(out)
+    counts = Counter(pages_of(final))
+    assert counts == Counter({**{("docs/book.pdf", p): 1 for p in range(1, 15)}, ("docs/note.pdf", 1): 1, ("docs/note.pdf", 2): 1})
+    assert final[: len(after_term)] == after_term
+
+
+def test_lock_held_by_another_run(in_tmp: Path, fast_model: Path) -> None:
+    make_pdf(in_tmp / "a.pdf")
+    holder = Lock(in_tmp / "out.jsonl.lock", "output out.jsonl")
+    holder.acquire()
+    try:
+        result = scan("a.pdf", "-o", "out.jsonl", model=fast_model)
+    finally:
+        holder.release()
+    assert result.exit_code == 4
+    assert f"another ppvl-ocr run (pid {os.getpid()})" in result.stderr
+    assert not Path("out.jsonl").exists()  # refused before touching the output
+    assert scan("a.pdf", "-o", "out.jsonl", model=fast_model).exit_code == 0
+
+
+def test_stdout_runs_resume_with_state(in_tmp: Path, fast_model: Path) -> None:
+    make_pdf(in_tmp / "a.pdf", pages=2)
+    first = scan("a.pdf", "-o", "-", "--state", "st", model=fast_model)
+    assert len(first.stdout.splitlines()) == 2
+    second = scan("a.pdf", "-o", "-", "--state", "st", model=fast_model)
+    assert second.exit_code == 0 and second.stdout == ""
+    assert len(records("st/journal.jsonl")) == 2
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def test_every_bad_document_gets_one_record_and_exit_1(in_tmp: Path, fast_model: Path) -> None:
+    bad = in_tmp / "bad"
+    make_pdf(bad / "1-good.pdf", pages=2)
+    (bad / "2-corrupt.pdf").write_bytes(b"%PDF-1.7\n" + b"\x00garbage" * 64)
+    make_pdf(bad / "3-locked.pdf", pages=2, password="pw")
+    make_zero_page_pdf(bad / "4-zero.pdf")
+    png = io.BytesIO()
+    text_image((200, 200)).save(png, "PNG")
+    (bad / "5-truncated.png").write_bytes(png.getvalue()[:-200])
+    (bad / "6-empty.jpg").write_bytes(b"")
+    (bad / "7-notes.txt").write_text("hello")
+    inputs = [str(bad / "1-good.pdf"), str(bad), str(bad / "7-notes.txt"), str(bad / "8-vanished.pdf")]
+
+    result = scan(*inputs, "-o", "out.jsonl", "--markdown", "md", model=fast_model)
+    assert result.exit_code == 1
+    recs = records("out.jsonl")
+    errors = {Path(r["source"]).name: (r["page"], r["error"]["type"]) for r in recs if r["status"] == "error"}
+    assert errors == {
+        "2-corrupt.pdf": (None, "corrupt"),
+        "3-locked.pdf": (None, "encrypted"),
+        "4-zero.pdf": (None, "empty"),
+        "5-truncated.png": (1, "truncated"),
+        "6-empty.jpg": (None, "empty"),
+        "7-notes.txt": (None, "unsupported"),
+        "8-vanished.pdf": (None, "missing"),
+    }
+    assert [r["page"] for r in recs if r["status"] == "ok"] == [1, 2]
+    assert all(r["text"] is None and r["error"]["message"] for r in recs if r["status"] == "error")
+    assert "3-locked.pdf: encrypted" in result.stderr and "--password" in result.stderr
+    assert "<!-- page 1: truncated:" in Path(f"md/{bad.name}/5-truncated.png.md").read_text()
+
+    # next run: failures are skipped and reported, not retried; exit 0
+    result = scan(*inputs, "-o", "out.jsonl", model=fast_model)
+    assert result.exit_code == 0 and len(records("out.jsonl")) == len(recs)
+    assert "7 failed before and skipped (--retry-failed" in result.stderr
+
+    # a file that failed to open is tried again on every run: the password alone unlocks it
+    result = scan(*inputs, "-o", "out.jsonl", "--password", "pw", model=fast_model)
+    assert result.exit_code == 0, result.stderr
+    unlocked = records("out.jsonl")[len(recs):]
+    assert [(Path(r["source"]).name, r["page"], r["status"]) for r in unlocked] == [
+        ("3-locked.pdf", 1, "ok"), ("3-locked.pdf", 2, "ok"),
+    ]
+
+    # --retry-failed: the remaining failures are tried again and recorded again
+    result = scan(*inputs, "-o", "out.jsonl", "--retry-failed", "--password", "pw", model=fast_model)
+    assert result.exit_code == 1
+    retried = records("out.jsonl")[len(recs) + 2:]
+    assert sorted(Path(r["source"]).name for r in retried) == sorted(set(errors) - {"3-locked.pdf"})
+    assert all(r["status"] == "error" for r in retried)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "no inputs"),
+        (["a.pdf", "--pages", "3-1"], "bad page range"),
+        (["a.pdf", "--min-pixels", "5000", "--max-pixels", "4000"], "--min-pixels is larger"),
+        ([".", "-o", "out.jsonl"], "inside the input folder"),
+        (["a.pdf", "-o", "a.pdf"], "one of the input files"),
+        (["docs", "--markdown", "docs/md"], "inside the input folder"),
+        (["a.pdf", "--task", "poetry"], "Invalid value for '--task'"),
+        (["a.pdf", "--batch-size", "0"], "Invalid value for '--batch-size'"),
+        (["a.pdf", "-o", "o.jsonl", "--state", "st"], "--state is only for -o -"),
+    ],
+)
+def test_usage_errors_exit_2(in_tmp: Path, args: list[str], message: str) -> None:
+    make_pdf(in_tmp / "a.pdf")
+    make_pdf(in_tmp / "docs/b.pdf")
+    result = CliRunner().invoke(main, ["scan", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert result.stdout == ""
+
+
+def test_no_documents_found_is_usage_error(in_tmp: Path) -> None:
+    (in_tmp / "empty").mkdir()
+    result = CliRunner().invoke(main, ["scan", "empty", "-o", "o.jsonl"])
+    assert result.exit_code == 2 and "no documents" in result.stderr
+
+
+def test_missing_model_exit_3(in_tmp: Path) -> None:
+    make_pdf(in_tmp / "a.pdf")
+    result = CliRunner().invoke(main, ["scan", "a.pdf", "-o", "o.jsonl", "--model", str(in_tmp / "no-bundle")])
+    assert result.exit_code == 3
+    assert result.stderr.startswith("ppvl-ocr: error:") and "no-bundle" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_output_refusals_and_failures_exit_4(in_tmp: Path, fast_model: Path) -> None:
+    make_pdf(in_tmp / "a.pdf")
+    Path("notes.jsonl").write_text('{"mine": 1}\n')
+    result = scan("a.pdf", "-o", "notes.jsonl", model=fast_model)
+    assert result.exit_code == 4 and "--overwrite" in result.stderr
+    assert Path("notes.jsonl").read_text() == '{"mine": 1}\n'
+    assert scan("a.pdf", "-o", "notes.jsonl", "--overwrite", model=fast_model).exit_code == 0
+    assert len(records("notes.jsonl")) == 1
+
+    (in_tmp / "md").mkdir()
+    (in_tmp / "md/a.pdf.md").write_text("mine")
+    result = scan("a.pdf", "-o", "new.jsonl", "--markdown", "md", model=fast_model)
+    assert result.exit_code == 4 and "md/a.pdf.md exists and no checkpoint" in result.stderr
+    assert (in_tmp / "md/a.pdf.md").read_text() == "mine"
+    (in_tmp / "md/a.pdf.md").rename(in_tmp / "md/keep.md")  # files at other paths are no obstacle
+    result = scan("a.pdf", "-o", "md/out.jsonl", "--markdown", "md", model=fast_model)
+    assert result.exit_code == 0, result.stderr
+    assert (in_tmp / "md/keep.md").read_text() == "mine" and (in_tmp / "md/a.pdf.md").is_file()
+
+    assert scan("a.pdf", "-o", "/dev/full", model=fast_model).exit_code == 4
+    result = scan("a.pdf", "-o", "notes.jsonl/sub/out.jsonl", model=fast_model)
+    assert result.exit_code == 4 and "cannot create" in result.stderr
+
+
+# ---------------------------------------------------------------------------- settings, progress
+
+
+def test_config_file_env_and_command_line_precedence(in_tmp: Path, fast_model: Path) -> None:
+    make_pdf(in_tmp / "a.pdf")
+    Path("ppvl-ocr.toml").write_text(f'model = "{fast_model}"\n[scan]\noutput = "cfg.jsonl"\nmax-new-tokens = 2\n')
+    assert CliRunner().invoke(main, ["scan", "a.pdf", "--min-pixels", "784", "--max-pixels", "3136"]).exit_code == 0
+    (rec,) = records("cfg.jsonl")
+    assert rec["output_tokens"] <= 2
+    env = {"PPVL_OUTPUT": "env.jsonl"}
+    assert CliRunner().invoke(main, ["scan", "a.pdf", "--min-pixels", "784", "--max-pixels", "3136"], env=env).exit_code == 0
+    assert len(records("env.jsonl")) == 1
+    result = CliRunner().invoke(main, ["scan", "a.pdf", "-o", "cli.jsonl", "--min-pixels", "784", "--max-pixels", "3136"], env=env)
+    assert result.exit_code == 0 and len(records("cli.jsonl")) == 1
+
+    Path("other.toml").write_text("[scan]\nbatch_sise = 3\n")
+    result = CliRunner().invoke(main, ["scan", "a.pdf", "--config", "other.toml"])
+    assert result.exit_code == 2 and "has no option 'batch_sise'" in result.stderr
+    Path("other.toml").write_text("colour = 1\n")
+    result = CliRunner().invoke(main, ["scan", "a.pdf", "--config", "other.toml"])
+    assert result.exit_code == 2 and "unknown option 'colour'" in result.stderr
+    Path("other.toml").write_text("[scan\n")
+    assert CliRunner().invoke(main, ["scan", "a.pdf", "--config", "other.toml"]).exit_code == 2
+
+
+def test_progress_lines_quiet_and_bar(in_tmp: Path, fast_model: Path) -> None:
+    make_pdf(in_tmp / "a.pdf", pages=3)
+    result = scan("a.pdf", "-o", "o.jsonl", "--log-interval", "0", model=fast_model)
+    progress = [line for line in result.stderr.splitlines() if "pages/min" in line]
+    assert len(progress) == 4  # one per page, then the summary
+    assert "ppvl-ocr: 3 pages (0 failed, 0 already done)" in progress[-2]
+    quiet = scan("a.pdf", "-o", "q.jsonl", "--quiet", model=fast_model)
+    assert quiet.exit_code == 0 and quiet.stderr == "" and len(records("q.jsonl")) == 3
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    from ppvl_batch.recognizer import Recognizer
+
+    terminal = Terminal()
+    options = ScanOptions(inputs=["a.pdf"], output="bar.jsonl", min_pixels=784, max_pixels=3136, max_new_tokens=4)
+    load = lambda: Recognizer.load(fast_model, min_pixels=784, max_pixels=3136, max_new_tokens=4)  # noqa: E731
+    summary = Scan(options, load, log=terminal).run()
+    assert summary.pages_ok == 3 and summary.exit_code == 0
+    assert "file 1/1" in terminal.getvalue() and "3/3" in terminal.getvalue()
+
+
+# ---------------------------------------------------------------------------- memory
+
+
+MEASURE = """
+import resource, subprocess, sys
+proc = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+sys.stderr.buffer.write(proc.stderr)
+lines = proc.stdout.splitlines()
+records = sum(line.startswith(b'{"source":') and line.endswith(b'}') for line in lines)
+print(proc.returncode, len(lines), records, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def test_memory_stays_flat_over_a_long_pdf(in_tmp: Path, tiny_bundle: Path) -> None:
+    """Peak RSS scanning 300 pages is within a few MB of scanning 5 (each in a fresh process);
+    stdout carries only records."""
+    make_pdf(in_tmp / "short.pdf", pages=5, size=(300, 300))
+    make_pdf(in_tmp / "long.pdf", pages=300, size=(300, 300))
+    peaks = {}
+    for name, pages in [("short.pdf", 5), ("long.pdf", 300)]:
+        command = [sys.executable, "-c", MEASURE, PPVL, "scan", name, "-o", "-", "--model", str(tiny_bundle),
+                   "--dpi", "72", "--min-pixels", "784", "--max-pixels", "3136", "--max-new-tokens", "1"]
+        run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        rc, count, good, peak_kib = map(int, run.stdout.split())
+        assert (rc, count, good) == (0, pages, pages), run.stderr
+        peaks[name] = peak_kib / 1024
+    # A 300x300 pt page at 72 dpi is 264 KB of pixels: holding all pages would add ~80 MB.
+    assert peaks["long.pdf"] - peaks["short.pdf"] < 25, peaks
+
+
+class SlowModel:
+    """Stands in for the recognizer: each prepared page holds 1 MB, decoding takes a moment, so
+    a rasterizer that is not held back would pile pages up in memory."""
+
+    model_id = "fake:F32"
+    max_pixels = 3136
+    tasks = ("ocr",)
+
+    def prepare(self, image, task):
+        return bytearray(1 << 20)
+
+    def encode(self, prepared, task):
+        return [None] * len(prepared)
+
+    def decode(self, encoded, task, prompt, max_new_tokens):
+        time.sleep(0.002)
+        return SimpleNamespace(text="x", finish_reason="stop", image_tokens=4, output_tokens=1, width=56, height=56, seconds=0.002)
+
+    def close(self) -> None:
+        pass
+
+
+def test_rasterizer_stays_a_bounded_number_of_pages_ahead(in_tmp: Path) -> None:
+    import tracemalloc
+
+    make_pdf(in_tmp / "long.pdf", pages=300)
+    options = ScanOptions(inputs=["long.pdf"], output="o.jsonl", dpi=10, batch_size=4, prefetch=8, quiet=True)
+    tracemalloc.start()
+    try:
+        summary = Scan(options, SlowModel).run()
+        peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+    assert summary.pages_ok == 300 and len(records("o.jsonl")) == 300
+    # at most prefetch + batch + the two pages in hand exist at once
+    assert peak_mb < 20, peak_mb
+
+
+class FlakyModel(SlowModel):
+    """Vision fails for any batch holding the 2nd page prepared; decoding fails for the 4th."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def prepare(self, image, task):
+        self.calls += 1
+        return self.calls
+
+    def encode(self, prepared, task):
+        if 2 in prepared:
+            raise RuntimeError("vision out of memory")
+        return list(prepared)
+
+    def decode(self, encoded, task, prompt, max_new_tokens):
+        if encoded == 4:
+            raise RuntimeError("llama_decode failed")
+        return super().decode(encoded, task, prompt, max_new_tokens)
+
+
+def test_model_failures_fail_only_their_page(in_tmp: Path) -> None:
+    make_pdf(in_tmp / "a.pdf", pages=5)
+    options = ScanOptions(inputs=["a.pdf"], output="o.jsonl", dpi=10, batch_size=4, quiet=True)
+    summary = Scan(options, FlakyModel).run()
+    assert (summary.pages_ok, summary.pages_failed, summary.exit_code) == (3, 2, 1)
+    recs = records("o.jsonl")
+    assert [(r["page"], r["status"], r["error"] and r["error"]["type"]) for r in recs] == [
+        (1, "ok", None), (2, "error", "recognition"), (3, "ok", None), (4, "error", "recognition"), (5, "ok", None),
+    ]
+    assert "vision out of memory" in recs[1]["error"]["message"]
+    assert "llama_decode failed" in recs[3]["error"]["message"]
+
+
+class PacedModel(SlowModel):
+    """Decoding takes 50 ms, and the test can see how many pages were decoded."""
+
+    def __init__(self) -> None:
+        self.decoded = 0
+
+    def prepare(self, image, task):
+        return 0
+
+    def decode(self, encoded, task, prompt, max_new_tokens):
+        time.sleep(0.05)
+        self.decoded += 1
+        return super().decode(encoded, task, prompt, max_new_tokens)
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_ctrl_c_stops_with_130_and_whole_records(in_tmp: Path, signals: int) -> None:
+    """One Ctrl-C finishes the page in flight; a second one drops it. Either way the output holds
+    whole records only, and the next run completes the document with every page once."""
+    import threading
+
+    make_pdf(in_tmp / "a.pdf", pages=40)
+    model = PacedModel()
+
+    def interrupt() -> None:
+        while model.decoded < 3:
+            time.sleep(0.005)
+        for _ in range(signals):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    options = ScanOptions(inputs=["a.pdf"], output="o.jsonl", dpi=10, batch_size=2, quiet=True)
+    summary = Scan(options, lambda: model).run()
+    assert summary.interrupted and summary.exit_code == 130
+    done = records("o.jsonl")
+    assert 3 <= len(done) < 40 and summary.pages_ok == len(done)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+    summary = Scan(ScanOptions(inputs=["a.pdf"], output="o.jsonl", dpi=10, quiet=True), PacedModel).run()
+    assert summary.exit_code == 0 and summary.pages_done_before == len(done)
+    assert [r["page"] for r in records("o.jsonl")] == list(range(1, 41))
