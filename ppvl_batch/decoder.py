@@ -380,13 +380,16 @@ class TextDecoder:
     def generate(self, request: DecodeRequest) -> Generation:
         """One page from a clean sequence."""
         [(_, generation)] = list(self.generate_many([request]))
+        if isinstance(generation, DecoderError):
+            raise generation
         return generation
 
-    def generate_many(self, requests: Iterable[DecodeRequest]) -> Iterator[tuple[int, Generation]]:
+    def generate_many(self, requests: Iterable[DecodeRequest]) -> Iterator[tuple[int, Generation | DecoderError]]:
         """Decode pages with up to `n_seq` of them in flight in the one context: each step is one
         llama_decode over every active page's next token, which reads the weights once for all
         of them (single-sequence decoding on a CPU is bound by reading the weights). Yields
-        (index of the request, Generation) as pages finish, not necessarily in order."""
+        (index of the request, Generation) as pages finish, not necessarily in order; a page
+        that cannot be decoded yields its DecoderError instead and the others go on."""
         pending = iter(enumerate(requests))
         active: dict[int, _Sequence] = {}  # seq id -> page in flight
         exhausted = False
@@ -400,7 +403,11 @@ class TextDecoder:
                     break
                 index, request = item
                 started = time.perf_counter()
-                n_prompt, logits = self.prefill(request.before_image, request.image, request.after_image, seq)
+                try:
+                    n_prompt, logits = self.prefill(request.before_image, request.image, request.after_image, seq)
+                except DecoderError as exc:  # this page alone fails (e.g. too long for the context)
+                    yield index, exc
+                    continue
                 active[seq] = _Sequence(index, request, n_prompt, logits, time.perf_counter() - started, self.ctx_per_sequence)
             if not active:
                 return

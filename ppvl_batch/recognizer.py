@@ -183,8 +183,9 @@ class Recognizer:
 
     def decode_many(
         self, pages: Iterable[tuple[EncodedPage, DecodeRequest]]
-    ) -> Iterator[tuple[int, PageResult]]:
-        """Decode pages with up to `parallel` in flight; yields (index, result) as pages finish."""
+    ) -> Iterator[tuple[int, PageResult | DecoderError]]:
+        """Decode pages with up to `parallel` in flight; yields (index, result) as pages finish,
+        or (index, DecoderError) for a page that could not be decoded."""
         kept: dict[int, EncodedPage] = {}
 
         def requests() -> Iterator[DecodeRequest]:
@@ -193,7 +194,8 @@ class Recognizer:
                 yield request
 
         for index, generation in self.decoder.generate_many(requests()):
-            yield index, self._result(kept.pop(index), generation)
+            page = kept.pop(index)
+            yield index, generation if isinstance(generation, DecoderError) else self._result(page, generation)
 
     @staticmethod
     def _result(page: EncodedPage, gen: Generation) -> PageResult:
@@ -224,6 +226,9 @@ class Recognizer:
         encoded = self.encode(images, task)
         jobs = [(page, self.request(page, task, prompt, max_new_tokens=max_new_tokens, repetition_guard=repetition_guard)) for page in encoded]
         results = dict(self.decode_many(jobs))
+        for outcome in results.values():
+            if isinstance(outcome, DecoderError):
+                raise outcome
         return [results[i] for i in range(len(encoded))]
 
     def close(self) -> None:

@@ -58,6 +58,7 @@ class ScanOptions:
     min_pixels: int | None = None
     max_pixels: int | None = None
     batch_size: int = 4
+    parallel: int = 1  # pages decoded together in the one llama.cpp context
     prefetch: int = 8  # rendered pages waiting for the model
     quiet: bool = False
     log_interval: float = 60.0
@@ -376,25 +377,48 @@ class Scan:
                 batch, images = [], 0
 
     def _flush(self, batch: list[object]) -> None:
+        """Vision for the batch's pages, then decode them (up to --parallel at once) and handle
+        the batch's items in order as their pages finish, so records stay in page order and
+        each is written as soon as everything before it is."""
         pages = [i for i in batch if isinstance(i, Page) and i.error is None]
         encoded = self._encode(pages)
-        for item in batch:
+        jobs = [p for p in pages if id(p) in encoded]
+        outcomes: dict[int, Any] = {}
+        waiting = list(batch)
+
+        def handle_ready() -> None:
+            # Decoded pages are recorded even after a stop request: that is "finish the page in flight".
+            while waiting:
+                item = waiting[0]
+                if isinstance(item, Page) and id(item) in encoded and id(item) not in outcomes:
+                    return  # still decoding
+                waiting.pop(0)
+                self._item(item, outcomes.get(id(item)))
+
+        handle_ready()
+        requests = ((encoded[id(p)], self.rec.request(encoded[id(p)], self.o.task, self.o.prompt,
+                                                      max_new_tokens=self.o.max_new_tokens)) for p in jobs)
+        for index, outcome in self.rec.decode_many(requests):
+            outcomes[id(jobs[index])] = outcome
+            handle_ready()
             if self.stop.is_set():
-                return  # encoded pages not yet decoded are dropped: the next run does them
-            if isinstance(item, Page):
-                self._page(item, encoded.get(id(item)))
-            elif isinstance(item, Skipped):
-                if item.status == "ok":
-                    self.summary.pages_done_before += 1
-                else:
-                    self.summary.pages_failed_before += 1
-            elif isinstance(item, DocStart):
-                self._doc_records: dict[int, Record] = {}
-                self._progress_document(item.todo)
-            elif isinstance(item, DocEnd):
-                self._finish_document(item.start)
-            elif isinstance(item, DocFailed):
-                self._doc_failed(item)
+                return  # pages still in flight are dropped: the next run does them
+
+    def _item(self, item: object, outcome: Any) -> None:
+        if isinstance(item, Page):
+            self._page(item, outcome)
+        elif isinstance(item, Skipped):
+            if item.status == "ok":
+                self.summary.pages_done_before += 1
+            else:
+                self.summary.pages_failed_before += 1
+        elif isinstance(item, DocStart):
+            self._doc_records: dict[int, Record] = {}
+            self._progress_document(item.todo)
+        elif isinstance(item, DocEnd):
+            self._finish_document(item.start)
+        elif isinstance(item, DocFailed):
+            self._doc_failed(item)
 
     def _encode(self, pages: list[Page]) -> dict[int, Any]:
         """Vision for the batch; if the batch fails, page by page, so one bad page fails alone."""
@@ -411,17 +435,15 @@ class Scan:
                     page.error = PageError("recognition", f"vision encoder failed: {e}")
             return encoded
 
-    def _page(self, page: Page, encoded: Any) -> None:
+    def _page(self, page: Page, result: Any) -> None:
+        """Record one page: its PageResult, or the error it met on the way."""
         o = self.o
         common = dict(
             source=page.doc.source, sha256=page.sha256, page=page.number, page_count=page.page_count,
             task=o.task, prompt=o.prompt, model=self.rec.model_id, key=page.key,
         )
-        if page.error is None:
-            try:
-                result = self.rec.decode(encoded, o.task, o.prompt, max_new_tokens=o.max_new_tokens)
-            except (RuntimeError, ValueError) as e:  # DecoderError is a RuntimeError
-                page.error = PageError("recognition", f"decoder failed: {e}")
+        if page.error is None and isinstance(result, Exception):  # DecoderError
+            page.error = PageError("recognition", f"decoder failed: {result}")
         if page.error is None:
             record = make_record(**common, seconds=page.seconds + result.seconds, result=result)
             self.summary.pages_ok += 1

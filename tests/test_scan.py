@@ -496,6 +496,18 @@ class SlowModel:
         time.sleep(0.002)
         return SimpleNamespace(text="x", finish_reason="stop", image_tokens=4, output_tokens=1, width=56, height=56, seconds=0.002)
 
+    # The scan pipeline's interface to the recognizer: requests, then results as pages finish
+    # (an exception in place of the result for a page that failed).
+    def request(self, encoded, task, prompt, max_new_tokens):
+        return (task, prompt, max_new_tokens)
+
+    def decode_many(self, jobs):
+        for index, (encoded, (task, prompt, max_new_tokens)) in enumerate(jobs):
+            try:
+                yield index, self.decode(encoded, task, prompt, max_new_tokens)
+            except RuntimeError as exc:
+                yield index, exc
+
     def close(self) -> None:
         pass
 
@@ -591,3 +603,13 @@ def test_ctrl_c_stops_with_130_and_whole_records(in_tmp: Path, signals: int) -> 
     summary = Scan(ScanOptions(inputs=["a.pdf"], output="o.jsonl", dpi=10, quiet=True), PacedModel).run()
     assert summary.exit_code == 0 and summary.pages_done_before == len(done)
     assert [r["page"] for r in records("o.jsonl")] == list(range(1, 41))
+
+
+def test_parallel_decoding_gives_the_same_records_in_the_same_order(in_tmp: Path, fast_model: Path) -> None:
+    docs = docs_tree(in_tmp)
+    one = scan(str(docs), "-o", "one.jsonl", model=fast_model)
+    three = scan(str(docs), "-o", "three.jsonl", "--parallel", "3", "--batch-size", "3", model=fast_model)
+    assert one.exit_code == three.exit_code == 0, three.stderr
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("seconds",)}  # noqa: E731
+    assert [strip(r) for r in records("three.jsonl")] == [strip(r) for r in records("one.jsonl")]
+    assert len(records("one.jsonl")) == 8
