@@ -317,7 +317,7 @@ def scan(ctx: click.Context, inputs: tuple[str, ...], **opts: Any) -> None:
 
     def load():
         rec = load_recognizer(**model, min_pixels=options.min_pixels, max_pixels=options.max_pixels,
-                              max_new_tokens=options.max_new_tokens, parallel=options.parallel)
+                              max_new_tokens=options.max_new_tokens, parallel=options.parallel, lazy=True)
         if options.task not in rec.tasks:
             rec.close()
             raise UsageError(f"--task {options.task} is not available with this model (it has: {', '.join(rec.tasks)})")

@@ -78,35 +78,61 @@ class Recognizer:
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         kv_type: str = "f16",
         parallel: int = 1,
+        lazy: bool = False,
     ):
+        """`lazy`: load the weights only when the first page needs them, so a run that finds
+        nothing to do (a nightly scan of an unchanged archive) costs no model load."""
         import torch
 
         from .decoder import default_threads
+        from .vision import resolve_dtype
 
         self.bundle = bundle
         self.quant = (quant or bundle.default_quant).upper()
-        gguf_path = bundle.text_gguf(self.quant)
+        self._gguf_path = bundle.text_gguf(self.quant)
         self.threads = threads or default_threads()
-        if device == "cpu":
-            torch.set_num_threads(self.threads)
+        self._device = device
+        self._dtype = resolve_dtype(dtype, device)
+        self.vision_dtype = str(self._dtype).removeprefix("torch.")
         self.preprocessor = ImagePreprocessor(bundle.preprocessor)
         self.min_pixels = min_pixels or self.preprocessor.min_pixels
         self.max_pixels = max_pixels or self.preprocessor.max_pixels
         self.template = bundle.chat_template
-        tower = load_vision_tower(bundle.config, bundle.vision_file, device=device, dtype=dtype)
-        self.vision = VisionEncoder(tower, self.preprocessor, device)
-        self.vision_dtype = str(self.vision.dtype).removeprefix("torch.")
-        max_image_tokens = self._max_image_tokens()
-        self.decoder = TextDecoder(
-            gguf_path,
-            n_ctx=n_ctx or max_image_tokens + PROMPT_TEXT_TOKENS + max_new_tokens,
+        self.max_new_tokens = max_new_tokens
+        self._decoder_options = dict(
+            n_ctx=n_ctx or self._max_image_tokens() + PROMPT_TEXT_TOKENS + max_new_tokens,
             threads=self.threads,
             n_gpu_layers=n_gpu_layers,
             kv_type=kv_type,
             n_seq=parallel,
         )
-        self.max_new_tokens = max_new_tokens
+        self._vision: VisionEncoder | None = None
+        self._decoder: TextDecoder | None = None
         self._prompt_ids: dict[str, tuple[list[int], list[int]]] = {}
+        if device == "cpu":
+            torch.set_num_threads(self.threads)
+        if not lazy:
+            self.warm()
+
+    def warm(self) -> None:
+        """Load the vision and decoder weights now rather than at the first page."""
+        if self._vision is None:
+            tower = load_vision_tower(self.bundle.config, self.bundle.vision_file, device=self._device, dtype=self.vision_dtype)
+            self._vision = VisionEncoder(tower, self.preprocessor, self._device)
+        if self._decoder is None:
+            self._decoder = TextDecoder(self._gguf_path, **self._decoder_options)
+
+    @property
+    def vision(self) -> VisionEncoder:
+        if self._vision is None:
+            self.warm()
+        return self._vision
+
+    @property
+    def decoder(self) -> TextDecoder:
+        if self._decoder is None:
+            self.warm()
+        return self._decoder
 
     @classmethod
     def load(cls, model: str | Path | None = None, **options) -> Recognizer:
@@ -232,7 +258,8 @@ class Recognizer:
         return [results[i] for i in range(len(encoded))]
 
     def close(self) -> None:
-        self.decoder.close()
+        if self._decoder is not None:
+            self._decoder.close()
 
     def __enter__(self) -> Recognizer:
         return self

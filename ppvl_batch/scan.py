@@ -396,6 +396,8 @@ class Scan:
                 self._item(item, outcomes.get(id(item)))
 
         handle_ready()
+        if not jobs:
+            return
         requests = ((encoded[id(p)], self.rec.request(encoded[id(p)], self.o.task, self.o.prompt,
                                                       max_new_tokens=self.o.max_new_tokens)) for p in jobs)
         for index, outcome in self.rec.decode_many(requests):

@@ -613,3 +613,16 @@ def test_parallel_decoding_gives_the_same_records_in_the_same_order(in_tmp: Path
     strip = lambda r: {k: v for k, v in r.items() if k not in ("seconds",)}  # noqa: E731
     assert [strip(r) for r in records("three.jsonl")] == [strip(r) for r in records("one.jsonl")]
     assert len(records("one.jsonl")) == 8
+
+
+def test_a_run_with_nothing_left_to_do_loads_no_weights(in_tmp: Path, tiny_bundle: Path, monkeypatch) -> None:
+    import ppvl_batch.recognizer as recognizer_module
+
+    make_pdf(in_tmp / "a.pdf", pages=2)
+    assert scan("a.pdf", "-o", "o.jsonl", model=tiny_bundle).exit_code == 0
+    loaded = []
+    monkeypatch.setattr(recognizer_module, "load_vision_tower", lambda *a, **k: loaded.append("vision"))
+    monkeypatch.setattr(recognizer_module, "TextDecoder", lambda *a, **k: loaded.append("decoder"))
+    again = scan("a.pdf", "-o", "o.jsonl", model=tiny_bundle)
+    assert again.exit_code == 0 and loaded == []
+    assert len(records("o.jsonl")) == 2
