@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_engine import machine, page_image, peak_rss_mb, prepare  # noqa: E402
+from bench_engine import machine, page_image, peak_rss_mb, prepare, report  # noqa: E402
 
 
 def main() -> None:
@@ -58,10 +58,7 @@ def main() -> None:
         "| pages in flight | aggregate decode tok/s | x single | prefill s per page |",
         "|---|---|---|---|",
     ] + [f"| {n} | {tps:.1f} | {tps / base:.2f} | {pre:.2f} |" for n, tps, pre in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(ROOT / "bench" / "RESULTS.md", "a") as f:
-        f.write("\n" + text)
+    report(lines)
 
 
 if __name__ == "__main__":

@@ -132,6 +132,14 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} CPUs, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
 
 
+def report(lines: list[str]) -> None:
+    """Print a result table and append it to bench/RESULTS.md."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    with open(ROOT / "bench" / "RESULTS.md", "a") as f:
+        f.write("\n" + text)
+
+
 def prepare(work: Path) -> tuple[Path, Path]:
     import tiny_model
 
@@ -189,10 +197,7 @@ def main() -> None:
     ]
     for system, r in rows:
         table.append(f"| {system} | {r['vision_s']:.1f} | {r['prefill_s']:.2f} | {r['decode_tok_s']:.1f} | {r['total_s']:.1f} | {r['peak_rss_mb']:.0f} |")
-    text = "\n".join(table) + "\n"
-    print(text)
-    with open(ROOT / "bench" / "RESULTS.md", "a") as f:
-        f.write("\n" + text)
+    report(table)
 
 
 if __name__ == "__main__":
