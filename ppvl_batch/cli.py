@@ -391,20 +391,23 @@ Exit codes:
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600, show_default=True,
               envvar="PPVL_TIMEOUT", metavar="SECONDS",
               help="Per request, from arrival to the last token (waiting included); then 408. [env PPVL_TIMEOUT]")
+@click.option("--parallel", type=click.IntRange(1, 64), default=1, show_default=True, envvar="PPVL_PARALLEL",
+              help="Requests decoded together: those waiting when the model becomes free share each decoding "
+                   "step (more requests/min; each needs its own KV cache). [env PPVL_PARALLEL]")
 @click.option("-q", "--quiet", is_flag=True, envvar="PPVL_QUIET", help="No log line per request. [env PPVL_QUIET]")
 @model_options
 def serve(host: str, port: int, api_key: str | None, allow_files: Path | None, allow_remote_images: bool,
           queue_size: int, max_images: int, max_image_pixels: int, max_body_mb: float, max_tokens: int | None,
-          max_tokens_limit: int, timeout: float, quiet: bool, **model: Any) -> None:
+          max_tokens_limit: int, timeout: float, parallel: int, quiet: bool, **model: Any) -> None:
     """OpenAI-compatible OCR server: existing OpenAI clients work against it unchanged.
 
     \b
     ppvl-ocr serve --model paddleocr-vl
     PPVL_API_KEY=secret ppvl-ocr serve --model paddleocr-vl --host 0.0.0.0
 
-    The model loads once and reads one page at a time; requests wait in a fair first-come
-    queue. Several images in one message are read one after the other into one answer.
-    One log line per request goes to stderr.
+    The model loads once; requests wait in a fair first-come queue and are answered one at a
+    time, or with --parallel N up to N at a time. Several images in one message are read one
+    after the other into one answer. One log line per request goes to stderr.
     """
     from .errors import UsageError
     from .server import ServeOptions, run_server
@@ -421,7 +424,7 @@ def serve(host: str, port: int, api_key: str | None, allow_files: Path | None, a
     logging.getLogger("ppvl_batch.server").setLevel(logging.INFO)
     logging.getLogger("ppvl_batch.server.requests").setLevel(logging.WARNING if quiet else logging.INFO)
     # The context must hold the largest page plus the longest answer a request may ask for.
-    run_server(options, lambda: load_recognizer(**model, max_new_tokens=max_tokens_limit), host, port)
+    run_server(options, lambda: load_recognizer(**model, max_new_tokens=max_tokens_limit, parallel=parallel), host, port)
 
 
 # ---------------------------------------------------------------------------------------------

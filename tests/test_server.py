@@ -1,0 +1,807 @@
+"""`ppvl-ocr serve` and `ppvl-ocr ask` over real HTTP on 127.0.0.1, on the tiny random-weight bundle.
+
+The servers run uvicorn in a thread of this process; their answers are compared with the
+recognizer's own output for the same image (greedy, so deterministic), driven both by the official
+`openai` client and by raw httpx. Random weights give gibberish, which is fine: equal gibberish is
+the point. Requests ask for a few tokens only, so the file runs in about 30-40 s on two cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import http.server
+import io
+import json
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import numpy as np
+import openai
+import pymupdf
+import pytest
+import uvicorn
+from click.testing import CliRunner
+from PIL import Image
+
+from ppvl_batch.cli import main
+from ppvl_batch.client import load_page
+from ppvl_batch.errors import ModelError
+from ppvl_batch.prompt import V1_TASKS
+from ppvl_batch.recognizer import DecoderError, PageResult, Recognizer, Sampling
+from ppvl_batch.server import (
+    PAGE_SEPARATOR,
+    Answer,
+    Question,
+    ServeOptions,
+    answer_images,
+    answer_many,
+    bind_socket,
+    create_app,
+    run_server,
+    task_and_prompt,
+)
+
+PPVL = str(Path(sys.executable).with_name("ppvl-ocr"))
+LIMITS = dict(max_images=3, max_image_pixels=4_000_000, max_body_bytes=8 * 1024 * 1024, max_tokens_limit=64,
+              default_max_tokens=6, queue_size=64)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def noise_image(seed: int, size: tuple[int, int] = (64, 48)) -> Image.Image:
+    """A small RGB image; different seeds give different answers from the random model."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB")
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def data_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+def user(*parts: dict) -> list[dict]:
+    return [{"role": "user", "content": list(parts)}]
+
+
+def image_part(url: str) -> dict:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def text_part(text: str) -> dict:
+    return {"type": "text", "text": text}
+
+
+def ocr_messages(image: Image.Image, text: str = "OCR:") -> list[dict]:
+    return user(image_part(data_url(png_bytes(image))), text_part(text))
+
+
+def reference(rec: Recognizer, image: Image.Image, max_tokens: int, task: str = "ocr", prompt: str | None = None) -> PageResult:
+    [page] = rec.encode([image], task)
+    return rec.decode(page, task, prompt, max_new_tokens=max_tokens)
+
+
+def openai_finish(result: PageResult) -> str:
+    return "stop" if result.finish_reason == "stop" else "length"
+
+
+@contextmanager
+def running_server(loader: Callable[[], object], wait_ready: bool = True, **options) -> Iterator[SimpleNamespace]:
+    """uvicorn with our app in a thread, on a free port; stopped as SIGTERM would stop it."""
+    app = create_app(ServeOptions(**options), loader)
+    sock = bind_socket("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    handle = SimpleNamespace(url=base, server=server, thread=thread, engine=app.state.engine)
+    try:
+        if wait_ready:
+            wait_until(lambda: httpx.get(f"{base}/health").status_code == 200)
+        yield handle
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        assert not thread.is_alive()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def metric(base: str, name: str) -> float:
+    text = httpx.get(f"{base}/metrics").text
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert match, f"{name} not in /metrics"
+    return float(match.group(1))
+
+
+def post(base: str, body: object = None, *, content: bytes | None = None, headers: dict | None = None) -> httpx.Response:
+    return httpx.post(f"{base}/v1/chat/completions", json=body if content is None else None, content=content,
+                      headers=headers, timeout=60)
+
+
+def sse_events(body: str) -> list[dict]:
+    """The JSON events of a server-sent event stream, which must end with [DONE]."""
+    lines = [line for line in body.splitlines() if line]
+    assert all(line.startswith("data: ") for line in lines)
+    assert lines[-1] == "data: [DONE]"
+    return [json.loads(line[6:]) for line in lines[:-1]]
+
+
+def sse_text(events: list[dict]) -> str:
+    return "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+
+
+def assert_api_error(response: httpx.Response, status: int, code: str, param: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code and error["message"]
+    if param is not None:
+        assert error["param"] == param
+    return error
+
+
+class Gated:
+    """A recognizer whose decoding waits at `gate` (to keep the worker busy on purpose) and
+    sleeps `delay` seconds before each piece of text (so an answer takes a while)."""
+
+    def __init__(self, rec: Recognizer) -> None:
+        self.rec = rec
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.delay = 0.0
+
+    def __getattr__(self, name: str):
+        return getattr(self.rec, name)
+
+    def decode_many(self, pages: list):
+        self.entered.set()
+        assert self.gate.wait(60)
+        for _, request in pages:
+            request.on_text = functools.partial(self._slow, request.on_text)
+        return self.rec.decode_many(pages)
+
+    def _slow(self, on_text, delta: str):
+        time.sleep(self.delay)
+        return None if on_text is None else on_text(delta)
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture(scope="module")
+def rec(tiny_bundle) -> Iterator[Recognizer]:
+    with Recognizer.load(tiny_bundle, threads=1) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("allowed")
+    (root / "page.png").write_bytes(png_bytes(noise_image(1)))
+    outside = tmp_path_factory.mktemp("outside") / "secret.png"
+    outside.write_bytes(png_bytes(noise_image(2)))
+    (root / "link.png").symlink_to(outside)
+    return root
+
+
+@pytest.fixture(scope="module")
+def srv(tiny_bundle, files) -> Iterator[SimpleNamespace]:
+    """The main server: file:// allowed below `files`, http(s) images allowed, small limits."""
+    with running_server(lambda: Recognizer.load(tiny_bundle, threads=1), allow_files=files, allow_remote_images=True,
+                        **LIMITS) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def client(srv) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# answers equal the recognizer's
+
+
+def test_openai_client_answer_equals_recognizer(client, rec):
+    image = noise_image(3)
+    want = reference(rec, image, 8)
+    got = client.chat.completions.create(model="anything", messages=ocr_messages(image), max_tokens=8)
+    assert got.choices[0].message.content == want.text
+    assert got.choices[0].finish_reason == openai_finish(want)
+    assert got.usage.prompt_tokens == want.prompt_tokens > want.image_tokens  # image tokens counted
+    assert got.usage.completion_tokens == want.output_tokens
+    assert got.usage.total_tokens == want.prompt_tokens + want.output_tokens
+    assert got.model == rec.model_id
+
+
+def test_openai_client_stream_equals_recognizer(client, rec):
+    image = noise_image(4)
+    want = reference(rec, image, 8)
+    chunks = list(client.chat.completions.create(model="x", messages=ocr_messages(image), max_tokens=8, stream=True,
+                                                 stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == want.text
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1  # really streamed
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [openai_finish(want)]
+    assert chunks[-1].usage.prompt_tokens == want.prompt_tokens
+    assert chunks[-1].usage.completion_tokens == want.output_tokens
+
+
+def test_raw_http_answer_and_stream(srv, rec):
+    image = noise_image(5)
+    want = reference(rec, image, 6)
+    body = {"model": "m", "messages": ocr_messages(image)}  # no max_tokens: the server default (6)
+    data = post(srv.url, body).json()
+    assert data["object"] == "chat.completion"
+    assert data["choices"][0]["message"] == {"role": "assistant", "content": want.text}
+    assert data["usage"] == {"prompt_tokens": want.prompt_tokens, "completion_tokens": want.output_tokens,
+                             "total_tokens": want.prompt_tokens + want.output_tokens}
+    assert data["ppvl"]["pages"][0]["finish_reason"] == want.finish_reason
+
+    with httpx.stream("POST", f"{srv.url}/v1/chat/completions", json={**body, "stream": True}, timeout=60) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(response.read().decode())
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert sse_text(events) == want.text
+    assert {e["id"] for e in events} == {events[0]["id"]}
+    assert events[-1]["choices"][0]["finish_reason"] == openai_finish(want)
+
+
+def test_task_prompt_and_content_order(client, rec):
+    image = noise_image(6)
+    url = data_url(png_bytes(image))
+
+    def ask(messages: list[dict]) -> tuple[str, int]:
+        got = client.chat.completions.create(model="x", messages=messages, max_tokens=6)
+        return got.choices[0].message.content, got.usage.prompt_tokens
+
+    def want(**kwargs) -> tuple[str, int]:
+        result = reference(rec, image, 6, **kwargs)
+        return result.text, result.prompt_tokens
+
+    table = want(task="table")
+    assert ask(user(text_part("Table Recognition:"), image_part(url))) == table  # text first: image still first
+    assert ask([{"role": "system", "content": "You are an OCR engine."},
+                *user(image_part(url), text_part("Table Recognition:"))]) == table
+    assert ask(user(image_part(url), text_part("Describe the page"))) == want(prompt="Describe the page")
+    assert ask(user(image_part(url))) == want()  # no text: OCR
+    assert table[1] != want()[1]  # the task really changed the prompt
+
+
+def test_several_images_one_answer(client, rec):
+    images = [noise_image(7), noise_image(8, (80, 40))]
+    want = answer_images(rec, Question(images, "ocr", None, 12))
+    got = client.chat.completions.create(
+        model="x", messages=user(*(image_part(data_url(png_bytes(im))) for im in images), text_part("OCR:")), max_tokens=12)
+    assert got.choices[0].message.content == want.text
+    assert got.usage.prompt_tokens == want.prompt_tokens and got.usage.completion_tokens == want.completion_tokens
+    assert got.choices[0].finish_reason == want.finish_reason
+
+
+def test_file_urls_inside_the_allowed_folder_only(srv, rec, files):
+    want = reference(rec, noise_image(1), 4).text
+
+    def ask(url: str) -> httpx.Response:
+        return post(srv.url, {"messages": user(image_part(url)), "max_tokens": 4})
+
+    outside = (files / "link.png").resolve()
+    assert ask((files / "page.png").as_uri()).json()["choices"][0]["message"]["content"] == want
+    assert_api_error(ask((files / "link.png").as_uri()), 403, "file_not_allowed")  # a symlink leading out
+    assert_api_error(ask(outside.as_uri()), 403, "file_not_allowed")
+    assert_api_error(ask(f"{files.as_uri()}/../{outside.parent.name}/secret.png"), 403, "file_not_allowed")
+    assert_api_error(ask((files / "nothing.png").as_uri()), 400, "file_not_found")
+    assert_api_error(ask(files.as_uri()), 400, "file_not_found")  # a folder
+
+
+def test_remote_images_when_allowed(srv, rec, files):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(files))
+    images = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=images.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{images.server_address[1]}"
+    try:
+        answer = post(srv.url, {"messages": user(image_part(f"{base}/page.png")), "max_tokens": 4}).json()
+        assert answer["choices"][0]["message"]["content"] == reference(rec, noise_image(1), 4).text
+        assert_api_error(post(srv.url, {"messages": user(image_part(f"{base}/missing.png"))}), 400, "image_fetch_failed")
+    finally:
+        images.shutdown()
+
+
+def test_sampling_and_stop(client, rec):
+    image = noise_image(12)
+    [page] = rec.encode([image])
+    sampled = rec.decode(page, max_new_tokens=8, sampling=Sampling(temperature=1.5, top_p=0.9, seed=3)).text
+
+    def ask(**params) -> openai.types.chat.ChatCompletion:
+        return client.chat.completions.create(model="x", messages=ocr_messages(image), max_tokens=8, **params)
+
+    assert ask(temperature=1.5, top_p=0.9, seed=3).choices[0].message.content == sampled
+    assert sampled != reference(rec, image, 8).text  # really sampled, not greedy
+
+    greedy = reference(rec, image, 8).text
+    stop = greedy[len(greedy) // 2:][:3]
+    got = ask(stop=[stop, "never"])
+    assert got.choices[0].message.content == greedy[: greedy.index(stop)]
+    assert got.choices[0].finish_reason == "stop"
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: 4xx with OpenAI's error body, and the server goes on
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims a huge size: only its header is valid (a decompression bomb's shape)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def _bad_requests() -> list[tuple[str, object, int, str, str | None]]:
+    good = image_part(data_url(png_bytes(noise_image(9))))
+    truncated = png_bytes(noise_image(10, (200, 200)))
+    return [
+        ("not json", b"{", 400, "invalid_json", None),
+        ("not an object", [], 400, "invalid_json", None),
+        ("no messages", {"model": "x"}, 400, "invalid_messages", "messages"),
+        ("unknown role", {"messages": [{"role": "robot", "content": "hi"}]}, 400, "unsupported_role", "messages[0].role"),
+        ("unknown content type", {"messages": user(good, {"type": "input_audio", "input_audio": {}})}, 400,
+         "unsupported_content_type", "messages[0].content[1].type"),
+        ("content not a list", {"messages": [{"role": "user", "content": 5}]}, 400, "invalid_content", "messages[0].content"),
+        ("no image", {"messages": user(text_part("OCR:"))}, 400, "no_image", "messages[0].content"),
+        ("history", {"messages": [*user(good), {"role": "assistant", "content": "x"}, *user(good)]}, 400,
+         "unsupported_conversation", "messages[0]"),
+        ("last not user", {"messages": [{"role": "system", "content": "x"}]}, 400, "invalid_messages", "messages[0]"),
+        ("invalid base64", {"messages": user(image_part("data:image/png;base64,@@@@"))}, 400, "invalid_base64",
+         "messages[0].content[0].image_url"),
+        ("not base64 encoded", {"messages": user(image_part("data:image/png,rawbytes"))}, 400, "invalid_image_url", None),
+        ("not an image", {"messages": user(image_part(data_url(b"hello, I am text", "text/plain")))}, 400,
+         "invalid_image", "messages[0].content[0].image_url"),
+        ("truncated png", {"messages": user(image_part(data_url(truncated[: len(truncated) // 2])))}, 400,
+         "invalid_image", None),
+        ("too many pixels", {"messages": user(image_part(data_url(png_bytes(Image.new("RGB", (2500, 2000))))))},
+         400, "image_too_large", None),
+        ("decompression bomb", {"messages": user(image_part(data_url(_png_header(100_000, 100_000))))}, 400,
+         "image_too_large", None),
+        ("too many images", {"messages": user(good, good, good, good)}, 400, "too_many_images", None),
+        ("max_tokens over the ceiling", {"messages": user(good), "max_tokens": 65}, 400, "max_tokens_too_large", "max_tokens"),
+        ("max_completion_tokens zero", {"messages": user(good), "max_completion_tokens": 0}, 400, "invalid_value",
+         "max_completion_tokens"),
+        ("n", {"messages": user(good), "n": 2}, 400, "invalid_value", "n"),
+        ("temperature", {"messages": user(good), "temperature": "hot"}, 400, "invalid_value", "temperature"),
+        ("stop", {"messages": user(good), "stop": ["a", "b", "c", "d", "e"]}, 400, "invalid_value", "stop"),
+        ("other scheme", {"messages": user(image_part("ftp://example.com/a.png"))}, 400, "invalid_image_url", None),
+        ("body too large", {"messages": user(image_part(data_url(b"\0" * 8 * 1024 * 1024)))}, 413, "request_too_large", None),
+    ]
+
+
+@pytest.mark.parametrize("body,status,code,param", [case[1:] for case in _bad_requests()],
+                         ids=[case[0] for case in _bad_requests()])
+def test_bad_input_gets_its_error(srv, body, status, code, param):
+    response = post(srv.url, content=body) if isinstance(body, bytes) else post(srv.url, body)
+    assert_api_error(response, status, code, param)
+
+
+def test_server_alive_after_bad_input_and_metrics(srv, client, rec):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="x", messages=user(image_part("data:image/png;base64,!!")))
+    assert caught.value.code == "invalid_base64"
+    image = noise_image(11)
+    assert client.chat.completions.create(model="x", messages=ocr_messages(image), max_tokens=4).choices[0].message.content \
+        == reference(rec, image, 4).text
+    assert_api_error(httpx.get(f"{srv.url}/v2/nothing"), 404, "not_found")
+    text = httpx.get(f"{srv.url}/metrics").text
+    assert metric(srv.url, 'ppvl_requests_total{status="400"}') >= 1
+    assert metric(srv.url, 'ppvl_requests_total{status="200"}') >= 1
+    assert metric(srv.url, "ppvl_pages_total") >= 1
+    assert metric(srv.url, "ppvl_completion_tokens_total") >= 4
+    assert metric(srv.url, 'ppvl_request_seconds_bucket{le="+Inf"}') == metric(srv.url, "ppvl_request_seconds_count") >= 2
+    assert "# TYPE ppvl_queue_depth gauge" in text and "ppvl_model_loaded 1" in text
+
+
+def test_models_and_health(srv, rec):
+    assert httpx.get(f"{srv.url}/health").json() == {"status": "ok", "model": rec.model_id}
+    data = httpx.get(f"{srv.url}/v1/models").json()
+    assert [m["id"] for m in data["data"]] == [rec.model_id]
+
+
+def test_task_not_in_model():
+    assert task_and_prompt("Spotting:", ("ocr", "spotting")) == ("spotting", None)
+    with pytest.raises(ValueError, match="not available"):
+        task_and_prompt("Spotting:", V1_TASKS)
+
+
+# ---------------------------------------------------------------------------------------------
+# concurrency, queue, disconnects, timeouts, loading, shutdown
+
+
+@pytest.fixture(scope="module")
+def srv_parallel(tiny_bundle) -> Iterator[SimpleNamespace]:
+    """A server that decodes up to 4 waiting requests together."""
+    with running_server(lambda: Recognizer.load(tiny_bundle, threads=1, parallel=4), **LIMITS) as handle:
+        yield handle
+
+
+@pytest.mark.parametrize("server", ["srv", "srv_parallel"])
+def test_50_concurrent_requests_all_answered_correctly(server, rec, request):
+    """Each request has its own prompt, image size and length, so a mixed-up answer shows."""
+    srv = request.getfixturevalue(server)
+    cases = [(noise_image(i, (40 + 9 * i, 40)), f"Read line {i}", 2 + i % 5, i % 2 == 1) for i in range(50)]
+    wanted = []
+    for image, text, max_tokens, _ in cases:
+        result = reference(rec, image, max_tokens, prompt=text)
+        wanted.append((result.text, result.prompt_tokens, result.output_tokens))
+    assert len(set(wanted)) > 25
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=60)) as http:
+            return await asyncio.gather(*(
+                http.post(f"{srv.url}/v1/chat/completions", json={
+                    "messages": ocr_messages(image, text), "max_tokens": max_tokens, "stream": stream,
+                    "stream_options": {"include_usage": True}})
+                for image, text, max_tokens, stream in cases))
+
+    for (_, _, _, stream), want, response in zip(cases, wanted, asyncio.run(run())):
+        assert response.status_code == 200
+        if stream:
+            events = sse_events(response.text)
+            got = (sse_text(events), events[-1]["usage"]["prompt_tokens"], events[-1]["usage"]["completion_tokens"])
+        else:
+            data = response.json()
+            got = (data["choices"][0]["message"]["content"], data["usage"]["prompt_tokens"],
+                   data["usage"]["completion_tokens"])
+        assert got == want
+    if server == "srv_parallel":  # requests really were decoded together
+        assert metric(srv.url, 'ppvl_batch_size_bucket{le="1"}') < metric(srv.url, "ppvl_batch_size_count")
+
+
+@pytest.fixture
+def gated(tiny_bundle) -> Gated:
+    return Gated(Recognizer.load(tiny_bundle, threads=1))
+
+
+def test_queue_full_gets_503_with_retry_after(gated):
+    body = {"messages": ocr_messages(noise_image(30)), "max_tokens": 4}
+    with running_server(lambda: gated, queue_size=1) as handle:
+        results: list[httpx.Response] = []
+        first = threading.Thread(target=lambda: results.append(post(handle.url, body)))
+        first.start()
+        assert gated.entered.wait(30)  # the worker is busy with the first request
+        second = threading.Thread(target=lambda: results.append(post(handle.url, body)))
+        second.start()
+        wait_until(lambda: metric(handle.url, "ppvl_queue_depth") == 1)
+        refused = post(handle.url, body)
+        assert_api_error(refused, 503, "queue_full")
+        assert int(refused.headers["retry-after"]) >= 1
+        gated.gate.set()
+        first.join(30)
+        second.join(30)
+        assert [r.status_code for r in results] == [200, 200]
+        assert post(handle.url, body).status_code == 200  # room again
+
+
+def test_client_disconnect_mid_stream_frees_the_model(gated, rec):
+    gated.gate.set()
+    gated.delay = 0.2  # 40 tokens: about 8 s unless aborted
+    image = noise_image(31)
+    assert reference(rec, image, 40).output_tokens == 40
+    with running_server(lambda: gated) as handle:
+        with httpx.Client(timeout=30) as http:
+            with http.stream("POST", f"{handle.url}/v1/chat/completions",
+                             json={"messages": ocr_messages(image), "max_tokens": 40, "stream": True}) as response:
+                for line in response.iter_lines():
+                    if '"content":"' in line and '"content":""' not in line:
+                        break  # one piece of text arrived: now hang up
+        gated.delay = 0.0
+        started = time.monotonic()
+        answer = post(handle.url, {"messages": ocr_messages(noise_image(32)), "max_tokens": 4})
+        assert answer.status_code == 200
+        assert time.monotonic() - started < 4  # not stuck behind the abandoned answer
+        assert metric(handle.url, "ppvl_aborted_total") == 1
+        assert metric(handle.url, "ppvl_completion_tokens_total") < 40 + 4
+        assert metric(handle.url, "ppvl_requests_in_progress") == 0
+
+
+def test_client_gone_while_waiting_is_skipped(gated):
+    body = {"messages": ocr_messages(noise_image(35)), "max_tokens": 4}
+    with running_server(lambda: gated) as handle:
+        busy = threading.Thread(target=lambda: post(handle.url, body))
+        busy.start()
+        assert gated.entered.wait(30)
+        for stream in (False, True):  # both wait behind the busy one, then hang up
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(f"{handle.url}/v1/chat/completions", json={**body, "stream": stream}, timeout=0.5)
+        wait_until(lambda: metric(handle.url, 'ppvl_requests_total{status="499"}') == 2)
+        gated.gate.set()
+        busy.join(30)
+        wait_until(lambda: metric(handle.url, "ppvl_requests_in_progress") == 0)
+        assert metric(handle.url, "ppvl_pages_total") == 1  # the abandoned ones never reached the model
+
+
+def test_request_timeout_408(gated):
+    gated.gate.set()
+    gated.delay = 0.2
+    body = {"messages": ocr_messages(noise_image(31)), "max_tokens": 40}
+    with running_server(lambda: gated, request_timeout=2.0) as handle:
+        assert_api_error(post(handle.url, body), 408, "timeout")
+        with httpx.stream("POST", f"{handle.url}/v1/chat/completions", json={**body, "stream": True}, timeout=30) as response:
+            assert response.status_code == 200  # the stream had started: the error comes as an event
+            events = sse_events(response.read().decode())
+        assert events[-1]["error"]["code"] == "timeout"
+        assert metric(handle.url, "ppvl_requests_in_progress") == 0
+
+
+def test_health_503_while_loading_then_ready(tiny_bundle):
+    release = threading.Event()
+
+    def slow_loader() -> Recognizer:
+        assert release.wait(30)
+        return Recognizer.load(tiny_bundle, threads=1)
+
+    with running_server(slow_loader, wait_ready=False) as handle:
+        wait_until(lambda: httpx.get(f"{handle.url}/health").status_code == 503)
+        assert httpx.get(f"{handle.url}/health").json() == {"status": "loading"}
+        assert_api_error(post(handle.url, {"messages": ocr_messages(noise_image(1))}), 503, "model_loading")
+        release.set()
+        wait_until(lambda: httpx.get(f"{handle.url}/health").status_code == 200)
+
+
+def test_shutdown_lets_in_flight_requests_finish(gated):
+    body = {"messages": ocr_messages(noise_image(33)), "max_tokens": 4}
+    with running_server(lambda: gated) as handle:
+        results: list[httpx.Response] = []
+        worker = threading.Thread(target=lambda: results.append(post(handle.url, body)))
+        worker.start()
+        assert gated.entered.wait(30)
+        handle.server.should_exit = True  # what uvicorn's SIGTERM handler does
+        time.sleep(0.3)
+        gated.gate.set()
+        worker.join(30)
+        handle.thread.join(30)
+        assert [r.status_code for r in results] == [200]
+        assert not handle.thread.is_alive()
+
+
+def test_api_key(tiny_bundle, rec):
+    image = noise_image(34)
+    with running_server(lambda: Recognizer.load(tiny_bundle, threads=1), api_key="s3cret") as handle:
+        body = {"messages": ocr_messages(image), "max_tokens": 4}
+        assert_api_error(post(handle.url, body), 401, "invalid_api_key")
+        assert_api_error(post(handle.url, body, headers={"Authorization": "Bearer wrong"}), 401, "invalid_api_key")
+        assert_api_error(httpx.get(f"{handle.url}/v1/models"), 401, "invalid_api_key")
+        assert httpx.get(f"{handle.url}/health").status_code == 200
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{handle.url}/v1", api_key="wrong", max_retries=0).models.list()
+        good = openai.OpenAI(base_url=f"{handle.url}/v1", api_key="s3cret", max_retries=0)
+        assert good.chat.completions.create(model="x", messages=ocr_messages(image), max_tokens=4).choices[0].message.content \
+            == reference(rec, image, 4).text
+        # neither --allow-files nor --allow-remote-images on this server
+        for url, code in (("file:///etc/hostname", "file_urls_disabled"), (f"{handle.url}/health", "remote_images_disabled")):
+            response = post(handle.url, {"messages": user(image_part(url))}, headers={"Authorization": "Bearer s3cret"})
+            assert_api_error(response, 400, code)
+
+
+def test_model_that_fails_to_load_stops_the_server():
+    def broken() -> Recognizer:
+        raise ModelError("no such model bundle")
+
+    with pytest.raises(ModelError, match="no such model bundle"):
+        run_server(ServeOptions(), broken, "127.0.0.1", 0)
+
+
+def test_serve_cli_errors(tmp_path):
+    result = CliRunner().invoke(main, ["serve", "--model", str(tmp_path / "nothing"), "--port", "0"])
+    assert result.exit_code == 3 and "no such model bundle" in result.stderr
+    result = CliRunner().invoke(main, ["serve", "--max-tokens", "10", "--max-tokens-limit", "5"])
+    assert result.exit_code == 2 and "--max-tokens-limit" in result.stderr
+    with bind_socket("127.0.0.1", 0) as busy:
+        result = CliRunner().invoke(main, ["serve", "--model", str(tmp_path), "--port", str(busy.getsockname()[1])])
+    assert result.exit_code == 1 and "cannot listen" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# answer_images: how several pages become one answer (a fake recognizer scripts the pages)
+
+
+class FakeRec:
+    """Scripted pages: an image is a page number, each page gives (text, finish_reason, tokens)
+    or a DecoderError. Records the order pages were decoded in and their token budgets."""
+
+    def __init__(self, pages: list) -> None:
+        self.pages = pages
+        self.rounds: list[list[tuple[int, int]]] = []  # per decode_many call: (page, budget)
+        self.decoder = SimpleNamespace(detokenize=lambda ids: "".join(chr(i) for i in ids))
+
+    def prepare(self, image, task):
+        return image
+
+    def encode(self, images):
+        return list(images)
+
+    def request(self, page, task, prompt, *, max_new_tokens, sampling, stop, on_text):
+        return SimpleNamespace(page=page, budget=max_new_tokens, stop=stop, on_text=on_text)
+
+    def decode_many(self, pages):
+        self.rounds.append([(request.page, request.budget) for _, request in pages])
+        for index, (_, request) in enumerate(pages):
+            outcome = self.pages[request.page]
+            if isinstance(outcome, DecoderError):
+                yield index, outcome
+                continue
+            text, finish, tokens = outcome
+            if request.on_text:
+                request.on_text(text)
+            raw = text + ("|" if finish == "stop" and request.stop else "")
+            yield index, PageResult(text, finish, 10, 20, tokens, 1, 1, 0, 0, 0, token_ids=[ord(c) for c in raw])
+
+
+def ask_fake(pages: list, images: list[int], max_tokens: int = 10, **options) -> tuple[Answer, FakeRec]:
+    fake = FakeRec(pages)
+    return answer_images(fake, Question(images, "ocr", None, max_tokens, **options)), fake
+
+
+def test_answer_images_composes_pages():
+    seen: list[str] = []
+    answer, fake = ask_fake([("ab", "stop", 2), ("cde", "stop", 3), ("f", "stop", 1)], [0, 1, 2], on_text=seen.append)
+    assert answer.text == PAGE_SEPARATOR.join(["ab", "cde", "f"]) == "".join(seen)
+    assert fake.rounds == [[(0, 10)], [(1, 8)], [(2, 5)]]  # one page after the other; max_tokens bounds the whole
+    assert (answer.finish_reason, answer.prompt_tokens, answer.completion_tokens) == ("stop", 60, 6)
+
+    for finish in ("length", "repetition"):  # a cut page ends the answer, as OpenAI "length"
+        answer, _ = ask_fake([("ab", finish, 2), ("c", "stop", 1)], [0, 1])
+        assert (answer.text, answer.finish_reason) == ("ab", "length")
+    answer, _ = ask_fake([("ab", "stop", 4), ("c", "stop", 1)], [0, 1], max_tokens=4)
+    assert (answer.text, answer.finish_reason) == ("ab", "length")  # no budget left for page 2
+    answer, _ = ask_fake([("ab", "stop", 2), ("c", "stop", 1)], [0, 1], stop=["|"])
+    assert (answer.text, answer.finish_reason) == ("ab", "stop")  # a stop string ends the whole answer
+    answer, _ = ask_fake([("ab", "stop", 2), ("c", "stop", 1)], [0, 1], on_text=lambda d: d != PAGE_SEPARATOR)
+    assert answer.finish_reason == "abort"
+    with pytest.raises(DecoderError):
+        ask_fake([("ab", "stop", 2), DecoderError("too long")], [0, 1])
+
+
+def test_answer_many_decodes_questions_together_round_by_round():
+    fake = FakeRec([("ab", "stop", 2), ("cd", "stop", 2), ("e", "stop", 1), DecoderError("too long")])
+    questions = [Question([0, 1], "ocr", None, 10), Question([2], "ocr", None, 5), Question([3], "ocr", None, 5)]
+    first, second, third = answer_many(fake, questions)
+    assert fake.rounds == [[(0, 10), (2, 5), (3, 5)], [(1, 8)]]  # first pages together, then what is left
+    assert first.text == "ab" + PAGE_SEPARATOR + "cd" and second.text == "e"
+    assert isinstance(third, DecoderError)  # only its own question fails
+
+
+# ---------------------------------------------------------------------------------------------
+# ppvl-ocr ask
+
+
+def _pdf(path: Path, images: list[Image.Image]) -> Path:
+    doc = pymupdf.open()
+    for image in images:
+        page = doc.new_page(width=200, height=150)
+        page.insert_image(page.rect, stream=png_bytes(image))
+    doc.save(path)
+    return path
+
+
+def test_ask_against_the_server(srv, rec, tmp_path):
+    image = noise_image(40)
+    (tmp_path / "a.png").write_bytes(png_bytes(image))
+    want = reference(rec, image, 5).text
+    for stream in ([], ["--stream"]):
+        result = CliRunner().invoke(main, ["ask", "--image", str(tmp_path / "a.png"), "--server", srv.url,
+                                           "--max-tokens", "5", *stream])
+        assert result.exit_code == 0, result.output
+        assert result.stdout == want + "\n"
+        assert "cut short" in result.stderr  # 5 tokens of gibberish never end on their own
+
+    pdf = _pdf(tmp_path / "d.pdf", [noise_image(41), noise_image(42)])
+    result = CliRunner().invoke(main, ["ask", "-i", str(pdf), "--page", "2", "-s", f"{srv.url}/v1", "--max-tokens", "5",
+                                       "--text", "Chart Recognition:"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == reference(rec, load_page(pdf, 2), 5, task="chart").text + "\n"
+
+
+def test_ask_locally_equals_the_server(srv, tiny_bundle, tmp_path):
+    images = [tmp_path / "a.png", tmp_path / "b.png"]
+    for i, path in enumerate(images):
+        path.write_bytes(png_bytes(noise_image(43 + i)))
+    args = ["ask", "-i", str(images[0]), "-i", str(images[1]), "--max-tokens", "9"]
+    local = CliRunner().invoke(main, [*args, "--model", str(tiny_bundle), "--threads", "1"])
+    streamed = CliRunner().invoke(main, [*args, "--model", str(tiny_bundle), "--threads", "1", "--stream"])
+    remote = CliRunner().invoke(main, [*args, "--server", srv.url])
+    assert local.exit_code == streamed.exit_code == remote.exit_code == 0, local.output + remote.output
+    assert local.stdout == streamed.stdout == remote.stdout and local.stdout.strip()
+
+
+def test_ask_errors(srv, bundle_dirs, tmp_path):
+    (tmp_path / "a.png").write_bytes(png_bytes(noise_image(1)))
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    pdf = _pdf(tmp_path / "d.pdf", [noise_image(1)])
+    with bind_socket("127.0.0.1", 0) as closed:
+        nobody = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    cases = [
+        (["-i", str(tmp_path / "missing.png"), "-s", srv.url], 1, "missing"),
+        (["-i", str(tmp_path / "bad.png"), "-s", srv.url], 1, "corrupt"),
+        (["-i", str(pdf), "--page", "2", "-s", srv.url], 2, "has 1 page"),
+        (["-i", str(tmp_path / "a.png"), "-s", nobody], 1, "cannot reach"),
+        (["-i", str(tmp_path / "a.png"), "-s", srv.url, "--max-tokens", "100"], 1, "at most 64"),
+        (["-i", str(tmp_path / "a.png"), "--model", str(tmp_path / "no-bundle")], 3, "no such model bundle"),
+        (["-i", str(tmp_path / "a.png"), "--model", str(bundle_dirs["v1-original"]), "--text", "Spotting:"], 2,
+         "not available with this model"),
+    ]
+    for args, code, message in cases:
+        result = CliRunner().invoke(main, ["ask", *args])
+        assert result.exit_code == code, (args, result.output)
+        assert message in result.stderr and result.stdout == ""
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_ask_api_key_refused_is_a_usage_error(tiny_bundle, tmp_path):
+    (tmp_path / "a.png").write_bytes(png_bytes(noise_image(1)))
+    with running_server(lambda: Recognizer.load(tiny_bundle, threads=1), api_key="k") as handle:
+        result = CliRunner().invoke(main, ["ask", "-i", str(tmp_path / "a.png"), "-s", handle.url, "--api-key", "no"])
+        assert result.exit_code == 2 and "refused the API key" in result.stderr
+        result = CliRunner().invoke(main, ["ask", "-i", str(tmp_path / "a.png"), "-s", handle.url, "--max-tokens", "3"],
+                                    env={"PPVL_API_KEY": "k"})
+        assert result.exit_code == 0 and result.stdout.strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# the real command in its own process: logs, SIGTERM
+
+
+def test_serve_process_logs_and_stops_on_sigterm(tiny_bundle, tmp_path):
+    (tmp_path / "a.png").write_bytes(png_bytes(noise_image(50)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PPVL_")}
+    proc = subprocess.Popen([PPVL, "serve", "--model", str(tiny_bundle), "--port", "0", "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "loaded" in line:
+                break
+        port = re.search(r"listening on http://127.0.0.1:(\d+)", "".join(lines)).group(1)
+        result = CliRunner().invoke(main, ["ask", "-i", str(tmp_path / "a.png"), "-s", f"http://127.0.0.1:{port}",
+                                           "--max-tokens", "3"])
+        assert result.exit_code == 0 and result.stdout.strip()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGTERM  # uvicorn ends by the signal once in-flight work is done
+    assert out == ""  # stdout carries no logs
+    request_lines = [line for line in err.splitlines() if "chatcmpl-" in line]
+    assert len(request_lines) == 1
+    assert re.search(r"chatcmpl-\w+ 200 images=1 prompt_tokens=\d+ completion_tokens=3 finish=length [\d.]+s", request_lines[0])
