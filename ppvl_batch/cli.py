@@ -78,6 +78,9 @@ def model_options(func: Callable) -> Callable:
                      help="CPU threads for vision and decoder (default: physical cores). [env PPVL_THREADS]"),
         click.option("--n-gpu-layers", envvar="PPVL_N_GPU_LAYERS", type=click.IntRange(0), default=0, show_default=True,
                      help="Decoder layers offloaded to the GPU (llama-cpp-python built with CUDA/Metal). [env PPVL_N_GPU_LAYERS]"),
+        click.option("--kv-type", envvar="PPVL_KV_TYPE", type=click.Choice(["f16", "f32", "q8_0"]), default="f16",
+                     show_default=True, help="llama.cpp KV cache precision: f32 (with flash attention off) gives "
+                     "transformers' numerics, q8_0 halves the cache again. [env PPVL_KV_TYPE]"),
         click.option("--ctx-size", envvar="PPVL_CTX_SIZE", type=click.IntRange(256), default=None,
                      help="llama.cpp context in tokens (default: the largest page + max new tokens). [env PPVL_CTX_SIZE]"),
     ]
@@ -88,7 +91,7 @@ def model_options(func: Callable) -> Callable:
 
 def load_recognizer(
     model: str | None, quant: str | None, device: str, vision_dtype: str, threads: int | None,
-    n_gpu_layers: int, ctx_size: int | None, **extra: Any,
+    n_gpu_layers: int, kv_type: str, ctx_size: int | None, **extra: Any,
 ):
     """A Recognizer from the shared model options; says so on stderr when the demo model is used."""
     from .bundle import GET_A_MODEL
@@ -98,7 +101,7 @@ def load_recognizer(
         click.echo(f"ppvl-ocr: using the small bundled demo model; for real documents {GET_A_MODEL}", err=True)
     return Recognizer.load(
         model or None, quant=quant, device=device, dtype=vision_dtype, threads=threads,
-        n_gpu_layers=n_gpu_layers, n_ctx=ctx_size, **extra,
+        n_gpu_layers=n_gpu_layers, kv_type=kv_type, n_ctx=ctx_size, **extra,
     )
 
 
@@ -308,7 +311,7 @@ def scan(ctx: click.Context, inputs: tuple[str, ...], **opts: Any) -> None:
     from .errors import UsageError
     from .scan import Scan, ScanOptions, write_summary_json
 
-    model = {k: opts.pop(k) for k in ("model", "quant", "device", "vision_dtype", "threads", "n_gpu_layers", "ctx_size")}
+    model = {k: opts.pop(k) for k in ("model", "quant", "device", "vision_dtype", "threads", "n_gpu_layers", "kv_type", "ctx_size")}
     if not inputs:
         raise UsageError("no inputs: give files, folders, glob patterns, or - to read paths from stdin")
     if opts["min_pixels"] and opts["max_pixels"] and opts["min_pixels"] > opts["max_pixels"]:

@@ -141,8 +141,10 @@ class Recognizer:
 
     @property
     def model_id(self) -> str:
-        """Bundle id, decoder quant and vision precision: what a result depends on."""
-        return f"{self.bundle.id}:{self.quant}:vision-{self.vision_dtype}"
+        """Bundle id, decoder quant, vision precision (and KV cache type unless f16): what a
+        result depends on."""
+        kv = "" if self._decoder_options["kv_type"] == "f16" else f":kv-{self._decoder_options['kv_type']}"
+        return f"{self.bundle.id}:{self.quant}:vision-{self.vision_dtype}{kv}"
 
     @property
     def tasks(self) -> tuple[str, ...]:
