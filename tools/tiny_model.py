@@ -185,9 +185,9 @@ def full_sizes() -> dict[str, dict[str, Any]]:
     }
 
 
-def make_config(token_ids: dict[str, int], sizes: dict[str, dict[str, Any]]):
+def make_config(token_ids: dict[str, int], sizes: dict[str, dict[str, Any]], rope_theta: float = 500000.0):
     """A PaddleOCRVLConfig whose text part does not tie lm_head to the embeddings (as the
-    original checkpoint's code)."""
+    original checkpoint's code). `rope_theta`: the real model's by default."""
     from transformers import PaddleOCRVLConfig
 
     text = dict(sizes["text"])
@@ -195,7 +195,7 @@ def make_config(token_ids: dict[str, int], sizes: dict[str, dict[str, Any]]):
     vocab = text.pop("vocab_size", None) or ((token_ids["vocab"] + 63) // 64 * 64)  # padded, like the real one
     return PaddleOCRVLConfig(
         text_config=dict(
-            vocab_size=vocab, rope_parameters={"rope_type": "default", "rope_theta": 500000.0, "mrope_section": mrope},
+            vocab_size=vocab, rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope},
             tie_word_embeddings=False, rms_norm_eps=1e-5, **text,
         ),
         vision_config=dict(sizes["vision"]),
