@@ -207,7 +207,9 @@ class TextDecoder:
         cparams.n_batch = n_batch
         cparams.n_ubatch = n_batch
         cparams.n_seq_max = n_seq
-        cparams.kv_unified = True  # one cache shared by the pages in flight
+        # One cache stream per page in flight: with a unified cache every page would attend over
+        # (and mask) the cells of all the others, so a step would cost more with each page added.
+        cparams.kv_unified = False
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.no_perf = True
