@@ -20,6 +20,7 @@ import math
 import os
 import re
 import warnings
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,16 +136,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-class Document:
+class Document(ABC):
     """An open document. `page_count` pages, rendered one at a time by `render(n)` (1-based)."""
 
     page_count: int
 
-    def render(self, number: int) -> Image.Image:
-        raise NotImplementedError
+    @abstractmethod
+    def render(self, number: int) -> Image.Image: ...
 
-    def close(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def close(self) -> None: ...
 
     def __enter__(self) -> Document:
         return self

@@ -11,21 +11,12 @@ from pathlib import Path
 import pytest
 
 from ppvl_batch.pages import open_document
+from train_demo import edit_distance  # tools/ (on the path through conftest): one CER for training and tests
 from ppvl_batch.recognizer import Recognizer
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_docs"
 MAX_CER = 0.05  # issue 5: at most 5% on the pages of sample_docs
 DOCUMENTS = sorted(SAMPLES.rglob("*.gt.json"))
-
-
-def edit_distance(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
 
 
 def document_for(gt: Path) -> Path:
