@@ -61,6 +61,12 @@ def main(verbose: int) -> None:
         import os
 
         os.environ["PPVL_LLAMA_LOG"] = "1"
+    if not verbose:
+        # transformers warns about config keys it does not know (e.g. mrope_section, which it
+        # does use); for a command line tool that is noise on stderr.
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.set_verbosity_error()
 
 
 def model_options(func: Callable) -> Callable:
