@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,25 +106,6 @@ class Checkpoint:
             except Exception as exc:  # safetensors raises its own error types for damaged files
                 raise ModelError(f"{f}: not a readable safetensors file ({_first_line(exc)})") from exc
         return names
-
-    def iter_tensors(self, prefix: str) -> Iterator[tuple[str, Any]]:
-        """(canonical name, torch tensor) for every tensor whose canonical name starts with prefix,
-        loaded one at a time."""
-        from safetensors import safe_open
-
-        by_file: dict[Path, list[tuple[str, str]]] = {}
-        for canon, (f, raw) in self.tensor_names().items():
-            if canon.startswith(prefix):
-                by_file.setdefault(f, []).append((canon, raw))
-        for f, items in by_file.items():
-            try:
-                with safe_open(str(f), framework="pt") as st:
-                    for canon, raw in sorted(items):
-                        yield canon, st.get_tensor(raw)
-            except ModelError:
-                raise
-            except Exception as exc:
-                raise ModelError(f"{f}: damaged or truncated safetensors file ({_first_line(exc)})") from exc
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,9 +1,10 @@
 """Image embeddings + prompt -> text, in one persistent llama.cpp context (design.md sections 4, 6).
 
 This is where the image embeddings enter llama.cpp. We own the loop instead of using
-`Llama.generate()`, whose bookkeeping assumes one position per token. Per page:
+`Llama.generate()`, whose bookkeeping assumes one position per token. Per page, in its own
+sequence of the context (several pages can be in flight):
 
-    clear the context memory
+    clear the page's sequence
     decode the prompt text before the image     token batch, positions 0 .. p0-1
     decode the image embeddings                 embedding batch, 3-D M-RoPE positions
     decode the prompt text after the image      token batch from p0 + max(rows, cols)

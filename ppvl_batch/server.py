@@ -846,7 +846,7 @@ def create_app(options: ServeOptions, loader: Callable[[], Recognizer]) -> "Fast
             engine.admit()
             admitted = True
             images = await asyncio.gather(*(load_image(url, param, options) for param, url in chat.image_urls))
-            prepared = await asyncio.to_thread(lambda: [rec.prepare(im, task) for im in images])
+            prepared = await asyncio.to_thread(lambda batch=images: [rec.prepare(im, task) for im in batch])
             del images  # the prepared pixels are all the worker needs
             job = Job(chat, prepared, task, prompt, asyncio.get_running_loop(), entry.started + options.request_timeout)
             engine.submit(job)
