@@ -1,12 +1,19 @@
-"""Engine benchmark: one full-size page through our recognizer and through transformers.
+"""Engine benchmark: one full-size page through our recognizer, through llama.cpp alone and
+through transformers.
 
 Builds a FULL-SIZE random-weight PaddleOCR-VL 1.5 checkpoint (speed does not depend on weight
-values), converts it to a bundle with F16, Q8_0 and Q4_K_M decoders, then measures each system
-in its own process on one 1000x1300 page with a fixed number of generated tokens (EOS ignored):
-vision seconds, prefill seconds, decode tokens/s, total seconds and peak RSS.
+values), converts it to a bundle with F16, Q8_0 and Q4_K_M decoders and llama.cpp's mmproj (added
+to an existing bundle that lacks it), then measures each system in its own process on one
+1000x1300 page with a fixed number of generated tokens (EOS ignored): vision seconds, prefill
+seconds, decode tokens/s, total seconds and peak RSS.
+
+    ours-<QUANT>   PyTorch vision + our llama.cpp decoding loop
+    mtmd-<QUANT>   llama.cpp alone: vision from the mmproj through libmtmd (bench_mtmd.py)
+    hf-<DTYPE>     transformers generate()
 
     python bench/bench_engine.py                     # everything, 1024 new tokens
-    python bench/bench_engine.py --new-tokens 128 --systems ours-Q4_K_M,hf-bf16
+    python bench/bench_engine.py --new-tokens 128 --systems ours-Q4_K_M,mtmd-Q4_K_M,hf-bf16
+    python bench/bench_engine.py --checkpoint C --bundle B --systems ours-Q4_K_M,mtmd-Q4_K_M --new-tokens 16
 
 Results are printed as a Markdown table and appended to bench/RESULTS.md with machine and date.
 """
@@ -25,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-SYSTEMS = ["ours-F16", "ours-Q8_0", "ours-Q4_K_M", "hf-fp32", "hf-bf16"]
+SYSTEMS = ["ours-F16", "ours-Q8_0", "ours-Q4_K_M", "mtmd-Q4_K_M", "hf-fp32", "hf-bf16"]
 
 
 def page_image(width: int = 1000, height: int = 1300):
@@ -39,7 +46,13 @@ def page_image(width: int = 1000, height: int = 1300):
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's own peak RSS. Linux carries ru_maxrss over fork and exec, so a child would
+    report at least the parent's peak (torch, once the parent has imported it); VmHWM is not."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_ours(bundle: Path, quant: str, new_tokens: int, threads: int | None) -> dict:
@@ -140,45 +153,72 @@ def report(lines: list[str]) -> None:
         f.write("\n" + text)
 
 
-def prepare(work: Path) -> tuple[Path, Path]:
+def prepare(checkpoint: Path, bundle: Path, mmproj: bool) -> None:
     import tiny_model
 
-    from ppvl_batch.convert import convert
+    from ppvl_batch.bundle import Bundle
+    from ppvl_batch.convert import add_mmproj, convert
 
-    checkpoint, bundle = work / "checkpoint-full", work / "bundle-full"
+    def log(message: str) -> None:
+        print(message, file=sys.stderr)
+
     if not (checkpoint / "config.json").exists():
-        print("building a full-size random-weight checkpoint ...", file=sys.stderr)
+        log("building a full-size random-weight checkpoint ...")
         tiny_model.build_checkpoint(checkpoint, layout="original", version="1.5", sizes=tiny_model.full_sizes())
     if not (bundle / "manifest.json").exists():
-        print("converting ...", file=sys.stderr)
-        convert(str(checkpoint), bundle, ["F16", "Q8_0", "Q4_K_M"], log=lambda m: print(m, file=sys.stderr))
-    return checkpoint, bundle
+        log("converting ...")
+        convert(str(checkpoint), bundle, ["F16", "Q8_0", "Q4_K_M"], mmproj=mmproj, log=log)
+    elif mmproj and Bundle.open(bundle).mmproj_file is None:
+        log("adding llama.cpp's mmproj to the bundle ...")
+        add_mmproj(bundle, log=log)
+
+
+def context_size(bundle: Path, quant: str) -> int:
+    """The llama.cpp context ours allocates for a page (the mtmd system gets the same KV cache)."""
+    from ppvl_batch.bundle import Bundle
+    from ppvl_batch.recognizer import Recognizer
+
+    return Recognizer(Bundle.open(bundle), quant=quant, lazy=True).n_ctx
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work")
+    parser.add_argument("--checkpoint", type=Path, help="checkpoint for the hf systems (default WORK/checkpoint-full)")
+    parser.add_argument("--bundle", type=Path, help="bundle for the ours and mtmd systems (default WORK/bundle-full)")
     parser.add_argument("--new-tokens", type=int, default=1024)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--run", help=argparse.SUPPRESS)  # child process: one system
+    parser.add_argument("--ctx", type=int, help=argparse.SUPPRESS)  # child process: the mtmd system's context
     args = parser.parse_args()
-    checkpoint, bundle = args.work / "checkpoint-full", args.work / "bundle-full"
+    checkpoint = args.checkpoint or args.work / "checkpoint-full"
+    bundle = args.bundle or args.work / "bundle-full"
 
     if args.run:
         kind, variant = args.run.split("-", 1)
-        result = (run_ours(bundle, variant, args.new_tokens, args.threads) if kind == "ours"
-                  else run_hf(checkpoint, variant, args.new_tokens, args.threads))
+        if kind == "ours":
+            result = run_ours(bundle, variant, args.new_tokens, args.threads)
+        elif kind == "mtmd":
+            from bench_mtmd import run_mtmd
+
+            result = run_mtmd(bundle, variant, args.new_tokens, args.threads, args.ctx)
+        else:
+            result = run_hf(checkpoint, variant, args.new_tokens, args.threads)
         result["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(result))
         return
 
+    systems = args.systems.split(",")
     args.work.mkdir(parents=True, exist_ok=True)
-    prepare(args.work)
+    prepare(checkpoint, bundle, mmproj=any(s.startswith("mtmd-") for s in systems))
     rows = []
-    for system in args.systems.split(","):
+    for system in systems:
         print(f"running {system} ...", file=sys.stderr)
-        cmd = [sys.executable, __file__, "--run", system, "--work", str(args.work), "--new-tokens", str(args.new_tokens)]
+        cmd = [sys.executable, __file__, "--run", system, "--checkpoint", str(checkpoint), "--bundle", str(bundle),
+               "--new-tokens", str(args.new_tokens)]
+        if system.startswith("mtmd-"):
+            cmd += ["--ctx", str(context_size(bundle, system.split("-", 1)[1]))]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -190,7 +230,8 @@ def main() -> None:
     table = [
         f"### Engine, one page ({rows[0][1]['image_tokens'] if rows else '?'} image tokens, {args.new_tokens} generated tokens, EOS ignored)",
         "",
-        f"{time.strftime('%Y-%m-%d')}, {machine()}. Command: `python bench/bench_engine.py --new-tokens {args.new_tokens}`",
+        f"{time.strftime('%Y-%m-%d')}, {machine()}. Command: `python bench/bench_engine.py --new-tokens {args.new_tokens}"
+        + (f" --systems {args.systems}" if systems != SYSTEMS else "") + (f" --threads {args.threads}" if args.threads else "") + "`",
         "",
         "| system | vision s | prefill s | decode tok/s | total s | peak RSS MB |",
         "|---|---|---|---|---|---|",

@@ -4,11 +4,11 @@ The default path runs vision in bf16 on CPUs with native bf16 and keeps llama.cp
 cache with flash attention; the exact path is fp32 vision and an f32 KV cache (what the parity
 tests compare with transformers). For a bundle and a set of pages this measures:
 
-- cosine similarity of the image embeddings (bf16 vision vs fp32 vision),
+- cosine similarity of the image embeddings (bf16 or int8-weight vision vs fp32 vision),
 - token agreement of greedy answers: pages whose tokens are identical, and the share of tokens
   before the first difference,
 
-for each default against the exact path.
+for each default, and for the opt-in int8 vision weights, against the exact path.
 
     python bench/bench_fidelity.py --model BUNDLE [--pages N] [--new-tokens 64]
     python bench/bench_fidelity.py --tiny            # a random-weight test checkpoint
@@ -75,6 +75,8 @@ def main() -> None:
             "bf16 vision, f32 KV": dict(dtype="bf16", kv_type="f32"),
             "fp32 vision, f16 KV": dict(dtype="fp32", kv_type="f16"),
             "default (bf16 vision, f16 KV)": dict(dtype="bf16", kv_type="f16"),
+            "int8 vision, f32 KV": dict(dtype="int8", kv_type="f32"),
+            "--vision-dtype int8 (int8 vision, f16 KV)": dict(dtype="int8", kv_type="f16"),
         }
         answers, embeddings, name = {}, {}, ""
         for label, options in configs.items():

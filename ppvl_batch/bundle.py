@@ -116,6 +116,12 @@ class Bundle:
     def vision_file(self) -> Path:
         return self.path / self.manifest["vision"]["file"]
 
+    @property
+    def mmproj_file(self) -> Path | None:
+        """The vision tower as llama.cpp's mmproj GGUF, when converted with --mmproj."""
+        name = self.manifest["vision"].get("mmproj")
+        return self.path / name if name else None
+
     @cached_property
     def config(self) -> dict[str, Any]:
         return json.loads((self.path / "config.json").read_text())

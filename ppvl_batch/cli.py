@@ -78,8 +78,9 @@ def model_options(func: Callable) -> Callable:
                      help="Decoder quantization to use when the bundle has several (default: the bundle's first). [env PPVL_QUANT]"),
         click.option("--device", envvar="PPVL_DEVICE", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
                      help="Where the vision encoder runs. [env PPVL_DEVICE]"),
-        click.option("--vision-dtype", envvar="PPVL_VISION_DTYPE", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
-                     show_default=True, help="Vision precision; auto = bf16 where the CPU/GPU computes it natively (AVX512-BF16, AMX, CUDA), else fp32. [env PPVL_VISION_DTYPE]"),
+        click.option("--vision-dtype", envvar="PPVL_VISION_DTYPE", type=click.Choice(["auto", "fp32", "bf16", "int8"]), default="auto",
+                     show_default=True, help="Vision precision; auto = bf16 where the CPU/GPU computes it natively (AVX512-BF16, AMX, CUDA), "
+                     "else fp32; int8 = auto with int8 weights (half the vision memory, see README). [env PPVL_VISION_DTYPE]"),
         click.option("--threads", envvar="PPVL_THREADS", type=click.IntRange(1), default=None,
                      help="CPU threads for vision and decoder (default: physical cores). [env PPVL_THREADS]"),
         click.option("--n-gpu-layers", envvar="PPVL_N_GPU_LAYERS", type=click.IntRange(0), default=0, show_default=True,
@@ -124,8 +125,11 @@ def load_recognizer(
               help="Decoder quantization: F32, F16, Q8_0, Q5_K_M, Q4_K_M (default), Q4_0. Repeat for several in one bundle.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at OUTPUT (only once the new one is complete).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="Threads for quantization.")
+@click.option("--mmproj", is_flag=True,
+              help="Also write the vision tower as llama.cpp's mmproj GGUF (mmproj-F16.gguf), so llama.cpp can run the whole model for comparison.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
-def convert(source: str, output: str, quants: tuple[str, ...], overwrite: bool, threads: int | None, quiet: bool) -> None:
+def convert(source: str, output: str, quants: tuple[str, ...], overwrite: bool, threads: int | None, mmproj: bool,
+            quiet: bool) -> None:
     """Convert a PaddleOCR-VL checkpoint into a model bundle.
 
     CHECKPOINT is a local folder of the Hugging Face checkpoint (PaddleOCR-VL v1, 1.5 or 1.6,
@@ -145,7 +149,7 @@ def convert(source: str, output: str, quants: tuple[str, ...], overwrite: bool, 
 
     names = parse_quants(quants)
     say = (lambda m: None) if quiet else (lambda m: click.echo(f"ppvl-ocr: {m}", err=True))
-    run_convert(source, output, names, overwrite=overwrite, threads=threads, log=say,
+    run_convert(source, output, names, overwrite=overwrite, threads=threads, mmproj=mmproj, log=say,
                 progress=not quiet and sys.stderr.isatty())
 
 

@@ -74,6 +74,7 @@ def describe(bundle: Bundle) -> dict[str, Any]:
         "quants": list(bundle.quants),
         "default_quant": bundle.default_quant,
         "vision_dtype": vision_dtype,
+        "mmproj": bundle.manifest["vision"].get("mmproj"),
         "preprocessor": {k: bundle.preprocessor.get(k) for k in ("min_pixels", "max_pixels", "patch_size", "merge_size")},
         "text": text,
         "parameters": parameters,
@@ -102,7 +103,8 @@ def render_text(info: dict[str, Any]) -> str:
         f"context length  {text['context_length']}   vocab {text['vocab']}",
         f"quants          {', '.join(info['quants'])} (default {info['default_quant']}); "
         f"tensor types {json.dumps(text['tensor_types'])}",
-        f"vision          {info['vision_dtype']}, pixels {info['preprocessor']['min_pixels']}..{info['preprocessor']['max_pixels']}",
+        f"vision          {info['vision_dtype']}, pixels {info['preprocessor']['min_pixels']}..{info['preprocessor']['max_pixels']}"
+        + (f"; llama.cpp mmproj {info['mmproj']}" if info["mmproj"] else ""),
         "",
         "parameters",
     ]

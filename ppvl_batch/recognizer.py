@@ -85,22 +85,24 @@ class Recognizer:
         import torch
 
         from .decoder import default_threads
-        from .vision import resolve_dtype
+        from .vision import resolve_precision
 
         self.bundle = bundle
         self.quant = (quant or bundle.default_quant).upper()
         self._gguf_path = bundle.text_gguf(self.quant)
         self.threads = threads or default_threads()
         self._device = device
-        self._dtype = resolve_dtype(dtype, device)
-        self.vision_dtype = str(self._dtype).removeprefix("torch.")
+        self._vision_dtype = dtype
+        self.vision_precision = resolve_precision(dtype, device).name
         self.preprocessor = ImagePreprocessor(bundle.preprocessor)
         self.min_pixels = min_pixels or self.preprocessor.min_pixels
         self.max_pixels = max_pixels or self.preprocessor.max_pixels
         self.template = bundle.chat_template
         self.max_new_tokens = max_new_tokens
+        # The llama.cpp context of one page: the largest image, the prompt text and the answer.
+        self.n_ctx = n_ctx or self._max_image_tokens() + PROMPT_TEXT_TOKENS + max_new_tokens
         self._decoder_options = dict(
-            n_ctx=n_ctx or self._max_image_tokens() + PROMPT_TEXT_TOKENS + max_new_tokens,
+            n_ctx=self.n_ctx,
             threads=self.threads,
             n_gpu_layers=n_gpu_layers,
             kv_type=kv_type,
@@ -117,7 +119,7 @@ class Recognizer:
     def warm(self) -> None:
         """Load the vision and decoder weights now rather than at the first page."""
         if self._vision is None:
-            tower = load_vision_tower(self.bundle.config, self.bundle.vision_file, device=self._device, dtype=self.vision_dtype)
+            tower = load_vision_tower(self.bundle.config, self.bundle.vision_file, device=self._device, dtype=self._vision_dtype)
             self._vision = VisionEncoder(tower, self.preprocessor, self._device)
         if self._decoder is None:
             self._decoder = TextDecoder(self._gguf_path, **self._decoder_options)
@@ -144,7 +146,7 @@ class Recognizer:
         """Bundle id, decoder quant, vision precision (and KV cache type unless f16): what a
         result depends on."""
         kv = "" if self._decoder_options["kv_type"] == "f16" else f":kv-{self._decoder_options['kv_type']}"
-        return f"{self.bundle.id}:{self.quant}:vision-{self.vision_dtype}{kv}"
+        return f"{self.bundle.id}:{self.quant}:vision-{self.vision_precision}{kv}"
 
     @property
     def tasks(self) -> tuple[str, ...]:

@@ -9,6 +9,9 @@ attends only to itself.
 
 from __future__ import annotations
 
+import json
+import struct
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from torch.nn import functional as F
 
 # Patch budget of one vision forward pass: bounds activation memory whatever the batch size.
 MAX_PATCHES_PER_FORWARD = 16384
@@ -127,17 +131,123 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_dtype(dtype: str | None, device: str) -> torch.dtype:
+VISION_DTYPES = ("auto", "fp32", "bf16", "int8")
+
+
+@dataclass(frozen=True)
+class VisionPrecision:
+    """How the vision tower computes (`compute`) and whether its linear layers keep int8 weights."""
+
+    compute: torch.dtype
+    int8_weights: bool = False
+
+    @property
+    def name(self) -> str:
+        """What model ids record, e.g. `bfloat16` or `int8-bfloat16`."""
+        compute = str(self.compute).removeprefix("torch.")
+        return f"int8-{compute}" if self.int8_weights else compute
+
+
+def resolve_precision(dtype: str | None, device: str) -> VisionPrecision:
     """`auto`: bf16 where the hardware computes it natively (CUDA with bf16, CPUs with AVX512-BF16
-    or AMX), fp32 elsewhere. fp32 is the reference's numerics (the parity tests use it)."""
+    or AMX), fp32 elsewhere. fp32 is the reference's numerics (the parity tests use it). `int8`:
+    auto's compute dtype with int8 weights in the linear layers (half of bf16's memory)."""
     names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-    if dtype in (None, "auto"):
+    if dtype in (None, "auto", "int8"):
         if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+            native = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        else:
+            native = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+        return VisionPrecision(native, int8_weights=dtype == "int8")
     if dtype not in names:
-        raise ValueError(f"unknown vision dtype {dtype!r}; use auto, fp32 or bf16")
-    return names[dtype]
+        raise ValueError(f"unknown vision dtype {dtype!r}; use one of {', '.join(VISION_DTYPES)}")
+    return VisionPrecision(names[dtype])
+
+
+class Int8Linear(nn.Module):
+    """A Linear layer whose weight is kept as int8 with one scale per output channel and
+    expanded to the compute dtype for each call. Weight-only: activations keep the compute dtype,
+    so the matmul runs at bf16/fp32 speed, the weights take half of bf16's memory, and the only
+    error is the weight rounding (at most half a step of each row's max/127)."""
+
+    ROWS_PER_READ = 64  # small temporaries: large ones fragment the heap into hundreds of MB
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, scratch: DequantScratch):
+        super().__init__()
+        self.register_buffer("qweight", qweight)  # [out, in] int8
+        self.register_buffer("scale", scale)  # [out, 1]
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.scratch = scratch
+
+    @classmethod
+    def from_file(cls, f: SafetensorsReader, name: str, dtype: torch.dtype, scratch: DequantScratch) -> Int8Linear:
+        """Quantize `name`.weight from `f` a few rows at a time (never the whole float matrix)."""
+        out_features, in_features = f.header[f"{name}.weight"]["shape"]
+        qweight = torch.empty(out_features, in_features, dtype=torch.int8)
+        scale = torch.empty(out_features, 1, dtype=torch.float32)
+        for start in range(0, out_features, cls.ROWS_PER_READ):
+            stop = min(start + cls.ROWS_PER_READ, out_features)
+            rows = f.get_rows(f"{name}.weight", start, stop).float()
+            scale[start:stop] = rows.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny) / 127
+            qweight[start:stop] = torch.round(rows / scale[start:stop]).to(torch.int8)
+        bias = f.get_tensor(f"{name}.bias").to(dtype) if f"{name}.bias" in f.header else None
+        return cls(qweight, scale.to(dtype), bias, scratch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.scratch.take(self.qweight.shape, x.dtype, x.device)
+        torch.mul(self.qweight, self.scale, out=weight)
+        return F.linear(x, weight, self.bias)
+
+
+class DequantScratch(threading.local):
+    """One buffer, per thread, that every Int8Linear of a tower expands its weight into: a fresh
+    float weight per call would add hundreds of MB of heap fragmentation over a page."""
+
+    def __init__(self):
+        self.buffer: torch.Tensor | None = None
+
+    def take(self, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        numel = shape[0] * shape[1]
+        if self.buffer is None or self.buffer.numel() < numel or self.buffer.dtype != dtype or self.buffer.device != device:
+            self.buffer = torch.empty(numel, dtype=dtype, device=device)
+        return self.buffer[:numel].view(shape)
+
+
+class SafetensorsReader:
+    """Reads tensors (or some of their rows) of a .safetensors file with plain reads instead of a
+    memory map, so tensors converted on load (int8) do not leave their source pages mapped into
+    the process, where they would count towards its resident memory until the file is closed."""
+
+    DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+    def __init__(self, path: Path):
+        self.file = open(path, "rb")
+        (header_len,) = struct.unpack("<Q", self.file.read(8))
+        self.header = json.loads(self.file.read(header_len))
+        self.header.pop("__metadata__", None)
+        self.data_start = 8 + header_len
+
+    def keys(self) -> list[str]:
+        return list(self.header)
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        return self.get_rows(name, 0, self.header[name]["shape"][0] if self.header[name]["shape"] else 1)
+
+    def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows start..stop-1 along the first dimension."""
+        info = self.header[name]
+        dtype, shape = self.DTYPES[info["dtype"]], info["shape"]
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        data = bytearray((stop - start) * row_bytes)
+        self.file.seek(self.data_start + info["data_offsets"][0] + start * row_bytes)
+        self.file.readinto(data)
+        return torch.frombuffer(data, dtype=dtype).reshape([stop - start, *shape[1:]] if shape else [])
+
+    def __enter__(self) -> SafetensorsReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
 
 
 def load_vision_tower(config: dict[str, Any], weights: Path, device: str = "cpu", dtype: str | None = None) -> VisionTower:
@@ -146,21 +256,40 @@ def load_vision_tower(config: dict[str, Any], weights: Path, device: str = "cpu"
     from transformers import PaddleOCRVLConfig
     from transformers.initialization import no_init_weights
 
+    from .errors import ModelError
+
     cfg = PaddleOCRVLConfig(**config)
-    torch_dtype = resolve_dtype(dtype, device)
+    precision = resolve_precision(dtype, device)
     with no_init_weights():  # the weights come from the file; random init would only cost time
         tower = VisionTower(cfg)
-    # Tensors are converted to the compute dtype as they are read and then adopted by the module
-    # (assign=True), so the weights are never held twice.
-    with safe_open(str(weights), framework="pt") as f:
-        state = {name: f.get_tensor(name).to(torch_dtype) for name in f.keys()}
+    quantized: set[str] = set()
+    if precision.int8_weights:
+        with SafetensorsReader(weights) as f:
+            quantized = _quantize_linears(tower, f, precision.compute)
+            done = {f"{name}.{part}" for name in quantized for part in ("weight", "bias")}
+            state = {name: f.get_tensor(name).to(precision.compute) for name in f.keys() if name not in done}
+    else:
+        # Tensors are converted to the compute dtype as they are read and then adopted by the
+        # module (assign=True), so the weights are never held twice.
+        with safe_open(str(weights), framework="pt") as f:
+            state = {name: f.get_tensor(name).to(precision.compute) for name in f.keys()}
     missing, unexpected = tower.load_state_dict(state, strict=False, assign=True)
+    missing = [name for name in missing if name.rpartition(".")[0] not in quantized]
     if missing or unexpected:
-        from .errors import ModelError
-
         raise ModelError(f"{weights}: vision weights do not match the config (missing {missing[:2]}, unexpected {unexpected[:2]})")
     del state
-    return tower.to(device=device, dtype=torch_dtype).eval()
+    return tower.to(device=device, dtype=precision.compute).eval()
+
+
+def _quantize_linears(tower: VisionTower, f: SafetensorsReader, dtype: torch.dtype) -> set[str]:
+    """Replace every nn.Linear (attention and MLP of each encoder layer, the projector: nearly
+    all of the tower's weights) by an Int8Linear read from `f`; returns their module names."""
+    names = [name for name, module in tower.named_modules() if isinstance(module, nn.Linear)]
+    scratch = DequantScratch()
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        tower.get_submodule(parent).register_module(child, Int8Linear.from_file(f, name, dtype, scratch))
+    return set(names)
 
 
 class VisionEncoder:
