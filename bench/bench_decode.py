@@ -6,6 +6,10 @@ pages together reads them once per step for all N. This measures aggregate decod
 embedding for every page, EOS ignored, a fixed number of tokens each).
 
     python bench/bench_decode.py [--quant Q4_K_M] [--new-tokens 128] [--parallel 1,2,4,8]
+
+A second table separates the two possible costs of a step with N tokens: N pages (N KV streams,
+one token each) against N consecutive tokens of ONE page in one batch (one KV stream). When both
+cost the same, a step is bound by the matmuls over the weights, not by the attention.
 """
 
 from __future__ import annotations
@@ -20,6 +24,23 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_engine import machine, page_image, peak_rss_mb, prepare, report  # noqa: E402
 
+from ppvl_batch.decoder import _int_array  # noqa: E402
+
+
+def step_ms(decoder, n: int, one_page: bool, p0: int, steps: int = 16) -> float:
+    """Milliseconds per llama_decode of n tokens: n pages (sequences 0..n-1, same position) or
+    n consecutive positions of sequence 0. Uses the decoder's batch submission directly."""
+    import llama_cpp
+
+    start = time.perf_counter()
+    for i in range(steps):
+        positions = list(range(p0 + i * n, p0 + (i + 1) * n)) if one_page else [p0 + i] * n
+        seqs = [0] * n if one_page else list(range(n))
+        decoder._submit(n, _int_array(positions), seqs, tokens=_int_array([100] * n), logits=range(n))
+    elapsed = time.perf_counter() - start
+    llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(decoder.ctx), -1, p0, -1)  # back to the pages
+    return elapsed / steps * 1000
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,14 +48,16 @@ def main() -> None:
     parser.add_argument("--quant", default="Q4_K_M")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--parallel", default="1,2,4,8")
+    parser.add_argument("--one-page-sizes", default="16,32,64,128", help="larger batches timed for one page only")
     args = parser.parse_args()
 
     from ppvl_batch.recognizer import Recognizer
 
-    _, bundle = prepare(args.work)
+    bundle = args.work / "bundle-full"
+    prepare(args.work / "checkpoint-full", bundle, mmproj=False)
     levels = [int(p) for p in args.parallel.split(",")]
     rows = []
-    with Recognizer.load(bundle, quant=args.quant, parallel=max(levels), max_new_tokens=args.new_tokens) as rec:
+    with Recognizer.load(bundle, quant=args.quant, parallel=max(levels), max_new_tokens=args.new_tokens + 256) as rec:
         [encoded] = rec.encode([page_image()])
         for n in levels:
             requests = []
@@ -49,6 +72,10 @@ def main() -> None:
             prefill = sum(g.prefill_seconds for _, g in generations)
             rows.append((n, total_tokens / decode_wall, prefill / n))
             print(f"{n} in flight: {total_tokens / decode_wall:.1f} tok/s", file=sys.stderr)
+        # Every sequence now holds a full page: time bare steps past its answer.
+        p0 = encoded.image_tokens + args.new_tokens + 64
+        costs = [(n, step_ms(rec.decoder, n, False, p0), step_ms(rec.decoder, n, True, p0)) for n in levels]
+        costs += [(int(n), None, step_ms(rec.decoder, int(n), True, p0, steps=4)) for n in args.one_page_sizes.split(",") if n]
     base = rows[0][1]
     lines = [
         f"### Decoding several pages together ({args.quant}, {encoded.image_tokens} image tokens, {args.new_tokens} tokens per page)",
@@ -57,7 +84,11 @@ def main() -> None:
         "",
         "| pages in flight | aggregate decode tok/s | x single | prefill s per page |",
         "|---|---|---|---|",
-    ] + [f"| {n} | {tps:.1f} | {tps / base:.2f} | {pre:.2f} |" for n, tps, pre in rows]
+    ] + [f"| {n} | {tps:.1f} | {tps / base:.2f} | {pre:.2f} |" for n, tps, pre in rows] + [
+        "",
+        "| tokens per step (N) | ms per step, one token of each of N pages | ms per step, N tokens of one page | ms per token, one page |",
+        "|---|---|---|---|",
+    ] + [f"| {n} | {'-' if pages is None else f'{pages:.1f}'} | {one:.1f} | {one / n:.2f} |" for n, pages, one in costs]
     report(lines)
 
 

@@ -7,7 +7,7 @@ to an existing bundle that lacks it), then measures each system in its own proce
 1000x1300 page with a fixed number of generated tokens (EOS ignored): vision seconds, prefill
 seconds, decode tokens/s, total seconds and peak RSS.
 
-    ours-<QUANT>   PyTorch vision + our llama.cpp decoding loop
+    ours-<QUANT>   PyTorch vision + our llama.cpp decoding loop (ours-Q4_K_M+int8: --vision-dtype int8)
     mtmd-<QUANT>   llama.cpp alone: vision from the mmproj through libmtmd (bench_mtmd.py)
     hf-<DTYPE>     transformers generate()
 
@@ -55,10 +55,12 @@ def peak_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_ours(bundle: Path, quant: str, new_tokens: int, threads: int | None) -> dict:
+def run_ours(bundle: Path, variant: str, new_tokens: int, threads: int | None) -> dict:
+    """`variant`: a decoder quant, optionally with a --vision-dtype after a `+` (Q4_K_M+int8)."""
     from ppvl_batch.recognizer import Recognizer
 
-    rec = Recognizer.load(bundle, quant=quant, threads=threads)
+    quant, _, vision_dtype = variant.partition("+")
+    rec = Recognizer.load(bundle, quant=quant, threads=threads, dtype=vision_dtype or None)
     image = page_image()
     t0 = time.perf_counter()
     [encoded] = rec.encode([image])

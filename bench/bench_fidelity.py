@@ -93,7 +93,7 @@ def main() -> None:
         f"### Fidelity of the fast defaults ({name}, {args.pages} pages, {args.new_tokens} tokens)",
         "",
         f"{time.strftime('%Y-%m-%d')}, {machine()}. Command: `python bench/bench_fidelity.py "
-        f"{'--tiny' if args.tiny else '--model ' + str(args.model)} --pages {args.pages} --new-tokens {args.new_tokens}`",
+        f"{'--tiny ' if args.tiny else f'--model {args.model} ' if args.model else ''}--pages {args.pages} --new-tokens {args.new_tokens}`",
         "",
         "| path vs exact | min embedding cosine | pages with identical tokens | tokens before first difference |",
         "|---|---|---|---|",

@@ -57,11 +57,11 @@ def transformers_reader(checkpoint: Path) -> tuple[Reader, int]:
     return (lambda images: read_pages(model, enc, images)), max_pixels
 
 
-def recognizer_reader(bundle: str) -> tuple[Reader, int]:
+def recognizer_reader(bundle: str, vision_dtype: str = "auto") -> tuple[Reader, int]:
     sys.path.insert(0, str(ROOT))
     from ppvl_batch.recognizer import Recognizer
 
-    rec = Recognizer.load(model=bundle)
+    rec = Recognizer.load(model=bundle, dtype=vision_dtype)
 
     def read(images: list[Image.Image]) -> list[str]:
         out: list[str] = []
@@ -98,11 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", type=Path, help="HF-layout checkpoint, read with transformers generate")
     src.add_argument("--bundle", help="ppvl-ocr bundle (or 'demo'), read with ppvl_batch.recognizer")
+    ap.add_argument("--vision-dtype", default="auto", help="with --bundle: as ppvl-ocr's --vision-dtype")
     ap.add_argument("--heldout", type=int, default=200, help="number of held-out synthetic pages")
     ap.add_argument("--sample-docs", type=Path, default=ROOT / "sample_docs")
     ap.add_argument("--show", type=int, default=3, help="print this many held-out readings")
     args = ap.parse_args(argv)
-    read, max_pixels = transformers_reader(args.checkpoint) if args.checkpoint else recognizer_reader(args.bundle)
+    read, max_pixels = transformers_reader(args.checkpoint) if args.checkpoint else recognizer_reader(args.bundle, args.vision_dtype)
     print(json.dumps(evaluate(read, max_pixels, args.heldout, args.sample_docs, args.show), indent=2))
 
 
