@@ -80,7 +80,7 @@ def main() -> None:
     lines = [
         f"### Decoding several pages together ({args.quant}, {encoded.image_tokens} image tokens, {args.new_tokens} tokens per page)",
         "",
-        f"{time.strftime('%Y-%m-%d')}, {machine()}. Command: `python bench/bench_decode.py --quant {args.quant} --new-tokens {args.new_tokens}`. Peak RSS {peak_rss_mb():.0f} MB.",
+        f"{time.strftime('%Y-%m-%d')}, {machine()}. Command: `python bench/bench_decode.py --quant {args.quant} --new-tokens {args.new_tokens}{f' --parallel {args.parallel}' if args.parallel != '1,2,4,8' else ''}{f' --one-page-sizes "{args.one_page_sizes}"' if args.one_page_sizes != '16,32,64,128' else ''}`. Peak RSS {peak_rss_mb():.0f} MB.",
         "",
         "| pages in flight | aggregate decode tok/s | x single | prefill s per page |",
         "|---|---|---|---|",

@@ -97,3 +97,21 @@ def test_precision_names_go_into_the_model_id(tiny_bundle):
         assert rec.model_id.endswith(f":vision-int8-{str(native).removeprefix('torch.')}")
     with pytest.raises(ValueError, match="int8"):
         resolve_precision("fp8", "cpu")
+
+
+def test_scan_with_int8_vision_records_it(tmp_path):
+    """Through the CLI on the demo model: the option reaches the vision tower, the records say so,
+    and switching precision redoes the page instead of reusing the bf16/fp32 result."""
+    import orjson
+    from click.testing import CliRunner
+
+    from ppvl_batch.cli import main
+
+    page().save(tmp_path / "page.png")
+    out = tmp_path / "out.jsonl"
+    for dtype in ("auto", "int8"):
+        result = CliRunner().invoke(main, ["scan", str(tmp_path / "page.png"), "-o", str(out), "--vision-dtype", dtype, "--max-new-tokens", "8"])
+        assert result.exit_code == 0, result.output
+    recs = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert len(recs) == 2
+    assert "vision-int8-" not in recs[0]["model"] and "vision-int8-" in recs[1]["model"]
