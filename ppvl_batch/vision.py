@@ -103,14 +103,26 @@ class ImagePreprocessor:
         return PreparedImage(np.asarray(out["pixel_values"], dtype=np.float32), grid_h, grid_w, self.merge)
 
 
+def contiguous_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask, **kwargs):
+    """transformers' SDPA attention, with query/key/value made contiguous first. The vision
+    encoder hands them over as transposed views ([1, heads, patches, head_dim] strided over
+    [patches, heads, head_dim]), on which PyTorch's CPU flash kernel is about 12% slower: 0.99 s
+    against 0.87 s, copies included, per layer of a 4960-patch page. Same kernel, same numbers."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query.contiguous(), key.contiguous(), value.contiguous(), attention_mask, **kwargs)
+
+
 class VisionTower(nn.Module):
     """Vision encoder + projector of PaddleOCR-VL: patches -> text-width embeddings."""
 
     def __init__(self, config):
+        from transformers import AttentionInterface
         from transformers.models.paddleocr_vl.modeling_paddleocr_vl import PaddleOCRProjector, PaddleOCRVisionModel
 
         super().__init__()
-        self.visual = PaddleOCRVisionModel._from_config(config.vision_config, attn_implementation="sdpa")
+        AttentionInterface.register("ppvl_contiguous_sdpa", contiguous_sdpa)
+        self.visual = PaddleOCRVisionModel._from_config(config.vision_config, attn_implementation="ppvl_contiguous_sdpa")
         self.projector = PaddleOCRProjector(config)
 
     @torch.inference_mode()
