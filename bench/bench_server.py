@@ -21,8 +21,6 @@ import argparse
 import asyncio
 import base64
 import io
-import os
-import platform
 import re
 import statistics
 import subprocess
@@ -33,6 +31,10 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_engine import machine  # noqa: E402
+
 PPVL = str(Path(sys.executable).with_name("ppvl-ocr"))
 
 
@@ -111,14 +113,6 @@ async def run_level(base: str, body: dict, clients: int, requests: int) -> tuple
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def machine() -> str:
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor()
-    return f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
 
 
 def main() -> None:
