@@ -223,9 +223,11 @@ class TextDecoder:
         cparams.n_threads_batch = threads
         cparams.no_perf = True
         # f16 halves the KV cache (about 18 KB per token). f32 gives the reference's numerics, and
-        # then flash attention stays off: on the CPU it rounds queries to f16.
+        # then flash attention stays off: on the CPU it rounds queries to f16. On the CPU it is
+        # off for f16 too: llama.cpp's plain attention decodes a page about 14% faster there
+        # (bench/RESULTS.md). q8_0 needs it (llama.cpp quantizes V only with flash attention).
         cparams.type_k = cparams.type_v = KV_TYPES[kv_type]
-        if kv_type == "f32":
+        if kv_type == "f32" or (kv_type == "f16" and n_gpu_layers == 0):
             cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         if not self.ctx:
