@@ -120,7 +120,7 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ModelError(f"{path}: cannot read JSON ({_first_line(exc)})") from exc
 
 
-def _text_hparams(config: dict[str, Any]) -> TextHParams:
+def text_hparams(config: dict[str, Any]) -> TextHParams:
     """Decoder hyper-parameters from a flat (PaddlePaddle) or nested (transformers 5) config."""
     text = config.get("text_config") or config
     rope = text.get("rope_parameters") or text.get("rope_scaling") or config.get("rope_scaling") or {}
@@ -199,7 +199,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(
         path=path,
         config=config,
-        text=_text_hparams(config),
+        text=text_hparams(config),
         vision_config=vision,
         preprocessor=_read_json(preprocessor_file),
         chat_template=_chat_template(path, tokenizer_config),

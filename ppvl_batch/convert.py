@@ -298,6 +298,16 @@ def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> No
 _SAFETENSORS_ITEM_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
+def vision_tensor_names(config: dict[str, Any]) -> set[str]:
+    """Every tensor ppvl_batch.vision.VisionTower loads for this config (built without memory)."""
+    from transformers import PaddleOCRVLConfig
+
+    from .vision import VisionTower
+
+    with torch.device("meta"):
+        return set(VisionTower(PaddleOCRVLConfig(**config)).state_dict())
+
+
 def write_vision(ckpt: Checkpoint, out: Path) -> dict[str, Any]:
     """Vision encoder and projector under the names of ppvl_batch.vision.VisionTower, at the
     checkpoint's own precision.
@@ -309,8 +319,9 @@ def write_vision(ckpt: Checkpoint, out: Path) -> dict[str, Any]:
     from safetensors import safe_open
 
     sources = {n: src for n, src in ckpt.tensor_names().items() if n.startswith(("visual.", "projector."))}
-    if not any(n.startswith("projector.") for n in sources) or not any(n.startswith("visual.") for n in sources):
-        raise ModelError(f"{ckpt.path}: vision encoder or projector weights are missing")
+    missing = sorted(vision_tensor_names(ckpt.config) - set(sources))
+    if missing:
+        raise ModelError(f"{ckpt.path}: vision weights incomplete ({len(missing)} missing, e.g. {missing[0]})")
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = parameters = 0
     for name in sorted(sources):
@@ -407,10 +418,6 @@ def _write_mmproj(
         with safe_open(str(file), framework="pt") as st:
             shape = tuple(st.get_slice(raw).get_shape())
         planned.append((gguf_name, shape, file, raw, _mmproj_is_f16(gguf_name, shape, ftype)))
-    names = {p[0] for p in planned}
-    for required in ("v.patch_embd.weight", "v.position_embd.weight", "v.blk.0.attn_q.weight", "mm.input_norm.weight", "mm.2.weight"):
-        if required not in names:
-            raise ModelError(f"{name}: vision weights incomplete ({required} has no source tensor)")
 
     writer = gguf.GGUFWriter(str(out), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.MMPROJ])
     writer.add_type(gguf.GGUFType.MMPROJ)
@@ -589,7 +596,7 @@ def add_mmproj(bundle: str | Path, log: Log = _no_log) -> Path:
     from safetensors import safe_open
 
     from .bundle import Bundle
-    from .checkpoint import _text_hparams
+    from .checkpoint import text_hparams
 
     opened = Bundle.open(bundle)
     with safe_open(str(opened.vision_file), framework="pt") as st:
@@ -598,7 +605,7 @@ def add_mmproj(bundle: str | Path, log: Log = _no_log) -> Path:
     partial = opened.path / f".{name}.partial-{os.getpid()}"
     try:
         count = _write_mmproj(sources, opened.config["vision_config"], opened.preprocessor,
-                              _text_hparams(opened.config).hidden_size, Path(opened.manifest["source"]["path"]).name, partial, "F16")
+                              text_hparams(opened.config).hidden_size, Path(opened.manifest["source"]["path"]).name, partial, "F16")
         os.replace(partial, opened.path / name)
     except BaseException:
         partial.unlink(missing_ok=True)

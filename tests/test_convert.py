@@ -116,6 +116,25 @@ def test_missing_tokenizer(tiny_checkpoint, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_incomplete_vision_weights(tiny_checkpoint, tmp_path):
+    """A checkpoint without one of the vision tower's tensors fails at convert, not at the first
+    page: one line, exit 3, nothing left behind."""
+    from safetensors.torch import load_file, save_file
+
+    src = shutil.copytree(tiny_checkpoint, tmp_path / "src")
+    [shard] = src.glob("*.safetensors")
+    weights = load_file(shard)
+    [patch] = [name for name in weights if name.endswith("patch_embedding.weight")]
+    del weights[patch]
+    save_file(weights, shard, metadata={"format": "pt"})
+    result = run("convert", str(src), "-o", str(tmp_path / "out"), "--quiet")
+    assert result.exit_code == 3
+    assert result.stderr == (
+        f"ppvl-ocr: error: {src}: vision weights incomplete (1 missing, e.g. visual.vision_model.embeddings.patch_embedding.weight)\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_truncated_safetensors(checkpoint_dirs, tmp_path):
     src = shutil.copytree(checkpoint_dirs["v1-original"], tmp_path / "src")
     shard = src / "model-00001-of-00002.safetensors"

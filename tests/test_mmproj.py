@@ -138,3 +138,19 @@ def test_add_mmproj_to_an_existing_bundle_gives_the_same_file(mmproj_bundles, ch
     assert sorted(p.name for p in out.iterdir()) == sorted([*bundle.manifest["files"], "manifest.json"])
     converted = Bundle.open(mmproj_bundles["v1-original"])
     assert bundle.manifest["files"]["mmproj-F16.gguf"] == converted.manifest["files"]["mmproj-F16.gguf"]
+
+
+def test_mmproj_of_a_model_llama_cpp_cannot_run_is_refused(tiny_checkpoint, tmp_path):
+    """llama.cpp's paddleocr projector merges 2x2 patches: another merge is a one-line model error
+    (exit 3), and the interrupted convert leaves no bundle behind."""
+    import shutil
+
+    src = shutil.copytree(tiny_checkpoint, tmp_path / "src")
+    config = json.loads((src / "config.json").read_text())
+    config["vision_config"]["spatial_merge_size"] = 3
+    (src / "config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(main, ["convert", str(src), "-o", str(tmp_path / "b"), "--quant", "F16", "--mmproj", "--quiet"])
+    assert result.exit_code == 3
+    assert result.stderr == "ppvl-ocr: error: src: llama.cpp's paddleocr projector merges 2x2 patches; this model merges 3x3\n"
+    assert not (tmp_path / "b").exists()
+
