@@ -1,0 +1,203 @@
+"""PP-DocLayoutV2 / V3 layout detection with transformers' model classes and our own pre- and
+post-processing.
+
+transformers' image processors for these models subclass its torchvision backend, and
+torchvision does not load with our CPU torch; so the two ends are ours, written from its code
+(transformers 5.24, docs/layout.md) and checked against it in tests/test_layout_detector.py:
+
+    preprocess   page (RGB) -> uint8 CHW -> bicubic resize to 800 x 800 without antialiasing, on
+                 the uint8 tensor as torchvision does on the CPU -> (x - mean*255) / (std*255)
+    decode       sigmoid scores, top-k over query x label, xyxy boxes in page pixels, the model's
+                 reading order by "win accumulation" of the pairwise order logits; sorted by it
+
+What `detect` returns is what `post_process_object_detection` would; PaddleX's rules come after
+(postprocess.py). V3 also predicts masks, which transformers turns into polygons with OpenCV; we
+keep boxes only (docs/layout.md).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..errors import ModelError
+from .postprocess import Detection
+
+# The 25 labels of PP-DocLayoutV2 and V3, in class-id order (config.json id2label).
+LABELS = (
+    "abstract", "algorithm", "aside_text", "chart", "content", "display_formula", "doc_title",
+    "figure_title", "footer", "footer_image", "footnote", "formula_number", "header",
+    "header_image", "image", "inline_formula", "number", "paragraph_title", "reference",
+    "reference_content", "seal", "table", "text", "vertical_text", "vision_footnote",
+)
+
+# config.json model_type -> (our version name, transformers class)
+MODEL_TYPES = {
+    "pp_doclayout_v2": ("v2", "PPDocLayoutV2ForObjectDetection"),
+    "pp_doclayout_v3": ("v3", "PPDocLayoutV3ForObjectDetection"),
+}
+
+# Published preprocessor_config.json values, used where a folder has no such file.
+DEFAULT_PREPROCESSOR: dict[str, Any] = {
+    "size": {"height": 800, "width": 800}, "resample": 3, "do_rescale": True,
+    "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0, 0, 0], "image_std": [1, 1, 1],
+}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    height: int
+    width: int
+    mean: torch.Tensor  # (3,) float32, already divided by the rescale factor
+    std: torch.Tensor
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], where: str) -> Preprocessing:
+        """Accept only settings this module implements; anything else is an error naming it."""
+        merged = {**DEFAULT_PREPROCESSOR, **config}
+        unsupported = [
+            key for key, ok in (
+                ("do_resize", merged.get("do_resize", True) is True),
+                ("resample", merged.get("resample") == 3),
+                ("do_center_crop", not merged.get("do_center_crop")),
+                ("do_pad", not merged.get("do_pad")),
+                ("do_rescale", merged.get("do_rescale") is True),
+                ("do_normalize", merged.get("do_normalize") is True),
+            ) if not ok
+        ]
+        size = merged.get("size") or {}
+        if not (isinstance(size.get("height"), int) and isinstance(size.get("width"), int)):
+            unsupported.append("size")
+        if unsupported:
+            raise ModelError(f"{where}: unsupported preprocessor setting(s) {', '.join(unsupported)} "
+                             "(expected the published PP-DocLayout values: bicubic resize to a fixed size, rescale, normalize)")
+        # transformers fuses rescale into normalize this way: mean / factor, std / factor (float32)
+        factor = 1.0 / float(merged["rescale_factor"])
+        return cls(
+            height=size["height"], width=size["width"],
+            mean=torch.tensor(merged["image_mean"], dtype=torch.float32) * factor,
+            std=torch.tensor(merged["image_std"], dtype=torch.float32) * factor,
+        )
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """One page -> (3, H, W) float32 model input."""
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
+        if pixels.shape[1:] != (self.height, self.width):
+            # uint8 in, uint8 out: torchvision's CPU path for bicubic (rounding inside the kernel),
+            # which is not the same as resizing floats and rounding afterwards
+            pixels = F.interpolate(pixels[None], size=[self.height, self.width], mode="bicubic",
+                                   align_corners=False, antialias=False)[0]
+        return (pixels.to(torch.float32) - self.mean[:, None, None]) / self.std[:, None, None]
+
+
+def reading_order_ranks(order_logits: torch.Tensor) -> torch.Tensor:
+    """(B, Q, Q) pairwise logits -> (B, Q) rank of each query in reading order. Query j's votes
+    are sigmoid(l[i, j]) over i < j plus 1 - sigmoid(l[j, i]) over i > j; fewer votes = earlier."""
+    p = order_logits.sigmoid()
+    votes = p.triu(diagonal=1).sum(dim=1) + (1.0 - p.transpose(1, 2)).tril(diagonal=-1).sum(dim=1)
+    by_rank = votes.argsort(dim=1)
+    ranks = torch.empty_like(by_rank)
+    ranks.scatter_(1, by_rank, torch.arange(by_rank.shape[1], device=by_rank.device).expand_as(by_rank))
+    return ranks
+
+
+def decode(
+    logits: torch.Tensor, pred_boxes: torch.Tensor, order_logits: torch.Tensor,
+    sizes: Sequence[tuple[int, int]], threshold: float, labels: Sequence[str] = LABELS,
+) -> list[list[Detection]]:
+    """Raw outputs of a batch -> per page, the detections with score >= threshold in reading
+    order. `sizes` are (width, height) of the pages; boxes are scaled to them, not clipped."""
+    ranks = reading_order_ranks(order_logits)
+    centre, extent = pred_boxes.split(2, dim=-1)
+    corners = torch.cat([centre - 0.5 * extent, centre + 0.5 * extent], dim=-1)
+    scale = torch.tensor([[w, h, w, h] for w, h in sizes], dtype=torch.float32, device=corners.device)
+    corners = corners * scale[:, None, :]
+
+    num_queries, num_labels = logits.shape[1:]
+    # top-k over every (query, label) pair: one query can come back twice with two labels
+    scores, flat = logits.sigmoid().flatten(1).topk(num_queries, dim=-1)
+    label_ids, queries = flat % num_labels, flat // num_labels
+    corners = corners.gather(1, queries[..., None].expand(-1, -1, 4))
+    ranks = ranks.gather(1, queries)
+
+    pages = []
+    for score, label_id, box, rank in zip(scores, label_ids, corners, ranks):
+        keep = score >= threshold
+        rank, by_order = rank[keep].sort()
+        pages.append([
+            Detection(labels[lab], s, tuple(b), r)
+            for s, lab, b, r in zip(score[keep][by_order].tolist(), label_id[keep][by_order].tolist(),
+                                    box[keep][by_order].tolist(), rank.tolist())
+        ])
+    return pages
+
+
+class LayoutDetector:
+    """A PP-DocLayoutV2 or V3 checkpoint folder, ready to detect blocks on pages."""
+
+    def __init__(self, model: torch.nn.Module, version: str, preprocessing: Preprocessing, device: str = "cpu") -> None:
+        self.model = model.to(device).eval()
+        self.version = version
+        self.preprocessing = preprocessing
+        self.device = device
+        self.labels = tuple(model.config.id2label[i] for i in range(len(model.config.id2label)))
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str = "cpu") -> LayoutDetector:
+        """A local folder as published (config.json, model.safetensors, preprocessor_config.json)."""
+        folder = Path(folder)
+        config_file = folder / "config.json"
+        if not config_file.is_file():
+            raise ModelError(f"{folder}: not a layout model folder (no config.json)")
+        try:
+            config = json.loads(config_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{config_file}: unreadable ({exc})") from exc
+        model_type = config.get("model_type")
+        if model_type not in MODEL_TYPES:
+            raise ModelError(f"{folder}: model_type {model_type!r} is not a PP-DocLayoutV2/V3 model "
+                             f"(expected one of {', '.join(MODEL_TYPES)})")
+        labels = [config.get("id2label", {}).get(str(i)) for i in range(len(LABELS))]
+        if labels != list(LABELS) or len(config.get("id2label", {})) != len(LABELS):
+            raise ModelError(f"{folder}: its labels (id2label) are not the 25 PP-DocLayout labels")
+        pre_file = folder / "preprocessor_config.json"
+        try:
+            pre_config = json.loads(pre_file.read_text()) if pre_file.is_file() else {}
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{pre_file}: unreadable ({exc})") from exc
+        preprocessing = Preprocessing.from_config(pre_config, str(pre_file))
+
+        import transformers
+
+        version, class_name = MODEL_TYPES[model_type]
+        try:
+            model = getattr(transformers, class_name).from_pretrained(folder, local_files_only=True)
+        except Exception as exc:  # missing or mismatched weights: one line for the user
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{folder}: cannot load the layout model ({first})") from exc
+        return cls(model, version, preprocessing, device)
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Pages -> (B, 3, H, W) float32 on the detector's device (resized on the CPU)."""
+        return torch.stack([self.preprocessing(image) for image in images]).to(self.device)
+
+    def detect(self, images: Sequence[Image.Image], threshold: float, batch_size: int = 8) -> list[list[Detection]]:
+        """Per page, what transformers' forward + post_process_object_detection(threshold) gives,
+        `batch_size` pages per forward pass."""
+        pages: list[list[Detection]] = []
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size]
+            with torch.inference_mode():
+                out = self.model(pixel_values=self.preprocess(batch))
+            pages += decode(out.logits, out.pred_boxes, out.order_logits,
+                            [image.size for image in batch], threshold, self.labels)
+        return pages
