@@ -18,20 +18,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-# The 25 labels of both models, in class-id order (docs/layout.md).
-LABELS = [
-    "abstract", "algorithm", "aside_text", "chart", "content", "display_formula", "doc_title",
-    "figure_title", "footer", "footer_image", "footnote", "formula_number", "header",
-    "header_image", "image", "inline_formula", "number", "paragraph_title", "reference",
-    "reference_content", "seal", "table", "text", "vertical_text", "vision_footnote",
-]
+from ppvl_batch.layout.detector import LABELS
+from ppvl_batch.layout.postprocess import V2_DEFAULT_THRESHOLD, V2_THRESHOLDS
 
 # V2 only: the thresholds its forward uses to choose which queries the reading-order network
-# sees, and the label -> reading-order class map (values of the PaddleOCR-VL v1 pipeline and
-# of transformers' own tests; docs/layout.md).
-V2_CLASS_THRESHOLDS = [0.5] * 25
-for _i, _t in {5: 0.4, 6: 0.4, 15: 0.4, 17: 0.4, 20: 0.45, 22: 0.4, 23: 0.4}.items():
-    V2_CLASS_THRESHOLDS[_i] = _t
+# sees, and the label -> reading-order class map: the values of transformers' own tests (its
+# thresholds are the PaddleOCR-VL v1 pipeline's; docs/layout.md).
+V2_CLASS_THRESHOLDS = [V2_THRESHOLDS.get(label, V2_DEFAULT_THRESHOLD) for label in LABELS]
 V2_CLASS_ORDER = [4, 2, 14, 1, 5, 7, 8, 6, 11, 11, 9, 13, 10, 10, 1, 2, 3, 0, 2, 2, 12, 1, 2, 15, 6]
 
 ARCHITECTURES = {"v2": "PPDocLayoutV2ForObjectDetection", "v3": "PPDocLayoutV3ForObjectDetection"}

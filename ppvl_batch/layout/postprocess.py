@@ -139,11 +139,10 @@ def nms(detections: list[Detection], rules: LayoutRules) -> list[Detection]:
 
 def drop_large_images(detections: list[Detection], width: int, height: int, rules: LayoutRules) -> list[Detection]:
     """Drop `image` boxes covering more than 0.82 (landscape page) / 0.93 (otherwise) of the page,
-    measured after clipping to it; only when there are two boxes or more, and never all of them."""
-    if len(detections) < 2:
-        return detections
+    measured after clipping to it; never all boxes (which also covers PaddleX's "only with two
+    boxes or more")."""
     share = rules.large_image_landscape if width > height else rules.large_image_portrait
-    limit = share * width * height
+    limit = share * (width * height)  # PaddleX's float expression
 
     def small_enough(d: Detection) -> bool:
         x0, y0, x1, y1 = max(0.0, d.box[0]), max(0.0, d.box[1]), min(width, d.box[2]), min(height, d.box[3])
