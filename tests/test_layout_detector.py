@@ -243,6 +243,19 @@ def test_two_labels_of_one_query_share_its_order(detectors, reference_processors
         assert pair[0].box == pair[1].box and pair[0].score == pair[1].score
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_blocks_lose_nothing_by_decoding_at_the_lowest_threshold(version, detectors):
+    """blocks() decodes once at the lowest label threshold (V2: 0.4, below most labels' 0.5):
+    the same blocks as decoding everything and letting the rules filter."""
+    detector = crafted(detectors[version], "confident")
+    images = pages()
+    got = detector.blocks(images)
+    assert got == [apply_rules(page, *im.size, version) for im, page in zip(images, detector.detect(images, 0.0))]
+    assert any(got)
+    strict = LayoutRules.for_version(version, default_threshold=1.0, thresholds={})
+    assert detector.blocks(images, strict) == [[] for _ in images]
+
+
 def test_preprocessing_equals_reference():
     images = pages() + [Image.new("RGB", (800, 800), (12, 200, 77))]
     pre = Preprocessing.from_config({}, "defaults")

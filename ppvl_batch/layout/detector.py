@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import ModelError
-from .postprocess import Detection
+from .postprocess import Detection, LayoutBlock, LayoutRules, apply_rules
 
 # The 25 labels of PP-DocLayoutV2 and V3, in class-id order (config.json id2label).
 LABELS = (
@@ -180,7 +180,7 @@ class LayoutDetector:
 
         version, class_name = MODEL_TYPES[model_type]
         try:
-            model = getattr(transformers, class_name).from_pretrained(folder, local_files_only=True)
+            model = getattr(transformers, class_name).from_pretrained(folder, local_files_only=True, dtype=torch.float32)
         except Exception as exc:  # missing or mismatched weights: one line for the user
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{folder}: cannot load the layout model ({first})") from exc
@@ -201,3 +201,11 @@ class LayoutDetector:
             pages += decode(out.logits, out.pred_boxes, out.order_logits,
                             [image.size for image in batch], threshold, self.labels)
         return pages
+
+    def blocks(self, images: Sequence[Image.Image], rules: LayoutRules | None = None,
+               batch_size: int = 8) -> list[list[LayoutBlock]]:
+        """Per page, the layout blocks after PaddleX's rules (the pipeline's defaults for this
+        model unless `rules` is given); decoded at the lowest threshold of any label."""
+        rules = rules or LayoutRules.for_version(self.version)
+        found = self.detect(images, rules.min_threshold(), batch_size)
+        return [apply_rules(page, *image.size, self.version, rules) for image, page in zip(images, found)]
