@@ -309,6 +309,7 @@ def _copy_folder(src, dst, edit_config=None, edit_pre=None):
     ("other_model", "model_type 'rt_detr' is not a PP-DocLayoutV2/V3 model"),
     ("labels", "not the 25 PP-DocLayout labels"),
     ("resample", "unsupported preprocessor setting(s) resample"),
+    ("size", "unsupported preprocessor setting(s) size, image_std"),
     ("weights", "cannot load the layout model"),
 ])
 def test_bad_folders_fail_with_one_line(checkpoints, tmp_path, breakage, message):
@@ -322,6 +323,8 @@ def test_bad_folders_fail_with_one_line(checkpoints, tmp_path, breakage, message
         folder = _copy_folder(src, tmp_path / "x", edit_config=lambda c: c["id2label"].update({"3": "figure"}))
     elif breakage == "resample":
         folder = _copy_folder(src, tmp_path / "x", edit_pre=lambda p: p.update(resample=2))
+    elif breakage == "size":
+        folder = _copy_folder(src, tmp_path / "x", edit_pre=lambda p: p.update(size={"shortest_edge": 800}, image_std=1))
     else:
         folder = _copy_folder(src, tmp_path / "x")
         (folder / "model.safetensors").write_bytes(b"not safetensors")

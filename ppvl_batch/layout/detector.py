@@ -72,9 +72,12 @@ class Preprocessing:
                 ("do_normalize", merged.get("do_normalize") is True),
             ) if not ok
         ]
-        size = merged.get("size") or {}
-        if not (isinstance(size.get("height"), int) and isinstance(size.get("width"), int)):
+        size = merged.get("size")
+        if not (isinstance(size, dict) and isinstance(size.get("height"), int) and isinstance(size.get("width"), int)):
             unsupported.append("size")
+        for key in ("image_mean", "image_std"):
+            if not (isinstance(merged.get(key), list) and len(merged[key]) == 3):
+                unsupported.append(key)
         if unsupported:
             raise ModelError(f"{where}: unsupported preprocessor setting(s) {', '.join(unsupported)} "
                              "(expected the published PP-DocLayout values: bicubic resize to a fixed size, rescale, normalize)")
