@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import importlib
 import importlib.machinery
+import importlib.util
 import json
 import sys
 import types
@@ -42,10 +43,11 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def reference_processors() -> dict[str, type]:
-    """transformers' PPDocLayoutV2/V3ImageProcessor classes, imported with torchvision stubbed."""
+    """transformers' PPDocLayoutV2/V3ImageProcessor classes, imported with torchvision stubbed
+    (only where torchvision is absent; the functions called do not use it)."""
     names = ["torchvision", "torchvision.transforms", "torchvision.transforms.v2", "torchvision.transforms.v2.functional"]
-    assert not any(name in sys.modules for name in names)
-    for name in names:
+    stubbed = importlib.util.find_spec("torchvision") is None
+    for name in names if stubbed else []:
         stub = types.ModuleType(name)
         stub.__spec__ = importlib.machinery.ModuleSpec(name, None)
         sys.modules[name] = stub
@@ -53,7 +55,7 @@ def reference_processors() -> dict[str, type]:
         v2 = importlib.import_module("transformers.models.pp_doclayout_v2.image_processing_pp_doclayout_v2")
         v3 = importlib.import_module("transformers.models.pp_doclayout_v3.image_processing_pp_doclayout_v3")
     finally:
-        for name in names:
+        for name in names if stubbed else []:
             del sys.modules[name]
     return {"v2": v2.PPDocLayoutV2ImageProcessor, "v3": v3.PPDocLayoutV3ImageProcessor}
 
