@@ -3,6 +3,7 @@ the Markdown (docs/layout-text.md). Pure functions on hand-made inputs; no model
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 from transformers.models.paddleocr_vl.image_processing_pil_paddleocr_vl import smart_resize
 
+import ppvl_batch
 from ppvl_batch.layout.blocks import (
     BLOCK_MAX_PIXELS,
     BLOCK_MIN_PIXELS,
@@ -47,6 +49,7 @@ from ppvl_batch.layout.markdown import (
 )
 from ppvl_batch.layout.otsl import chart_to_html, otsl_to_html, parse_table_html, table_html, total_columns
 from ppvl_batch.prompt import TASKS
+from ppvl_batch.vision import ImagePreprocessor
 
 # -- labels -------------------------------------------------------------------------------------
 
@@ -211,6 +214,17 @@ def test_fit_crop_pads_an_extreme_aspect_ratio_to_the_least_accepted_shape(size)
     outside = np.ones(a.shape[:2], bool)
     outside[y : y + h, x : x + w] = False
     assert (a[outside] == 255).all()
+
+
+def test_padded_crop_goes_through_our_preprocessor_at_the_block_limits():
+    config = json.loads((Path(ppvl_batch.__file__).parent / "demo" / "preprocessor_config.json").read_text())
+    preprocessor = ImagePreprocessor(config)
+    strip = noise_page(3000, 12, seed=2)
+    with pytest.raises(ValueError, match="aspect ratio"):
+        preprocessor(strip, min_pixels=BLOCK_MIN_PIXELS, max_pixels=BLOCK_MAX_PIXELS)
+    prepared = preprocessor(fit_crop(strip), min_pixels=BLOCK_MIN_PIXELS, max_pixels=BLOCK_MAX_PIXELS)
+    assert BLOCK_MIN_PIXELS <= prepared.width * prepared.height <= BLOCK_MAX_PIXELS
+    assert prepared.width > 100 * prepared.height  # still a strip, not squashed to a square
 
 
 def test_block_input_trims_formulas_only():

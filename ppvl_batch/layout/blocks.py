@@ -188,10 +188,10 @@ def normalize_math(text: str) -> str:
         return text
     text = text.replace("\\[\\[", "\\[").replace("\\]\\]", "\\]")
 
-    def math(delimiter: str):
+    def wrap(delimiter: str):
         return lambda m: f"{delimiter}{_UNESCAPED_DOLLAR.sub('', m.group(1)).strip()}{delimiter}"
 
-    return _INLINE.sub(math("$"), _DISPLAY.sub(math("$$"), text))
+    return _INLINE.sub(wrap("$"), _DISPLAY.sub(wrap("$$"), text))
 
 
 def strip_math_delimiters(text: str) -> str:

@@ -53,7 +53,7 @@ def _repair_width(rows: list[list[tuple[str, str]]]) -> int:
     """The row width that ragged rows are cut or padded to: the one with the least total
     |len(row) - width|, never narrower than the last <fcel> of any row (PaddleX's
     otsl_pad_to_sqr_v2), the narrowest on ties."""
-    least = max((max((i + 1 for i, (tag, _) in enumerate(r) if tag == "fcel"), default=0) for r in rows))
+    least = max(max((i + 1 for i, (tag, _) in enumerate(r) if tag == "fcel"), default=0) for r in rows)
     widest = max(least, max(len(r) for r in rows))
     return min(range(least, widest + 1), key=lambda w: (sum(abs(len(r) - w) for r in rows), w))
 
@@ -63,8 +63,9 @@ def parse_otsl(otsl: str) -> Table | None:
 
     Ragged rows are cut or padded with empty cells to one width. Every grid position ends up in
     exactly one cell: a span stops where it would run into another cell's start or span, and a
-    span tag that continues nothing (an `<lcel>` opening a row) becomes an empty cell of its own.
-    The text of a span tag that does continue a cell is dropped, as PaddleX drops it."""
+    span tag that continues nothing (an `<lcel>` opening a row) becomes a cell of its own, with
+    its text if it has one. The text of a span tag that does continue a cell is dropped, as
+    PaddleX drops it."""
     rows = _otsl_rows(otsl)
     if not rows:
         return None
