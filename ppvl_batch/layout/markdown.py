@@ -106,7 +106,7 @@ def page_markdown(
     blocks: Sequence[Block], *, ignore: Iterable[str] = MARKDOWN_IGNORE_LABELS, formula_numbers: bool = False
 ) -> str:
     """A page's Markdown from its blocks in reading order. Formula numbers are left out, or with
-    `formula_numbers` put on the formula just before them as \\tag*{n}."""
+    `formula_numbers` put on the display formula just before them as \\tag*{n}."""
     ignore = frozenset(ignore)
     parts = []
     for i, block in enumerate(blocks):
@@ -114,7 +114,7 @@ def page_markdown(
             continue
         following = blocks[i + 1] if i + 1 < len(blocks) else None
         tag = None
-        if formula_numbers and block.format == "latex" and following is not None and following.label == "formula_number":
+        if formula_numbers and block.label == "display_formula" and following is not None and following.label == "formula_number":
             tag = following.text.strip() or None
         part = block_markdown(block, tag)
         if part:
