@@ -26,7 +26,8 @@ from PIL import Image, ImageDraw
 
 import tiny_layout
 from ppvl_batch.errors import ModelError
-from ppvl_batch.layout.detector import LABELS, LayoutDetector, Preprocessing
+from ppvl_batch.layout.detector import LayoutDetector, Preprocessing
+from ppvl_batch.layout.labels import LABELS
 from ppvl_batch.layout.postprocess import LayoutRules, apply_rules
 
 VERSIONS = ["v2", "v3"]

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ppvl_batch.layout.detector import LABELS
+from ppvl_batch.layout.labels import LABELS
 from ppvl_batch.layout.postprocess import V2_DEFAULT_THRESHOLD, V2_THRESHOLDS
 
 # V2 only: the thresholds its forward uses to choose which queries the reading-order network

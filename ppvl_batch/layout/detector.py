@@ -28,15 +28,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import ModelError
+from .labels import LABELS
 from .postprocess import Detection, LayoutBlock, LayoutRules, apply_rules
 
-# The 25 labels of PP-DocLayoutV2 and V3, in class-id order (config.json id2label).
-LABELS = (
-    "abstract", "algorithm", "aside_text", "chart", "content", "display_formula", "doc_title",
-    "figure_title", "footer", "footer_image", "footnote", "formula_number", "header",
-    "header_image", "image", "inline_formula", "number", "paragraph_title", "reference",
-    "reference_content", "seal", "table", "text", "vertical_text", "vision_footnote",
-)
 
 # config.json model_type -> (our version name, transformers class)
 MODEL_TYPES = {

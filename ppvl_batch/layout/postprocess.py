@@ -20,11 +20,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-# Labels that get no reading-order number (PaddleX SKIP_ORDER_LABELS).
-SKIP_ORDER_LABELS = frozenset({
-    "figure_title", "vision_footnote", "image", "chart", "table", "header", "header_image",
-    "footer", "footer_image", "footnote", "aside_text",
-})
+from .labels import SKIP_ORDER_LABELS
+
 
 # Labels whose boxes swallow the boxes they contain (merge mode "large"); every other label is
 # "union", which PaddleX treats as "do nothing".
