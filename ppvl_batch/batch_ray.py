@@ -443,8 +443,10 @@ def run_on_ray(
         with contextlib.suppress(OSError):
             checks[path] = os.stat(path).st_size
     started = time.monotonic()
-    # Ray prints cluster errors (a worker died...) on stdout, which may be carrying our records.
-    with connect(options.address) as connect_seconds, contextlib.redirect_stdout(sys.stderr), _stop_on_signals():
+    # Ray prints cluster errors (a worker died...) on sys.stdout, which may be carrying our records,
+    # until ray.shutdown has flushed its repeated-message counts. (Record writers hold the real
+    # stdout's buffer from before the run.)
+    with contextlib.redirect_stdout(sys.stderr), connect(options.address) as connect_seconds, _stop_on_signals():
         cpus = ray.cluster_resources().get("CPU", 0)
         low = options.workers[0] if isinstance(options.workers, tuple) else options.workers or 1
         if options.address == "local" and cpus < low * options.cpus_per_worker:
@@ -459,7 +461,7 @@ def run_on_ray(
                 say(f"{len(driver.missing())} pages lost their worker on every try; reading each of them alone")
                 driver.stream(driver.missing(), 1, 1)
             for unit in driver.missing():
-                message = f"the page took its worker down on each of {options.task_retries + 1} tries"
+                message = f"the page took its worker down on each of {options.task_retries + 1} tries alone in its task"
                 say(f"{unit.source} page {unit.page}: {CRASHED}: {message}")
                 driver.accept(unit.key, crashed_record(unit, message), None, 0.0)
                 run.crashed += 1

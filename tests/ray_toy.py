@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,8 @@ class JsonlSink:
             data = data[: data.rfind(b"\n") + 1]
             path.write_bytes(data)
         self.keys = {orjson.loads(line)["key"] for line in data.splitlines()}
-        self.documents: list[str] = []
+        self.written: Counter[str] = Counter()  # records written by this run, per source
+        self.documents: list[tuple[str, int]] = []  # (source, its records so far) when called done
         self._f = open(path, "ab")
 
     def write(self, record: dict[str, Any]) -> None:
@@ -86,9 +88,10 @@ class JsonlSink:
         self._f.flush()
         os.fsync(self._f.fileno())
         self.keys.add(record["key"])
+        self.written[record["source"]] += 1
 
     def document_done(self, source: str) -> None:
-        self.documents.append(source)
+        self.documents.append((source, self.written[source]))
 
     def close(self) -> None:
         self._f.close()
@@ -118,12 +121,14 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--cpus", type=float, default=1)
     ap.add_argument("--pages-per-task", type=int, default=2)
+    ap.add_argument("--task-retries", type=int, default=1)
     ap.add_argument("--settings", default="{}", help="ToyWork settings as JSON (fingerprint defaults to toy)")
     a = ap.parse_args()
     settings = {"fingerprint": "toy", **json.loads(a.settings)}
     sink = JsonlSink(a.out)
     todo = [u for u in make_units(a.root, a.docs, a.pages) if u.key not in sink.keys]
-    options = RayOptions(address=a.address, workers=a.workers, cpus_per_worker=a.cpus, pages_per_task=a.pages_per_task)
+    options = RayOptions(address=a.address, workers=a.workers, cpus_per_worker=a.cpus, pages_per_task=a.pages_per_task,
+                         task_retries=a.task_retries)
     try:
         run = run_on_ray(todo, ToyWork, settings, "toy", sink, crashed_record, options)
     except PPVLError as e:
@@ -131,7 +136,7 @@ def main() -> int:
         return int(e.exit_code)
     finally:
         sink.close()
-    print(json.dumps({"ok": run.pages_ok, "failed": run.pages_failed, "interrupted": run.interrupted,
+    print(json.dumps({"ok": run.pages_ok, "documents": sorted(sink.documents), "failed": run.pages_failed, "interrupted": run.interrupted,
                       "connect_seconds": run.connect_seconds, "seconds": run.seconds,
                       "workers": run.workers_summary()}), file=sys.stderr)
     return 130 if run.interrupted else 1 if run.pages_failed else 0
