@@ -204,7 +204,7 @@ def connect(address: str, *, runtime_env: dict[str, Any] | None = None) -> Itera
         target = os.environ.get("RAY_ADDRESS") if address == "auto" else address
         if target and target != "auto":
             _check_reachable(target)
-        if address.startswith("ray://"):
+        if (target or address).startswith("ray://"):
             try:
                 import grpc  # noqa: F401  (Ray Client's transport)
             except ImportError:
@@ -303,30 +303,48 @@ def _setup_error(exc: BaseException) -> Exception | None:
     return _SETUP_ERRORS[m.group(1)](m.group(2).strip()) if m and m.group(1) in _SETUP_ERRORS else None
 
 
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    """Ctrl-C and SIGTERM both end the iteration with KeyboardInterrupt (ray.init made SIGTERM a
-    plain exit)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class _Signals:
+    """Ctrl-C and SIGTERM stop the run with KeyboardInterrupt at once (a page can take a minute),
+    except inside a sink call, which finishes first (and the record is counted) so that the
+    journal line or Markdown file is whole. (ray.init made SIGTERM a plain exit; this replaces that for the run.)"""
 
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+    def __init__(self) -> None:
+        self.in_sink = False
+        self.stop = False
 
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
+    def _handler(self, signum: int, frame: object) -> None:
+        if self.in_sink:
+            self.stop = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+
+    @contextlib.contextmanager
+    def sink_call(self) -> Iterator[None]:
+        self.in_sink = True
+        try:
+            yield
+        finally:
+            self.in_sink = False
 
 
 class _Driver:
     def __init__(self, ray: Any, units: list[Unit], work_factory: Callable[[Any, int], PageWork], settings: Any,
                  fingerprint: str, sink: Sink, options: RayOptions, probes: dict[str, int | None],
-                 progress: Callable[[Record], None] | None) -> None:
+                 progress: Callable[[Record], None] | None, signals: _Signals) -> None:
         self.ray = ray
+        self.signals = signals
         self.pending = {u.key: u for u in units}
         self.left = Counter(u.source for u in self.pending.values())  # pages still to come, per document
         self.written: set[str] = set()
@@ -373,8 +391,6 @@ class _Driver:
         try:
             for row in ds.iter_rows():
                 self.accept(row["key"], orjson.loads(row["record"]), row["worker"], float(row["seconds"]))
-        except KeyboardInterrupt:
-            raise
         except Exception as e:
             setup = _setup_error(e)
             if setup is not None:
@@ -387,7 +403,8 @@ class _Driver:
         if key in self.written or key not in self.pending:
             self.run.repeats += 1
             return
-        self.sink.write(record)
+        with self.signals.sink_call():
+            self.sink.write(record)
         self.written.add(key)
         r = self.run
         if record.get("status") == "ok":
@@ -401,9 +418,12 @@ class _Driver:
         source = self.pending[key].source
         self.left[source] -= 1
         if self.left[source] == 0:
-            self.sink.document_done(source)
+            with self.signals.sink_call():
+                self.sink.document_done(source)
         if self.progress is not None:
             self.progress(record)
+        if self.signals.stop:  # a signal came during a sink call
+            raise KeyboardInterrupt
 
     def missing(self) -> list[Unit]:
         return [u for k, u in self.pending.items() if k not in self.written]
@@ -446,13 +466,14 @@ def run_on_ray(
     # Ray prints cluster errors (a worker died...) on sys.stdout, which may be carrying our records,
     # until ray.shutdown has flushed its repeated-message counts. (Record writers hold the real
     # stdout's buffer from before the run.)
-    with contextlib.redirect_stdout(sys.stderr), connect(options.address) as connect_seconds, _stop_on_signals():
+    signals = _Signals()
+    with contextlib.redirect_stdout(sys.stderr), connect(options.address) as connect_seconds, signals.installed():
         cpus = ray.cluster_resources().get("CPU", 0)
         low = options.workers[0] if isinstance(options.workers, tuple) else options.workers or 1
         if options.address == "local" and cpus < low * options.cpus_per_worker:
             raise UsageError(f"this machine has {cpus:g} CPUs for Ray; {low} worker(s) x "
                              f"{options.cpus_per_worker:g} CPUs do not fit")
-        driver = _Driver(ray, units, work_factory, settings, fingerprint, sink, options, checks, progress)
+        driver = _Driver(ray, units, work_factory, settings, fingerprint, sink, options, checks, progress, signals)
         run = driver.run
         run.connect_seconds = connect_seconds
         try:

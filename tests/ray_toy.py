@@ -4,7 +4,7 @@ ToyWork stands in for the recognizer: it reads its unit's file from the shared p
 little and answers a text derived from the file and the page, so a run's records can be compared
 with a direct sequential run. Hooks in its settings let a test find the workers (each writes its
 pid into a folder), see what was computed (each key appended to a log before the page runs) and
-make one page kill its worker every time (`crash_on`: os._exit).
+make one page kill its worker every time (`crash_on`: os._exit), or fail to load (`fail_load`).
 
 Run as a script it is a driver: `python ray_toy.py ROOT OUT --address A ...` plans the pages of
 ROOT's documents, drops those OUT already has, and runs the rest on Ray (exit 130 when
@@ -32,6 +32,8 @@ from ppvl_batch.errors import PPVLError
 class ToyWork:
     def __init__(self, settings: dict[str, Any], threads: int) -> None:
         self.s = settings
+        if settings.get("fail_load"):
+            raise RuntimeError(settings["fail_load"])
         if settings.get("pids"):
             info = {"threads": threads, "omp": os.environ.get("OMP_NUM_THREADS")}
             Path(settings["pids"], str(os.getpid())).write_text(json.dumps(info))

@@ -23,8 +23,8 @@ import ray
 from ray_toy import JsonlSink, ToyWork, crashed_record, make_units
 
 from ppvl_batch.batch_ray import (
-    CRASHED, INSTALL_HINT, RayOptions, RayUnavailable, SharedPathMissing, WorkerMismatch, connect, import_ray,
-    limit_threads, parse_workers, run_on_ray,
+    CRASHED, INSTALL_HINT, RayOptions, RayUnavailable, SharedPathMissing, WorkerLoadError, WorkerMismatch, connect,
+    import_ray, limit_threads, parse_workers, run_on_ray,
 )
 from ppvl_batch.errors import ExitCode, UsageError
 
@@ -142,24 +142,23 @@ def test_a_page_that_kills_its_worker_every_time_becomes_one_error_record(cluste
 # ------------------------------------------------------------------------------------ setup errors
 
 
-def test_a_worker_with_another_bundle_stops_the_job(cluster: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", ["fingerprint", "shared_path", "load"])
+def test_a_worker_that_cannot_start_stops_the_job_with_one_clear_line(cluster: str, tmp_path: Path, case: str) -> None:
     units = make_units(tmp_path / "docs", docs=1, pages=2)
-    sink = JsonlSink(tmp_path / "out.jsonl")
-    with pytest.raises(WorkerMismatch) as e:
-        run_on_ray(units, ToyWork, {"fingerprint": "bundle-b"}, "bundle-a", sink, crashed_record, TWO)
-    assert "bundle/settings bundle-b, the driver has bundle-a" in str(e.value)
-    assert e.value.exit_code == ExitCode.MODEL
-    assert (tmp_path / "out.jsonl").read_bytes() == b""
-
-
-def test_a_path_missing_on_a_worker_node_stops_the_job(cluster: str, tmp_path: Path) -> None:
-    units = make_units(tmp_path / "docs", docs=1, pages=2)
-    sink = JsonlSink(tmp_path / "out.jsonl")
     bundle = str(tmp_path / "not-on-this-node")
-    with pytest.raises(SharedPathMissing) as e:
-        run_on_ray(units, ToyWork, {"fingerprint": "toy"}, "toy", sink, crashed_record, TWO, probes={bundle: None})
-    assert f"does not see {bundle}" in str(e.value) and "same path on every node" in str(e.value)
-    assert e.value.exit_code == ExitCode.USAGE
+    settings, probes, error, code, text = {
+        "fingerprint": ({"fingerprint": "bundle-b"}, None, WorkerMismatch, ExitCode.MODEL,
+                        "has bundle/settings bundle-b, the driver has toy"),
+        "shared_path": ({"fingerprint": "toy"}, {bundle: None}, SharedPathMissing, ExitCode.USAGE,
+                        f"does not see {bundle} as the driver does; the bundle and the inputs must be at the same path on every node"),
+        "load": ({"fail_load": "bundle.gguf: truncated"}, None, WorkerLoadError, ExitCode.MODEL,
+                 "cannot load the model: bundle.gguf: truncated"),
+    }[case]
+    sink = JsonlSink(tmp_path / "out.jsonl")
+    with pytest.raises(error) as e:
+        run_on_ray(units, ToyWork, settings, "toy", sink, crashed_record, TWO, probes=probes)
+    assert text in str(e.value) and "\n" not in str(e.value) and e.value.exit_code == code
+    assert (tmp_path / "out.jsonl").read_bytes() == b""
 
 
 def test_without_ray_the_option_says_how_to_install_it(monkeypatch) -> None:
