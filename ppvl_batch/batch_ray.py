@@ -8,15 +8,18 @@ own pages from the shared path and returns one record per unit. Records stream b
 which is the only writer: it hands each record whose key it has not written yet to the sink.
 
 Faults, and how they end:
-- A worker that dies mid-task is restarted by Ray (`max_restarts=-1`) and the task is retried up to
-  `task_retries` times; pages computed twice are recorded once (the driver dedups by key).
-- A task whose retries are spent is dropped (`max_errored_blocks=-1`) instead of failing the job.
-  The driver then runs the units it did not get back once more, one unit per task and one task in
-  flight per worker, so that a page that kills its worker every time takes only itself down. Units
-  still missing after that get an error record (`worker_crashed`).
+- A worker that dies mid-task is restarted by Ray and the task retried (Ray Data's defaults for
+  actor pools: restarts and task retries without limit); pages computed twice are recorded once
+  (the driver dedups by key).
+- A page that kills its worker every time: every task start is counted per unit in one small
+  actor (`_Attempts`). A task that starts again after its worker died runs its pages one at a
+  time, each counted, so the page that kills the worker is the only one whose count grows; once
+  it has had `task_retries + 1` tries, the worker returns its error record (`worker_crashed`)
+  instead of running it, and the job goes on.
 - A worker that cannot start (bundle fingerprint differs from the driver's, an input or the bundle
   is not at the same path on its node, the bundle does not load) fails the job at once with a
   one-line message naming the node.
+- An exception out of PageWork.run (a bug: it must not raise for a bad page) fails the job.
 - Ctrl-C or SIGTERM stops the job; what was written stays written, the next run resumes.
 """
 
@@ -32,7 +35,6 @@ import socket
 import sys
 import threading
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -121,7 +123,7 @@ class RayOptions:
     cpus_per_worker: float = 1
     gpus_per_worker: float = 0
     pages_per_task: int = 2
-    task_retries: int = 3
+    task_retries: int = 3  # a page that kills its worker gets this many more tries, then its error record
 
 
 def parse_workers(text: str) -> int | tuple[int, int]:
@@ -246,13 +248,39 @@ def _probe(path: str, size: int | None) -> bool:
     return size is None or st.st_size == size
 
 
+class _Attempts:
+    """Per unit, how many times a worker started it without it being proven harmless; one actor
+    per run, owned by the driver (and gone with it)."""
+
+    def __init__(self) -> None:
+        self.started: Counter[str] = Counter()
+
+    def task(self, keys: list[str]) -> list[int]:
+        """A task starts: its units' counts from before. A first run (all zero) counts them all
+        now; otherwise nothing is counted here and the worker counts each unit as it runs it."""
+        before = [self.started[k] for k in keys]
+        if not any(before):
+            self.started.update(keys)
+        return before
+
+    def begin(self, key: str) -> None:
+        self.started[key] += 1
+
+    def clear(self, key: str) -> None:
+        """The unit ran to the end alone: it does not kill its worker."""
+        self.started.pop(key, None)
+
+
 class _Worker:
     """The actor class given to map_batches: one PageWork for the actor's life."""
 
     def __init__(self, work_factory: Callable[[Any, int], PageWork], settings: Any, fingerprint: str,
-                 probes: dict[str, int | None]) -> None:
+                 probes: dict[str, int | None], attempts: Any, tries: int,
+                 crashed_record: Callable[[Unit, str], Record]) -> None:
         import ray
 
+        self.ray = ray
+        self.attempts, self.tries, self.crashed_record = attempts, tries, crashed_record
         threads = _assigned_cpus()
         limit_threads(threads)
         node = ray.util.get_node_ip_address()
@@ -283,7 +311,12 @@ class _Worker:
             for k, p, s, n, c in zip(batch["key"], batch["path"], batch["source"], batch["page"], batch["pages"])
         ]
         began = time.monotonic()
-        by_key = {r["key"]: r for r in self.work.run(units)}
+        before = self.ray.get(self.attempts.task.remote([u.key for u in units]))
+        if not any(before):
+            records = self.work.run(units)  # the usual case: the task's pages together
+        else:
+            records = [self._alone(u, n) for u, n in zip(units, before)]
+        by_key = {r["key"]: r for r in records}
         each = (time.monotonic() - began) / len(units)
         # Records travel as JSON text: Arrow never has to find one schema for varied records.
         return {
@@ -292,6 +325,15 @@ class _Worker:
             "worker": [self.name] * len(units),
             "seconds": [each] * len(units),
         }
+
+    def _alone(self, unit: Unit, starts: int) -> Record:
+        """A unit of a task whose worker died: run by itself, so that a crash counts against it only."""
+        if starts >= self.tries:
+            return self.crashed_record(unit, f"the page took its worker down on each of {starts} tries")
+        self.ray.get(self.attempts.begin.remote(unit.key))
+        (record,) = self.work.run([unit])
+        self.ray.get(self.attempts.clear.remote(unit.key))
+        return record
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -340,51 +382,47 @@ class _Signals:
 
 
 class _Driver:
-    def __init__(self, ray: Any, units: list[Unit], work_factory: Callable[[Any, int], PageWork], settings: Any,
-                 fingerprint: str, sink: Sink, options: RayOptions, probes: dict[str, int | None],
-                 progress: Callable[[Record], None] | None, signals: _Signals) -> None:
+    def __init__(self, ray: Any, units: list[Unit], constructor: dict[str, Any], sink: Sink, options: RayOptions,
+                 progress: Callable[[Record], None] | None, say: Callable[[str], None], signals: _Signals) -> None:
         self.ray = ray
+        self.constructor = constructor  # the _Worker's arguments
+        self.say = say
         self.signals = signals
         self.pending = {u.key: u for u in units}
         self.left = Counter(u.source for u in self.pending.values())  # pages still to come, per document
         self.written: set[str] = set()
-        self.constructor = dict(work_factory=work_factory, settings=settings, fingerprint=fingerprint, probes=probes)
         self.sink = sink
         self.o = options
         self.progress = progress
         self.run = RayRun()
 
-    def pool(self, blocks: int, in_flight: int | None) -> Any:
+    def pool(self, blocks: int) -> Any:
         o = self.o
         size = o.workers
         if size is None:
             cpus = self.ray.cluster_resources().get("CPU", 1)
             size = max(1, int(cpus // o.cpus_per_worker))
-        if isinstance(size, tuple):
-            lo, hi = min(size[0], blocks), min(size[1], blocks)
-            return self.ray.data.ActorPoolStrategy(min_size=lo, max_size=hi, max_tasks_in_flight_per_actor=in_flight)
         # More workers than tasks would only load the model for nothing.
-        return self.ray.data.ActorPoolStrategy(size=min(size, blocks), max_tasks_in_flight_per_actor=in_flight)
+        if isinstance(size, tuple):
+            return self.ray.data.ActorPoolStrategy(min_size=min(size[0], blocks), max_size=min(size[1], blocks))
+        return self.ray.data.ActorPoolStrategy(size=min(size, blocks))
 
-    def stream(self, units: list[Unit], per_task: int, in_flight: int | None) -> None:
-        """One pass of `units` through the worker pool, each record handed to the sink."""
-        rd = self.ray.data
-        blocks = math.ceil(len(units) / per_task)
-        ds = rd.from_items([asdict(u) for u in units], override_num_blocks=blocks)
+    def stream(self, units: list[Unit]) -> None:
+        """The units through the worker pool, each record handed to the sink."""
+        blocks = math.ceil(len(units) / self.o.pages_per_task)
+        ds = self.ray.data.from_items([asdict(u) for u in units], override_num_blocks=blocks)
         ctx = ds.context  # this dataset's own copy of the settings
-        ctx.max_errored_blocks = -1  # a task out of retries is dropped; its units are redone below
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
         extra = {"num_gpus": self.o.gpus_per_worker} if self.o.gpus_per_worker else {}
-        with warnings.catch_warnings():
-            # Ray 2.60 has no other way to bound an actor pool's task retries (deprecated for 2.64).
-            warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
-            ds = ds.map_batches(
-                _Worker, fn_constructor_kwargs=self.constructor, batch_size=per_task, batch_format="numpy",
-                compute=self.pool(blocks, in_flight), num_cpus=self.o.cpus_per_worker,
-                udf_modifying_row_count=False, max_restarts=-1, max_task_retries=self.o.task_retries, **extra,
-            )
-        # Ray Data logs each dropped task with its traceback; the driver reports the pages instead.
+        # Ray Data's defaults for actor pools (restart and retry without limit) are what we want:
+        # _Attempts ends a page that keeps killing its worker.
+        ds = ds.map_batches(
+            _Worker, fn_constructor_kwargs=self.constructor, batch_size=self.o.pages_per_task,
+            batch_format="numpy", compute=self.pool(blocks), num_cpus=self.o.cpus_per_worker,
+            udf_modifying_row_count=False, **extra,
+        )
+        # Ray Data logs each lost task with its traceback; the driver reports the pages instead.
         quiet = logging.getLogger("ray.data")
         level = quiet.level
         quiet.setLevel(logging.CRITICAL)
@@ -399,7 +437,7 @@ class _Driver:
         finally:
             quiet.setLevel(level)
 
-    def accept(self, key: str, record: Record, worker: str | None, seconds: float) -> None:
+    def accept(self, key: str, record: Record, worker: str, seconds: float) -> None:
         if key in self.written or key not in self.pending:
             self.run.repeats += 1
             return
@@ -411,10 +449,12 @@ class _Driver:
             r.pages_ok += 1
         else:
             r.pages_failed += 1
-        if worker is not None:
-            stats = r.workers.setdefault(worker, WorkerStats(worker))
-            stats.pages += 1
-            stats.seconds += seconds
+            if (record.get("error") or {}).get("type") == CRASHED:
+                r.crashed += 1
+                self.say(f"{record.get('source')} page {record.get('page')}: {CRASHED}: {record['error']['message']}")
+        stats = r.workers.setdefault(worker, WorkerStats(worker))
+        stats.pages += 1
+        stats.seconds += seconds
         source = self.pending[key].source
         self.left[source] -= 1
         if self.left[source] == 0:
@@ -473,19 +513,16 @@ def run_on_ray(
         if options.address == "local" and cpus < low * options.cpus_per_worker:
             raise UsageError(f"this machine has {cpus:g} CPUs for Ray; {low} worker(s) x "
                              f"{options.cpus_per_worker:g} CPUs do not fit")
-        driver = _Driver(ray, units, work_factory, settings, fingerprint, sink, options, checks, progress, signals)
+        attempts = ray.remote(num_cpus=0)(_Attempts).remote()
+        constructor = dict(work_factory=work_factory, settings=settings, fingerprint=fingerprint, probes=checks,
+                           attempts=attempts, tries=options.task_retries + 1, crashed_record=crashed_record)
+        driver = _Driver(ray, units, constructor, sink, options, progress, say, signals)
         run = driver.run
         run.connect_seconds = connect_seconds
         try:
-            driver.stream(units, options.pages_per_task, None)
-            if driver.missing():  # tasks out of retries: isolate each of their units
-                say(f"{len(driver.missing())} pages lost their worker on every try; reading each of them alone")
-                driver.stream(driver.missing(), 1, 1)
-            for unit in driver.missing():
-                message = f"the page took its worker down on each of {options.task_retries + 1} tries alone in its task"
-                say(f"{unit.source} page {unit.page}: {CRASHED}: {message}")
-                driver.accept(unit.key, crashed_record(unit, message), None, 0.0)
-                run.crashed += 1
+            driver.stream(units)
+            if driver.missing():  # cannot happen with Ray's retries; say so rather than lose track
+                say(f"{len(driver.missing())} pages came back without a record; the next run reads them")
         except KeyboardInterrupt:
             run.interrupted = True
     run.seconds = time.monotonic() - started

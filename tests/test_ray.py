@@ -126,7 +126,8 @@ def test_a_worker_killed_mid_run_is_replaced_and_every_page_recorded_once(cluste
 def test_a_page_that_kills_its_worker_every_time_becomes_one_error_record(cluster: str, tmp_path: Path) -> None:
     units = make_units(tmp_path / "docs", docs=4, pages=5)
     poison = units[7]
-    proc = toy_driver(tmp_path, cluster, "--settings", json.dumps({"crash_on": poison.key}))
+    log = tmp_path / "computed.log"
+    proc = toy_driver(tmp_path, cluster, "--settings", json.dumps({"crash_on": poison.key, "log": str(log)}))
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == ExitCode.PAGES_FAILED, err
     got = records(tmp_path / "out.jsonl")
@@ -134,6 +135,7 @@ def test_a_page_that_kills_its_worker_every_time_becomes_one_error_record(cluste
     (bad,) = [r for r in got if r["status"] != "ok"]
     assert bad["key"] == poison.key and bad["error"]["type"] == CRASHED and "2 tries" in bad["error"]["message"]
     assert f"{poison.source} page {poison.page}: {CRASHED}".encode() in err
+    assert log.read_text().splitlines().count(poison.key) == 2  # --task-retries 1: two tries, then its record
     assert out == b""  # Ray's reports of the deaths went to stderr, not among the records
     summary = json.loads(err.decode().strip().splitlines()[-1])
     assert [poison.source, 5] in summary["documents"]  # its error record completed its document
