@@ -4,7 +4,8 @@ ToyWork stands in for the recognizer: it reads its unit's file from the shared p
 little and answers a text derived from the file and the page, so a run's records can be compared
 with a direct sequential run. Hooks in its settings let a test find the workers (each writes its
 pid into a folder), see what was computed (each key appended to a log before the page runs) and
-make one page kill its worker every time (`crash_on`: os._exit), or fail to load (`fail_load`).
+make one page kill its worker every time (`crash_on`: os._exit), fail to load (`fail_load`), or raise on one page
+(`raise_on`, a bug).
 
 Run as a script it is a driver: `python ray_toy.py ROOT OUT --address A ...` plans the pages of
 ROOT's documents, drops those OUT already has, and runs the rest on Ray (exit 130 when
@@ -50,6 +51,8 @@ class ToyWork:
                 f.write(u.key + "\n")
         if u.key == self.s.get("crash_on"):
             os._exit(1)
+        if u.key == self.s.get("raise_on"):  # a bug in the page work: it must not raise
+            raise ValueError(f"toy bug on {u.source} page {u.page}")
         time.sleep(self.s.get("sleep", 0))
         try:
             head = Path(u.path).read_bytes()[:64]

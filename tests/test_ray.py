@@ -163,6 +163,13 @@ def test_a_worker_that_cannot_start_stops_the_job_with_one_clear_line(cluster: s
     assert (tmp_path / "out.jsonl").read_bytes() == b""
 
 
+def test_an_exception_from_the_page_work_fails_the_job(cluster: str, tmp_path: Path) -> None:
+    units = make_units(tmp_path / "docs", docs=1, pages=2)
+    sink = JsonlSink(tmp_path / "out.jsonl")
+    with pytest.raises(Exception, match="toy bug on doc0.bin page 2"):  # a bug is not a page error: not hidden
+        run_on_ray(units, ToyWork, {"fingerprint": "toy", "raise_on": units[1].key}, "toy", sink, crashed_record, TWO)
+
+
 def test_without_ray_the_option_says_how_to_install_it(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where it is not installed
     with pytest.raises(RayUnavailable) as e:
