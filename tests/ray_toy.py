@@ -3,9 +3,9 @@
 ToyWork stands in for the recognizer: it reads its unit's file from the shared path, sleeps a
 little and answers a text derived from the file and the page, so a run's records can be compared
 with a direct sequential run. Hooks in its settings let a test find the workers (each writes its
-pid into a folder), see what was computed (each key appended to a log before the page runs) and
-make one page kill its worker every time (`crash_on`: os._exit), fail to load (`fail_load`), or raise on one page
-(`raise_on`, a bug).
+pid into a folder), see what was computed (each key appended to a log before the page runs), and
+make one page kill its worker every time (`crash_on`: os._exit), the load fail (`fail_load`) or
+one page raise (`raise_on`, a bug).
 
 Run as a script it is a driver: `python ray_toy.py ROOT OUT --address A ...` plans the pages of
 ROOT's documents, drops those OUT already has, and runs the rest on Ray (exit 130 when
