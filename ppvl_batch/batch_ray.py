@@ -125,6 +125,12 @@ class RayOptions:
     pages_per_task: int = 2
     task_retries: int = 3  # a page that kills its worker gets this many more tries, then its error record
 
+    def __post_init__(self) -> None:
+        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
+            raise UsageError("--cpus-per-worker must be above 0 and --gpus-per-worker at least 0")
+        if self.pages_per_task < 1 or self.task_retries < 0:
+            raise UsageError("--pages-per-task must be at least 1 and --task-retries at least 0")
+
 
 def parse_workers(text: str) -> int | tuple[int, int]:
     """`N` or `MIN:MAX` (the --workers option)."""

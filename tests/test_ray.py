@@ -189,6 +189,9 @@ def test_workers_option_and_thread_limits() -> None:
     for bad in ("0", "4:2", "x", "1:"):
         with pytest.raises(UsageError):
             parse_workers(bad)
+    for bad in ({"cpus_per_worker": 0}, {"pages_per_task": 0}, {"task_retries": -1}):
+        with pytest.raises(UsageError):
+            RayOptions(**bad)
     import torch
 
     before = torch.get_num_threads()
