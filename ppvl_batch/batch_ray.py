@@ -1,0 +1,535 @@
+"""Running scan's per-page work on a Ray cluster with Ray Data.
+
+The driver (the `scan` process) has already planned: it walked the inputs, hashed them, built the
+checkpoint keys and dropped the pages its journal has. Here the remaining pages (`Unit`s) become a
+Ray dataset that goes through a pool of stateful workers (`map_batches` with a callable class on an
+actor pool). Each worker builds one `PageWork` (the bundle is loaded once per worker), renders its
+own pages from the shared path and returns one record per unit. Records stream back to the driver,
+which is the only writer: it hands each record whose key it has not written yet to the sink.
+
+Faults, and how they end:
+- A worker that dies mid-task is restarted by Ray and the task retried (Ray Data's defaults for
+  actor pools: restarts and task retries without limit); pages computed twice are recorded once
+  (the driver dedups by key).
+- A page that kills its worker every time: every task start is counted per unit in one small
+  actor (`_Attempts`). A task that starts again after its worker died runs its pages one at a
+  time, each counted, so the page that kills the worker is the only one whose count grows; once
+  it has had `task_retries + 1` tries, the worker returns its error record (`worker_crashed`)
+  instead of running it, and the job goes on.
+- A worker that cannot start (bundle fingerprint differs from the driver's, an input or the bundle
+  is not at the same path on its node, the bundle does not load) fails the job at once with a
+  one-line message naming the node.
+- An exception out of PageWork.run (a bug: it must not raise for a bad page) fails the job.
+- Ctrl-C or SIGTERM stops the job; what was written stays written, the next run resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from ppvl_batch.errors import ModelError, UsageError
+
+INSTALL_HINT = "--ray needs Ray, which is not installed: pip install 'ppvl-batch[ray]'"
+CRASHED = "worker_crashed"
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One page to read."""
+
+    key: str  # checkpoint key, unique per page
+    path: str  # absolute path of the input file (the same path on every node)
+    source: str  # as recorded in the journal
+    page: int  # 1-based
+    pages: int  # page count of its document
+
+
+class PageWork(Protocol):
+    """The per-page work of a worker, built once per worker from picklable settings."""
+
+    def __init__(self, settings: Any, threads: int) -> None: ...
+
+    def fingerprint(self) -> str:
+        """Bundle id + settings digest; must equal the driver's."""
+        ...
+
+    def run(self, units: list[Unit]) -> list[Record]:
+        """One record (with its unit's `key`) per unit; never raises for a bad page."""
+        ...
+
+
+class Sink(Protocol):
+    """The driver's writer: journal append (with fsync) and Markdown."""
+
+    def write(self, record: Record) -> None: ...
+
+    def document_done(self, source: str) -> None:
+        """Every page of `source` that this run had to read now has a record."""
+        ...
+
+
+class RayUnavailable(UsageError):
+    """Ray is not installed, or the cluster cannot be reached."""
+
+
+class SharedPathMissing(UsageError):
+    """A worker's node does not see an input or the bundle at the driver's path."""
+
+
+class WorkerMismatch(ModelError):
+    """A worker built a different bundle or settings than the driver expects."""
+
+
+class WorkerLoadError(ModelError):
+    """A worker could not build its page work (bundle missing or broken on its node)."""
+
+
+_SETUP_ERRORS: dict[str, type[Exception]] = {
+    "shared_path": SharedPathMissing,
+    "fingerprint": WorkerMismatch,
+    "load": WorkerLoadError,
+}
+
+
+class WorkerSetupError(RuntimeError):
+    """Raised in a worker's constructor: the job cannot run there. Ray reports it to the driver
+    as the death of the actor with this text in the message, which `_setup_error` reads back."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"[{kind}] {message}")
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str = "local"  # "local" (throwaway local Ray), "auto", HOST:PORT or ray://HOST:PORT
+    workers: int | tuple[int, int] | None = None  # fixed, or (min, max); None: as many as fit
+    cpus_per_worker: float = 1
+    gpus_per_worker: float = 0
+    pages_per_task: int = 2
+    task_retries: int = 3  # a page that kills its worker gets this many more tries, then its error record
+
+    def __post_init__(self) -> None:
+        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
+            raise UsageError("--cpus-per-worker must be above 0 and --gpus-per-worker at least 0")
+        if self.pages_per_task < 1 or self.task_retries < 0:
+            raise UsageError("--pages-per-task must be at least 1 and --task-retries at least 0")
+
+
+def parse_workers(text: str) -> int | tuple[int, int]:
+    """`N` or `MIN:MAX` (the --workers option)."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?::\s*(\d+)\s*)?", text)
+    if not m or int(m.group(1)) < 1 or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+        raise UsageError(f"--workers {text!r}: expected N or MIN:MAX with 1 <= MIN <= MAX")
+    return int(m.group(1)) if m.group(2) is None else (int(m.group(1)), int(m.group(2)))
+
+
+@dataclass
+class WorkerStats:
+    worker: str  # node address and pid
+    pages: int = 0
+    seconds: float = 0.0  # time spent in PageWork.run for those pages
+
+    @property
+    def pages_per_minute(self) -> float:
+        return 60 * self.pages / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class RayRun:
+    """What a run did, for the summary."""
+
+    pages_ok: int = 0
+    pages_failed: int = 0  # error records written, `crashed` included
+    crashed: int = 0  # units that took their worker down on every try
+    repeats: int = 0  # records that came back for a key already written (a retried task)
+    interrupted: bool = False
+    connect_seconds: float = 0.0
+    seconds: float = 0.0
+    workers: dict[str, WorkerStats] = field(default_factory=dict)
+
+    def workers_summary(self) -> list[dict[str, Any]]:
+        """Per-worker throughput for the summary JSON."""
+        return [
+            {"worker": w.worker, "pages": w.pages, "seconds": round(w.seconds, 3),
+             "pages_per_minute": round(w.pages_per_minute, 2)}
+            for w in sorted(self.workers.values(), key=lambda w: w.worker)
+        ]
+
+
+def import_ray() -> Any:
+    """Ray, imported only when --ray is given."""
+    try:
+        import ray
+        import ray.data  # noqa: F401  (ray without the [data] extra has no pyarrow)
+    except ImportError:
+        raise RayUnavailable(INSTALL_HINT) from None
+    return ray
+
+
+def _check_reachable(address: str) -> None:
+    """ray.init waits forever on a HOST:PORT where no Ray runs; a TCP probe says so at once."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise RayUnavailable(f"--ray {address!r}: expected local, auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise RayUnavailable(f"cannot reach a Ray cluster at {address}: {e.strerror or e}") from None
+
+
+@contextlib.contextmanager
+def connect(address: str, *, runtime_env: dict[str, Any] | None = None) -> Iterator[float]:
+    """Connect the driver to Ray for the duration of the block; yields the seconds it took. An
+    already connected Ray (tests, a notebook) is used as is and left connected."""
+    ray = import_ray()
+    if ray.is_initialized():
+        yield 0.0
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Worker output stays in Ray's logs; our own messages say what went wrong in one line.
+    common: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR, runtime_env=runtime_env)
+    started = time.monotonic()
+    if address == "local":
+        ray.init(address="local", include_dashboard=False, **common)
+    else:
+        target = os.environ.get("RAY_ADDRESS") if address == "auto" else address
+        if target and target != "auto":
+            _check_reachable(target)
+        if (target or address).startswith("ray://"):
+            try:
+                import grpc  # noqa: F401  (Ray Client's transport)
+            except ImportError:
+                raise RayUnavailable("ray:// addresses need Ray Client: pip install 'ray[client]'") from None
+        try:
+            ray.init(address=address, **common)
+        except ConnectionError as e:
+            raise RayUnavailable(f"cannot connect to Ray at {address}: {e}") from None
+    try:
+        yield time.monotonic() - started
+    finally:
+        ray.shutdown()
+
+
+# ------------------------------------------------------------------------------------------ worker
+
+
+def _assigned_cpus() -> int:
+    import ray
+
+    return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+
+
+def limit_threads(threads: int) -> None:
+    """Make torch and OpenMP use the CPUs Ray gave this worker, not the node's core count. The
+    environment covers libraries that read it when they start; torch, if loaded, is told directly."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+def _probe(path: str, size: int | None) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return size is None or st.st_size == size
+
+
+class _Attempts:
+    """Per unit, how many times a worker started it without it being proven harmless; one actor
+    per run, owned by the driver (and gone with it)."""
+
+    def __init__(self) -> None:
+        self.started: Counter[str] = Counter()
+
+    def task(self, keys: list[str]) -> list[int]:
+        """A task starts: its units' counts from before. A first run (all zero) counts them all
+        now; otherwise nothing is counted here and the worker counts each unit as it runs it."""
+        before = [self.started[k] for k in keys]
+        if not any(before):
+            self.started.update(keys)
+        return before
+
+    def begin(self, key: str) -> None:
+        self.started[key] += 1
+
+    def clear(self, key: str) -> None:
+        """The unit ran to the end alone: it does not kill its worker."""
+        self.started.pop(key, None)
+
+
+class _Worker:
+    """The actor class given to map_batches: one PageWork for the actor's life."""
+
+    def __init__(self, work_factory: Callable[[Any, int], PageWork], settings: Any, fingerprint: str,
+                 probes: dict[str, int | None], attempts: Any, tries: int,
+                 crashed_record: Callable[[Unit, str], Record]) -> None:
+        import ray
+
+        self.ray = ray
+        self.attempts, self.tries, self.crashed_record = attempts, tries, crashed_record
+        threads = _assigned_cpus()
+        limit_threads(threads)
+        node = ray.util.get_node_ip_address()
+        self.name = f"{node} pid {os.getpid()}"
+        missing = next((p for p, size in probes.items() if not _probe(p, size)), None)
+        if missing is not None:
+            raise WorkerSetupError(
+                "shared_path",
+                f"node {node} does not see {missing} as the driver does; the bundle and the inputs "
+                f"must be at the same path on every node (a shared filesystem or the same image)",
+            )
+        try:
+            self.work = work_factory(settings, threads)
+        except Exception as e:
+            raise WorkerSetupError("load", f"node {node} cannot load the model: {e}") from None
+        limit_threads(threads)  # loading torch may have reset its pool to the core count
+        got = self.work.fingerprint()
+        if got != fingerprint:
+            raise WorkerSetupError(
+                "fingerprint",
+                f"node {node} has bundle/settings {got}, the driver has {fingerprint}; "
+                f"every node must have the same bundle at the same path",
+            )
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+        units = [
+            Unit(key=str(k), path=str(p), source=str(s), page=int(n), pages=int(c))
+            for k, p, s, n, c in zip(batch["key"], batch["path"], batch["source"], batch["page"], batch["pages"])
+        ]
+        began = time.monotonic()
+        before = self.ray.get(self.attempts.task.remote([u.key for u in units]))
+        if not any(before):
+            records = self.work.run(units)  # the usual case: the task's pages together
+        else:
+            records = [self._alone(u, n) for u, n in zip(units, before)]
+        by_key = {r["key"]: r for r in records}
+        each = (time.monotonic() - began) / len(units)
+        # Records travel as JSON text: Arrow never has to find one schema for varied records.
+        return {
+            "key": [u.key for u in units],
+            "record": [orjson.dumps(by_key[u.key]).decode() for u in units],
+            "worker": [self.name] * len(units),
+            "seconds": [each] * len(units),
+        }
+
+    def _alone(self, unit: Unit, starts: int) -> Record:
+        """A unit of a task whose worker died: run by itself, so that a crash counts against it only."""
+        if starts >= self.tries:
+            return self.crashed_record(unit, f"the page took its worker down on each of {starts} tries")
+        self.ray.get(self.attempts.begin.remote(unit.key))
+        (record,) = self.work.run([unit])
+        self.ray.get(self.attempts.clear.remote(unit.key))
+        return record
+
+
+# ------------------------------------------------------------------------------------------ driver
+
+
+def _setup_error(exc: BaseException) -> Exception | None:
+    """Our worker's setup error, recovered from the text of the actor death Ray reports."""
+    m = re.search(r"WorkerSetupError: \[(\w+)\] (.+)", str(exc))
+    return _SETUP_ERRORS[m.group(1)](m.group(2).strip()) if m and m.group(1) in _SETUP_ERRORS else None
+
+
+class _Signals:
+    """Ctrl-C and SIGTERM stop the run with KeyboardInterrupt at once (a page can take a minute),
+    except inside a sink call, which finishes first (and the record is counted) so that the
+    journal line or Markdown file is whole. (ray.init made SIGTERM a plain exit; this replaces that for the run.)"""
+
+    def __init__(self) -> None:
+        self.in_sink = False
+        self.stop = False
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if self.in_sink:
+            self.stop = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+
+    @contextlib.contextmanager
+    def sink_call(self) -> Iterator[None]:
+        self.in_sink = True
+        try:
+            yield
+        finally:
+            self.in_sink = False
+
+
+class _Driver:
+    def __init__(self, ray: Any, units: list[Unit], constructor: dict[str, Any], sink: Sink, options: RayOptions,
+                 progress: Callable[[Record], None] | None, say: Callable[[str], None], signals: _Signals) -> None:
+        self.ray = ray
+        self.constructor = constructor  # the _Worker's arguments
+        self.say = say
+        self.signals = signals
+        self.pending = {u.key: u for u in units}
+        self.left = Counter(u.source for u in self.pending.values())  # pages still to come, per document
+        self.written: set[str] = set()
+        self.sink = sink
+        self.o = options
+        self.progress = progress
+        self.run = RayRun()
+
+    def pool(self, blocks: int) -> Any:
+        o = self.o
+        size = o.workers
+        if size is None:
+            cpus = self.ray.cluster_resources().get("CPU", 1)
+            size = max(1, int(cpus // o.cpus_per_worker))
+        # More workers than tasks would only load the model for nothing.
+        if isinstance(size, tuple):
+            return self.ray.data.ActorPoolStrategy(min_size=min(size[0], blocks), max_size=min(size[1], blocks))
+        return self.ray.data.ActorPoolStrategy(size=min(size, blocks))
+
+    def stream(self, units: list[Unit]) -> None:
+        """The units through the worker pool, each record handed to the sink."""
+        blocks = math.ceil(len(units) / self.o.pages_per_task)
+        ds = self.ray.data.from_items([asdict(u) for u in units], override_num_blocks=blocks)
+        ctx = ds.context  # this dataset's own copy of the settings
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        extra = {"num_gpus": self.o.gpus_per_worker} if self.o.gpus_per_worker else {}
+        # Ray Data's defaults for actor pools (restart and retry without limit) are what we want:
+        # _Attempts ends a page that keeps killing its worker.
+        ds = ds.map_batches(
+            _Worker, fn_constructor_kwargs=self.constructor, batch_size=self.o.pages_per_task,
+            batch_format="numpy", compute=self.pool(blocks), num_cpus=self.o.cpus_per_worker,
+            udf_modifying_row_count=False, **extra,
+        )
+        # Ray Data logs each lost task with its traceback; the driver reports the pages instead.
+        quiet = logging.getLogger("ray.data")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        try:
+            for row in ds.iter_rows():
+                self.accept(row["key"], orjson.loads(row["record"]), row["worker"], float(row["seconds"]))
+        except Exception as e:
+            setup = _setup_error(e)
+            if setup is not None:
+                raise setup from None
+            raise
+        finally:
+            quiet.setLevel(level)
+
+    def accept(self, key: str, record: Record, worker: str, seconds: float) -> None:
+        if key in self.written or key not in self.pending:
+            self.run.repeats += 1
+            return
+        with self.signals.sink_call():
+            self.sink.write(record)
+        self.written.add(key)
+        r = self.run
+        if record.get("status") == "ok":
+            r.pages_ok += 1
+        else:
+            r.pages_failed += 1
+            if (record.get("error") or {}).get("type") == CRASHED:
+                r.crashed += 1
+                self.say(f"{record.get('source')} page {record.get('page')}: {CRASHED}: {record['error']['message']}")
+        stats = r.workers.setdefault(worker, WorkerStats(worker))
+        stats.pages += 1
+        stats.seconds += seconds
+        source = self.pending[key].source
+        self.left[source] -= 1
+        if self.left[source] == 0:
+            with self.signals.sink_call():
+                self.sink.document_done(source)
+        if self.progress is not None:
+            self.progress(record)
+        if self.signals.stop:  # a signal came during a sink call
+            raise KeyboardInterrupt
+
+    def missing(self) -> list[Unit]:
+        return [u for k, u in self.pending.items() if k not in self.written]
+
+
+def run_on_ray(
+    units: Iterable[Unit],
+    work_factory: Callable[[Any, int], PageWork],
+    settings: Any,
+    fingerprint: str,
+    sink: Sink,
+    crashed_record: Callable[[Unit, str], Record],
+    options: RayOptions = RayOptions(),
+    *,
+    probes: dict[str, int | None] | None = None,
+    progress: Callable[[Record], None] | None = None,
+    say: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+) -> RayRun:
+    """Read `units` on Ray and hand every record to `sink`, each key once.
+
+    `work_factory(settings, threads)` builds the PageWork on each worker (a class or a
+    module-level function: it is pickled by reference, so ppvl_batch must be installed on every
+    node). `fingerprint` is what the workers' PageWork must report. `crashed_record(unit, message)`
+    builds the error record of a unit that took its worker down on every try. `progress` is
+    called with each record written, `say` with a line for the user. `probes` maps
+    paths to their size (None: existence only) that every worker must see as the driver does (the
+    bundle, say); the first 100 input files are always probed. Raises RayUnavailable,
+    SharedPathMissing, WorkerMismatch or WorkerLoadError (PPVLErrors) for a job that cannot run.
+    """
+    units = list(units)
+    run = RayRun()
+    if not units:
+        return run
+    ray = import_ray()
+    checks = dict(probes or {})
+    for path in list(dict.fromkeys(u.path for u in units))[:100]:
+        with contextlib.suppress(OSError):
+            checks[path] = os.stat(path).st_size
+    started = time.monotonic()
+    # Ray prints cluster errors (a worker died...) on sys.stdout, which may be carrying our records,
+    # until ray.shutdown has flushed its repeated-message counts. (Record writers hold the real
+    # stdout's buffer from before the run.)
+    signals = _Signals()
+    with contextlib.redirect_stdout(sys.stderr), connect(options.address) as connect_seconds, signals.installed():
+        cpus = ray.cluster_resources().get("CPU", 0)
+        low = options.workers[0] if isinstance(options.workers, tuple) else options.workers or 1
+        if options.address == "local" and cpus < low * options.cpus_per_worker:
+            raise UsageError(f"this machine has {cpus:g} CPUs for Ray; {low} worker(s) x "
+                             f"{options.cpus_per_worker:g} CPUs do not fit")
+        attempts = ray.remote(num_cpus=0)(_Attempts).remote()
+        constructor = dict(work_factory=work_factory, settings=settings, fingerprint=fingerprint, probes=checks,
+                           attempts=attempts, tries=options.task_retries + 1, crashed_record=crashed_record)
+        driver = _Driver(ray, units, constructor, sink, options, progress, say, signals)
+        run = driver.run
+        run.connect_seconds = connect_seconds
+        try:
+            driver.stream(units)
+            if driver.missing():  # cannot happen with Ray's retries; say so rather than lose track
+                say(f"{len(driver.missing())} pages came back without a record; the next run reads them")
+        except KeyboardInterrupt:
+            run.interrupted = True
+    run.seconds = time.monotonic() - started
+    return run
