@@ -207,6 +207,10 @@ class TextDecoder:
             # into a layout of its own, and with a mapping the file pages it read them from would
             # stay resident beside the repacked copy (about 120 MB more for Q4_K_M).
             mparams.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
+        # llama.cpp's AMX matmul for quantized weights crashes the process on some AMX CPUs
+        # (segfault in ggml_backend_amx_mul_mat, llama.cpp issue 20824, unfixed): keep the
+        # weights out of its extra buffer types there. Elsewhere they hold the faster repacked copy.
+        mparams.use_extra_bufts = not cpu_has_llama_amx()
         self.model = llama_cpp.llama_model_load_from_file(str(gguf_path).encode(), mparams)
         if not self.model:
             raise ModelError(f"{gguf_path}: llama.cpp could not load this GGUF (damaged, or llama-cpp-python too old for arch paddleocr)")
@@ -468,6 +472,11 @@ def pick_token(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator)
         probs = np.where(mask, probs, 0.0)
         probs /= probs.sum()
     return int(rng.choice(len(probs), p=probs))
+
+
+def cpu_has_llama_amx() -> bool:
+    """Whether this llama.cpp build would put quantized weights in its AMX buffers."""
+    return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
 
 
 def default_threads() -> int:
