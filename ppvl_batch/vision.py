@@ -1,4 +1,4 @@
-"""Page images -> image embeddings, in PyTorch (design.md sections 1 and 3).
+"""Page images -> image embeddings, in PyTorch (docs/design.md sections 1 and 3).
 
 Preprocessing is transformers' `PaddleOCRVLImageProcessorPil`, built from the bundle's
 preprocessor_config (mean = std = 0.5, smart_resize to multiples of 28). The encoder and the
