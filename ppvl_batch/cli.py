@@ -460,6 +460,12 @@ def ask(images: tuple[Path, ...], page: int, text: str, server: str | None, api_
     """
     from .client import ask_local, ask_server, load_page
 
+    if server:
+        unused = f" (the model {model['model']} is not used: a server was given)" if model["model"] else ""
+        click.echo(f"ppvl-ocr: asking the server at {server}{unused}", err=True)
+    else:
+        click.echo(f"ppvl-ocr: running {model['model'] or 'the demo model'} in this process (no --server or "
+                   "PPVL_SERVER given)", err=True)
     pages = [load_page(path, page) for path in images]
 
     def show(delta: str) -> None:
@@ -468,13 +474,9 @@ def ask(images: tuple[Path, ...], page: int, text: str, server: str | None, api_
 
     on_text = show if stream else None
     if server:
-        unused = f" (the model {model['model']} is not used: a server was given)" if model["model"] else ""
-        click.echo(f"ppvl-ocr: asking the server at {server}{unused}", err=True)
         reply = ask_server(server, pages, text, api_key=api_key, max_tokens=max_tokens,
                            stream=stream, timeout=timeout, on_text=on_text)
     else:
-        click.echo(f"ppvl-ocr: running {model['model'] or 'the demo model'} in this process (no --server or "
-                   "PPVL_SERVER given)", err=True)
         with load_recognizer(**model, max_new_tokens=max_tokens) as rec:
             reply = ask_local(rec, pages, text, max_tokens=max_tokens, on_text=on_text)
     click.echo("" if stream else reply.text)
