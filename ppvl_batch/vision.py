@@ -32,7 +32,7 @@ MAX_ASPECT_RATIO = 200
 # A padded image larger than this many times the model's max_pixels is shrunk before padding: the
 # preprocessor scales it down to max_pixels anyway, and a 1 x 10^6 strip padded at full size
 # would need 5 x 10^9 pixels.
-PAD_PIXEL_BUDGET = 4
+PAD_BUDGET_FACTOR = 4
 
 
 @dataclass
@@ -144,7 +144,7 @@ def pad_aspect_ratio(image: Image.Image, factor: int, min_pixels: int, max_pixel
     padded = padded_size(width, height, factor, min_pixels, max_pixels)
     if padded == (width, height):
         return image
-    budget = PAD_PIXEL_BUDGET * max_pixels
+    budget = PAD_BUDGET_FACTOR * max_pixels
     if padded[0] * padded[1] > budget:
         scale = math.sqrt(budget / (padded[0] * padded[1]))
         image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.LANCZOS)

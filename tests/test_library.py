@@ -88,6 +88,18 @@ def test_extreme_aspect_ratio_is_padded_with_white(rec):
     paper.paste(strip, (0, 6))
     prepared = rec.prepare(strip)
     assert same(prepared, rec.prepare(paper))
-    assert prepared.grid_w / prepared.grid_h <= 200
     [tall] = rec.recognize([strip.transpose(Image.Transpose.ROTATE_90)], max_new_tokens=2)
     assert tall.height > tall.width and tall.output_tokens >= 1
+
+
+def test_very_long_strip_is_shrunk_before_padding(rec):
+    """Padded at full size, a 200000 x 1 strip would be 200000 x 1000 pixels: it is scaled down
+    first to about 4 x max_pixels (the preprocessor shrinks it to max_pixels anyway)."""
+    from ppvl_batch.vision import PAD_BUDGET_FACTOR, pad_aspect_ratio
+
+    strip = Image.new("RGB", (200_000, 1), (0, 0, 0))
+    padded = pad_aspect_ratio(strip, 28, rec.min_pixels, rec.max_pixels)
+    assert padded.width / padded.height <= 200
+    assert padded.width * padded.height <= PAD_BUDGET_FACTOR * rec.max_pixels * 1.01
+    prepared = rec.prepare(strip)
+    assert prepared.width * prepared.height <= rec.max_pixels  # (smart_resize checks the ratio of its input only)
