@@ -8,12 +8,12 @@
 The recognizer holds one llama.cpp context and is not thread-safe, so all model work runs on one
 worker thread fed by a FIFO queue. The request handlers (asyncio) parse, fetch and decode images,
 and do in the thread pool all that can fail for the client's reasons (`validate_request`: prompt,
-preprocessing, context), so that a bad request gets its 400 alone and never joins a batch; then they
-hand a job to the worker; the worker
-sends text deltas back to the handler's asyncio queue with `loop.call_soon_threadsafe`. A job whose
-client went away or whose deadline passed is aborted at its next token, so the worker moves on.
-With a recognizer loaded with `parallel=N`, the worker takes up to N waiting jobs at once and
-decodes them together (`answer_many`); otherwise one at a time.
+preprocessing, context; docs/design.md section 7), so a bad request gets its 400 alone and never
+joins a batch. Then they hand a job to the worker, which sends text deltas back to the handler's
+asyncio queue with `loop.call_soon_threadsafe`. A job whose client went away or whose deadline
+passed is aborted at its next token, so the worker moves on. With a recognizer loaded with
+`parallel=N`, the worker takes up to N waiting jobs at once and decodes them together
+(`answers.answer_many`); otherwise one at a time.
 
 Admission is bounded: at most `queue_size` requests wait behind the running one (503 with
 Retry-After beyond that), which also bounds the memory held by decoded images.
