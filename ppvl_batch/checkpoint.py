@@ -1,6 +1,6 @@
 """Reading a PaddleOCR-VL checkpoint as PaddlePaddle or transformers saved it.
 
-Both layouts of design.md section 1 are mapped onto one set of canonical tensor names:
+Both layouts of docs/design.md section 1 are mapped onto one set of canonical tensor names:
 
     text.<rest>      decoder weights      (`model.<rest>` or `model.language_model.<rest>`)
     lm_head.weight   output projection    (absent when the checkpoint ties it to the embeddings)
@@ -79,7 +79,7 @@ class Checkpoint:
 
     @property
     def prompt_style(self) -> str:
-        """`v1` ends the prompt with 'Assistant: ', `v1.5` with 'Assistant:\\n' (design.md section 2)."""
+        """`v1` ends the prompt with 'Assistant: ', `v1.5` with 'Assistant:\\n' (docs/design.md section 2)."""
         from .prompt import detect_prompt_style
 
         return detect_prompt_style(self.chat_template)
@@ -125,7 +125,7 @@ def text_hparams(config: dict[str, Any]) -> TextHParams:
     text = config.get("text_config") or config
     rope = text.get("rope_parameters") or text.get("rope_scaling") or config.get("rope_scaling") or {}
     theta = rope.get("rope_theta") or text.get("rope_theta") or config.get("rope_theta") or 500000.0
-    # design.md: a missing mrope_section means the default; never write empty sections.
+    # docs/design.md: a missing mrope_section means the default; never write empty sections.
     section = list(rope.get("mrope_section") or DEFAULT_MROPE_SECTION)
     heads = int(text["num_attention_heads"])
     head_dim = int(text.get("head_dim") or text["hidden_size"] // heads)

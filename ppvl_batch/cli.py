@@ -12,17 +12,10 @@ import click
 
 from . import __version__
 from .config import config_option
-from .errors import ExitCode, PPVLError
+from .errors import ExitCode, PPVLError, exit_codes_help
 from .prompt import TASKS
 
-EXIT_CODES_HELP = """\b
-Exit codes:
-  0    every page ok
-  1    some pages or files failed (their records say why)
-  2    usage error
-  3    model bundle missing or invalid
-  4    output not writable / disk full
-  130  interrupted; re-running the same command resumes"""
+OK, FAILED, USAGE, MODEL, OUTPUT, INTERRUPTED = ExitCode  # the codes each command lists in --help
 
 
 class PPVLGroup(click.Group):
@@ -39,7 +32,7 @@ class PPVLGroup(click.Group):
             ctx.exit(int(ExitCode.INTERRUPTED))
 
 
-@click.group(cls=PPVLGroup, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=PPVLGroup, epilog=exit_codes_help(), context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ppvl-ocr")
 @click.option("-v", "--verbose", count=True, help="More log lines on stderr (-vv for llama.cpp's own).")
 def main(verbose: int) -> None:
@@ -117,11 +110,11 @@ def load_recognizer(
 # ---------------------------------------------------------------------------------------------
 
 
-@main.command()
+@main.command(epilog=exit_codes_help([OK, USAGE, MODEL, OUTPUT, INTERRUPTED]))
 @click.argument("source", metavar="CHECKPOINT")
 @click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=True, dir_okay=True),
               help="Bundle folder to create.")
-@click.option("-q", "--quant", "quants", multiple=True, metavar="NAME",
+@click.option("--quant", "quants", multiple=True, metavar="NAME",
               help="Decoder quantization: F32, F16, Q8_0, Q5_K_M, Q4_K_M (default), Q4_0. Repeat for several in one bundle.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at OUTPUT (only once the new one is complete).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="Threads for quantization.")
@@ -158,7 +151,7 @@ def convert(source: str, output: str, quants: tuple[str, ...], overwrite: bool, 
 # ---------------------------------------------------------------------------------------------
 
 
-@main.command()
+@main.command(epilog=exit_codes_help([OK, USAGE, MODEL]))
 @click.argument("bundle", metavar="BUNDLE", default="demo")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--verify", is_flag=True, help="Also check every file's sha256 against the manifest.")
@@ -231,14 +224,7 @@ top-level keys for all commands and a [scan] table, e.g.
   batch-size = 8
 The command line wins over the environment, which wins over the file.
 
-\b
-Exit codes:
-  0    every page ok
-  1    some pages or files failed (their records say why)
-  2    usage error
-  3    model bundle missing or invalid
-  4    output not writable, disk full, or locked by another run
-  130  interrupted (Ctrl-C, SIGTERM); re-running the same command resumes"""
+""" + exit_codes_help()
 
 
 @main.command(epilog=SCAN_EPILOG)
@@ -366,12 +352,7 @@ Endpoints:
 Stopping: SIGTERM or Ctrl-C stops accepting requests, lets the ones in
 flight finish, then ends (SIGTERM: by the signal, status 143; Ctrl-C: 130).
 
-\b
-Exit codes:
-  1    cannot listen on the address
-  2    usage error
-  3    model bundle missing or invalid
-  130  Ctrl-C"""
+""" + exit_codes_help([FAILED, USAGE, MODEL, INTERRUPTED])
 
 
 @main.command(epilog=SERVE_EPILOG)
@@ -445,7 +426,7 @@ def serve(host: str, port: int, api_key: str | None, allow_files: Path | None, a
 # ---------------------------------------------------------------------------------------------
 
 
-@main.command()
+@main.command(epilog=exit_codes_help([OK, FAILED, USAGE, MODEL]))
 @config_option
 @click.option("-i", "--image", "images", multiple=True, required=True, type=click.Path(dir_okay=False, path_type=Path),
               metavar="PATH", help="Image or PDF to read; repeat for several pages in one answer.")
@@ -455,7 +436,8 @@ def serve(host: str, port: int, api_key: str | None, allow_files: Path | None, a
               help="Task: 'OCR:', 'Table Recognition:', 'Formula Recognition:', 'Chart Recognition:', "
                    "'Spotting:', 'Seal Recognition:' (1.5+), or a free prompt. [env PPVL_TEXT]")
 @click.option("-s", "--server", envvar="PPVL_SERVER", metavar="URL",
-              help="Server to ask (default http://127.0.0.1:7778, unless --model is given). [env PPVL_SERVER]")
+              help="Server to ask, e.g. http://127.0.0.1:7778 (`ppvl-ocr serve`'s address); without one the model "
+                   "runs in this process. [env PPVL_SERVER]")
 @click.option("--api-key", envvar="PPVL_API_KEY", metavar="KEY", help="The server's API key. [env PPVL_API_KEY]")
 @click.option("--stream", is_flag=True, help="Print the answer as it is generated.")
 @click.option("--max-tokens", type=click.IntRange(1), default=1024, show_default=True, envvar="PPVL_MAX_TOKENS",
@@ -468,17 +450,22 @@ def ask(images: tuple[Path, ...], page: int, text: str, server: str | None, api_
     """Read one page (or several) and print the answer on stdout.
 
     \b
-    ppvl-ocr ask --image page.png
-    ppvl-ocr ask --image report.pdf --page 3 --text "Table Recognition:" --stream
+    ppvl-ocr ask --image page.png --server http://127.0.0.1:7778
+    ppvl-ocr ask --image report.pdf --page 3 --text "Table Recognition:" --stream -s URL
     ppvl-ocr ask --image page.png --model paddleocr-vl      # locally, no server
 
-    With --server (or nothing) the pages go to a running `ppvl-ocr serve` or any OpenAI
-    Chat Completions server; with --model and no --server the model runs in this process.
-    Exit codes: 0 answered, 1 a page could not be read or the server failed, 2 usage error
-    (bad option, API key refused), 3 model bundle missing or invalid (local).
+    With --server (or PPVL_SERVER) the pages go to a running `ppvl-ocr serve` or any OpenAI
+    Chat Completions server, and --model is not used; without one the model (--model, or the
+    demo model) runs in this process. Which of the two happens is said on stderr.
     """
-    from .client import DEFAULT_SERVER, ask_local, ask_server, load_page
+    from .client import ask_local, ask_server, load_page
 
+    if server:
+        unused = f" (the model {model['model']} is not used: a server was given)" if model["model"] else ""
+        click.echo(f"ppvl-ocr: asking the server at {server}{unused}", err=True)
+    else:
+        click.echo(f"ppvl-ocr: running {model['model'] or 'the demo model'} in this process (no --server or "
+                   "PPVL_SERVER given)", err=True)
     pages = [load_page(path, page) for path in images]
 
     def show(delta: str) -> None:
@@ -486,8 +473,8 @@ def ask(images: tuple[Path, ...], page: int, text: str, server: str | None, api_
         sys.stdout.flush()
 
     on_text = show if stream else None
-    if server or not model["model"]:
-        reply = ask_server(server or DEFAULT_SERVER, pages, text, api_key=api_key, max_tokens=max_tokens,
+    if server:
+        reply = ask_server(server, pages, text, api_key=api_key, max_tokens=max_tokens,
                            stream=stream, timeout=timeout, on_text=on_text)
     else:
         with load_recognizer(**model, max_new_tokens=max_tokens) as rec:

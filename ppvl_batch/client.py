@@ -1,5 +1,6 @@
 """`ppvl-ocr ask`: send page images to an OCR server (`ppvl-ocr serve`, or any OpenAI Chat
-Completions server with a vision model) and get the answer; or run a bundle locally.
+Completions server with a vision model) and get the answer; or run a bundle locally, through
+the same answering code as the server (`answers`), which this module imports without the server.
 
 Every input is opened as `scan` opens it (any image format, EXIF rotation, one page of a PDF or
 multi-page TIFF) and sent as a lossless PNG data URL, so the server sees exactly the pixels a local
@@ -24,7 +25,6 @@ from .pages import PageError, open_document
 if TYPE_CHECKING:
     from .recognizer import Recognizer
 
-DEFAULT_SERVER = "http://127.0.0.1:7778"
 # PDF pages are rendered to about this many pixels: the most any PaddleOCR-VL version uses (v1), so
 # the server's model only ever scales down. A fixed size (not the model's) keeps a page's pixels
 # the same whether it is read locally or sent to a server.
@@ -97,7 +97,7 @@ def ask_server(
     try:
         import httpx
     except ImportError as exc:
-        raise PPVLError("asking a server needs httpx: pip install 'ppvl-batch[serve]' (or run locally with --model)") from exc
+        raise PPVLError("asking a server needs httpx: pip install 'ppvl-batch[serve]' (or leave out --server to run locally)") from exc
 
     url = completions_url(server)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -118,7 +118,7 @@ def ask_server(
                 return _read_stream(server, response.iter_lines(), on_text)
     except httpx.ConnectError as exc:
         raise PPVLError(f"cannot reach the server at {server} ({exc}); start one with `ppvl-ocr serve --model "
-                        f"BUNDLE`, or run locally with --model BUNDLE") from exc
+                        f"BUNDLE`, or leave out --server (and PPVL_SERVER) to run the model locally") from exc
     except httpx.TimeoutException as exc:
         raise PPVLError(f"{server} did not answer within --timeout {timeout:g} s") from exc
     except httpx.HTTPError as exc:
@@ -169,7 +169,7 @@ def ask_local(
     on_text: Callable[[str], None] | None = None,
 ) -> Reply:
     """The same answer as the server gives, from a Recognizer in this process."""
-    from .server import Question, answer_images, task_and_prompt
+    from .answers import Question, answer_images, task_and_prompt
 
     try:
         task, prompt = task_and_prompt(text, rec.tasks)

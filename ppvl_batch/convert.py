@@ -12,7 +12,7 @@ A bundle is a folder:
     mmproj-F16.gguf          optional (--mmproj): vision + projector as llama.cpp's own mmproj,
                              to compare our PyTorch vision with llama.cpp running the whole model
 
-The text GGUF is written by our code with the `gguf` package (design.md section 5), streaming
+The text GGUF is written by our code with the `gguf` package (docs/design.md section 5), streaming
 one tensor at a time, as F32; llama.cpp's own quantizer (`llama_model_quantize`) then makes each
 requested type from it. Everything is written into a hidden staging folder that is renamed into
 place last, so an interrupted convert never leaves something that looks like a bundle.
@@ -222,7 +222,7 @@ def write_text_gguf(ckpt: Checkpoint, out: Path, log: Log = _no_log, progress: b
     vocab = build_vocab(ckpt)
     planned = _plan_text_tensors(ckpt)
     # If lm_head is present it must become output.weight: llama.cpp silently reuses the
-    # embeddings when output.weight is missing (design.md section 1).
+    # embeddings when output.weight is missing (docs/design.md section 1).
     writer = gguf.GGUFWriter(str(out), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.PADDLEOCR])
     writer.add_name(ckpt.path.name)
     writer.add_context_length(hp.max_position_embeddings)

@@ -1,4 +1,4 @@
-"""Image embeddings + prompt -> text, in one persistent llama.cpp context (design.md sections 4, 6).
+"""Image embeddings + prompt -> text, in one persistent llama.cpp context (docs/design.md sections 4, 6).
 
 This is where the image embeddings enter llama.cpp. We own the loop instead of using
 `Llama.generate()`, whose bookkeeping assumes one position per token. Per page, in its own
@@ -79,7 +79,7 @@ class Generation:
 
 
 class RepetitionGuard:
-    """Detects a generated tail that repeats one short period over and over (design.md section 6:
+    """Detects a generated tail that repeats one short period over and over (docs/design.md section 6:
     the model can loop on a line or a digit forever). Stops only on long, certain loops so that
     legitimate repeats (table rows, "0000") are left alone."""
 
@@ -253,7 +253,7 @@ class TextDecoder:
     # -- text <-> tokens ----------------------------------------------------------------------
 
     def tokenize(self, text: str) -> list[int]:
-        """Token ids for prompt text: special tokens parsed, no BOS added (design.md section 2)."""
+        """Token ids for prompt text: special tokens parsed, no BOS added (docs/design.md section 2)."""
         data = text.encode("utf-8")
         buf = (llama_cpp.llama_token * (len(data) + 8))()
         n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, len(buf), False, True)

@@ -1,4 +1,4 @@
-"""The prompt around one page image (design.md section 2).
+"""The prompt around one page image (docs/design.md section 2).
 
 The checkpoint's own chat template renders the prompt with a single `<|IMAGE_PLACEHOLDER|>`;
 we cut it there into the text before the image (ending in `<|IMAGE_START|>`) and the text after

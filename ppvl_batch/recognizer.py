@@ -19,6 +19,7 @@ from PIL import Image
 
 from .bundle import Bundle, resolve_model
 from .decoder import DecodeRequest, DecoderError, Generation, RepetitionGuard, Sampling, TextDecoder
+from .pages import to_rgb
 from .prompt import TASKS, V1_TASKS, split_prompt, task_text
 from .vision import ImageEmbedding, ImagePreprocessor, PreparedImage, VisionEncoder, load_vision_tower
 
@@ -159,7 +160,11 @@ class Recognizer:
     # -- stage 1: vision ----------------------------------------------------------------------
 
     def prepare(self, image: Image.Image, task: str | None = "ocr") -> PreparedImage:
-        """smart_resize + patchify for one page (cheap; can run in a prefetch thread)."""
+        """smart_resize + patchify for one page (cheap; can run in a prefetch thread). Any PIL
+        image is first made what `scan` reads from a file (`pages.to_rgb`: EXIF rotation,
+        transparency onto white, every mode to 8-bit RGB), so a library caller passing
+        `Image.open(path)` gets the same answer as `scan path`."""
+        image = to_rgb(image)
         min_pixels, max_pixels = self.min_pixels, self.max_pixels
         if task == "spotting" and self.bundle.prompt_style != "v1":
             max_pixels = max(max_pixels, SPOTTING_MAX_PIXELS)

@@ -6,12 +6,14 @@
     GET  /metrics               Prometheus text format
 
 The recognizer holds one llama.cpp context and is not thread-safe, so all model work runs on one
-worker thread fed by a FIFO queue. The request handlers (asyncio) parse, fetch and decode images
-and preprocess them (smart_resize) in the thread pool, then hand a job to the worker; the worker
-sends text deltas back to the handler's asyncio queue with `loop.call_soon_threadsafe`. A job whose
-client went away or whose deadline passed is aborted at its next token, so the worker moves on.
-With a recognizer loaded with `parallel=N`, the worker takes up to N waiting jobs at once and
-decodes them together (`answer_many`); otherwise one at a time.
+worker thread fed by a FIFO queue. The request handlers (asyncio) parse, fetch and decode images,
+and do in the thread pool all that can fail for the client's reasons (`validate_request`: prompt,
+preprocessing, context; docs/design.md section 7), so a bad request gets its 400 alone and never
+joins a batch. Then they hand a job to the worker, which sends text deltas back to the handler's
+asyncio queue with `loop.call_soon_threadsafe`. A job whose client went away or whose deadline
+passed is aborted at its next token, so the worker moves on. With a recognizer loaded with
+`parallel=N`, the worker takes up to N waiting jobs at once and decodes them together
+(`answers.answer_many`); otherwise one at a time.
 
 Admission is bounded: at most `queue_size` requests wait behind the running one (503 with
 Retry-After beyond that), which also bounds the memory held by decoded images.
@@ -21,8 +23,7 @@ Finish reasons: the engine's `stop` (end of text or a stop string) is OpenAI `st
 because in both cases the answer is incomplete. The exact reason of each image is in the
 response's extra `ppvl.pages` field.
 
-This module imports FastAPI and uvicorn only inside the functions that need them, so that
-`ppvl-ocr ask` can run a model locally through `answer_images` without the `serve` extra. (No
+This module imports FastAPI and uvicorn only inside the functions that need them. (No
 `from __future__ import annotations` here: FastAPI must see the real `Request` class of the
 handlers defined inside `create_app`.)
 """
@@ -46,12 +47,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 import orjson
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from .answers import Answer, Question, answer_many, task_and_prompt
 from .errors import PPVLError
 from .pages import IMAGE_FORMATS, to_rgb
-from .prompt import TASKS, task_from_text
-from .recognizer import DecoderError, EncodedPage, PageResult, Recognizer, Sampling
+from .recognizer import DecoderError, Recognizer, Sampling
 from .vision import PreparedImage
 
 if TYPE_CHECKING:
@@ -60,9 +61,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("ppvl_batch.server")
 request_log = logging.getLogger("ppvl_batch.server.requests")  # one line per request (serve --quiet: off)
 
-PAGE_SEPARATOR = "\n\n"  # between the texts of several images in one answer
 ROLES = ("system", "developer", "user", "assistant")
 MAX_STOP_STRINGS = 4  # as OpenAI
+GREEDY_BELOW = 1e-6  # temperatures below this decode greedily
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -105,129 +106,6 @@ def bad_request(message: str, code: str, param: str | None = None) -> ApiError:
 
 
 # ---------------------------------------------------------------------------------------------
-# Answering: several images -> one text (shared with `ppvl-ocr ask` run locally)
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Answer:
-    text: str
-    finish_reason: str  # OpenAI: stop | length; abort when on_text asked to stop
-    pages: list[PageResult]
-
-    @property
-    def prompt_tokens(self) -> int:
-        return sum(p.prompt_tokens for p in self.pages)
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(p.output_tokens for p in self.pages)
-
-
-def task_and_prompt(text: str, tasks: Sequence[str]) -> tuple[str, str | None]:
-    """(task, free prompt) for the text of a user message: a task's own text ("OCR:",
-    "Table Recognition:") picks the task, empty text means OCR, anything else is a free prompt.
-    ValueError for a task this model does not have."""
-    text = text.strip()
-    task = task_from_text(text) if text else "ocr"
-    if task is None:
-        return "ocr", text
-    if task not in tasks:
-        raise ValueError(f"task {TASKS[task]!r} is not available with this model (it has: "
-                         f"{', '.join(TASKS[t] for t in tasks)})")
-    return task, None
-
-
-@dataclass
-class Question:
-    """Images and how to answer them: one answer for all the images."""
-
-    images: Sequence[Image.Image | PreparedImage]
-    task: str
-    prompt: str | None
-    max_tokens: int  # for the whole answer
-    sampling: Sampling | None = None
-    stop: Sequence[str] = ()
-    on_text: Callable[[str], bool | None] | None = None  # each new piece of text; False aborts
-
-
-class _Progress:
-    """One answer being built page by page: budget, texts, and why it ended."""
-
-    def __init__(self, question: Question, pages: list[EncodedPage]) -> None:
-        self.question = question
-        self.pages = pages
-        self.results: list[PageResult] = []
-        self.texts: list[str] = []
-        self.budget = question.max_tokens
-        self.finish = "stop"
-        self.error: DecoderError | None = None
-        self.done = False
-
-    def next_page(self) -> EncodedPage | None:
-        """The next page to decode, or None when the answer is complete."""
-        i = len(self.results)
-        if self.done or i == len(self.pages):
-            self.done = True
-            return None
-        if i:
-            if self.budget <= 0:
-                self.finish, self.done = "length", True
-                return None
-            self.texts.append(PAGE_SEPARATOR)
-            on_text = self.question.on_text
-            if on_text is not None and on_text(PAGE_SEPARATOR) is False:
-                self.finish, self.done = "abort", True
-                return None
-        return self.pages[i]
-
-    def add(self, result: PageResult | DecoderError, rec: Recognizer) -> None:
-        if isinstance(result, DecoderError):
-            self.error, self.done = result, True
-            return
-        self.results.append(result)
-        self.texts.append(result.text)
-        self.budget -= result.output_tokens
-        if result.finish_reason != "stop":
-            self.finish = "abort" if result.finish_reason == "abort" else "length"
-            self.done = True
-        # The engine reports end-of-text and a stop string alike; a stop string ends the answer.
-        elif self.question.stop and any(s in rec.decoder.detokenize(result.token_ids) for s in self.question.stop):
-            self.done = True
-
-    def answer(self) -> Answer | DecoderError:
-        return self.error or Answer("".join(self.texts), self.finish, self.results)
-
-
-def answer_many(rec: Recognizer, questions: Sequence[Question]) -> list[Answer | DecoderError]:
-    """Answer several questions together: one vision pass for all their images, then rounds in
-    which the next page of every answer still going is decoded together (up to the recognizer's
-    `parallel` at a time). Each answer is what it would be alone: the images one after the other,
-    `max_tokens` bounding the whole answer, a stop string ending it. A page the decoder cannot
-    take gives its question a DecoderError and leaves the others alone."""
-    prepared = [im if isinstance(im, PreparedImage) else rec.prepare(im, q.task) for q in questions for im in q.images]
-    encoded = iter(rec.encode(prepared))
-    progress = [_Progress(q, [next(encoded) for _ in q.images]) for q in questions]
-    while True:
-        round_ = [(p, page) for p in progress if (page := p.next_page()) is not None]
-        if not round_:
-            return [p.answer() for p in progress]
-        requests = [(page, rec.request(page, p.question.task, p.question.prompt, max_new_tokens=p.budget,
-                                       sampling=p.question.sampling, stop=p.question.stop, on_text=p.question.on_text))
-                    for p, page in round_]
-        for index, result in rec.decode_many(requests):
-            round_[index][0].add(result, rec)
-
-
-def answer_images(rec: Recognizer, question: Question) -> Answer:
-    """One question's answer (`ppvl-ocr ask` run locally); DecoderError if a page cannot be decoded."""
-    [answer] = answer_many(rec, [question])
-    if isinstance(answer, DecoderError):
-        raise answer
-    return answer
-
-
-# ---------------------------------------------------------------------------------------------
 # Request parsing
 # ---------------------------------------------------------------------------------------------
 
@@ -250,6 +128,13 @@ def _number(body: dict[str, Any], name: str, low: float, high: float, default: f
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
         raise bad_request(f"{name} must be a number from {low:g} to {high:g}", "invalid_value", name)
     return float(value)
+
+
+def _temperature(body: dict[str, Any]) -> float:
+    """Below GREEDY_BELOW, sampling is greedy decoding in all but name, and dividing the logits by
+    such a temperature would overflow to inf (and NaN probabilities): it is decoded greedily."""
+    temperature = _number(body, "temperature", 0, 2, 0.0)
+    return 0.0 if temperature < GREEDY_BELOW else temperature
 
 
 def _max_tokens(body: dict[str, Any], options: ServeOptions) -> int:
@@ -335,14 +220,14 @@ def parse_chat_request(body: Any, options: ServeOptions) -> ChatRequest:
     if not isinstance(body.get("stream", False), bool):
         raise bad_request("stream must be true or false", "invalid_value", "stream")
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise bad_request("seed must be an integer", "invalid_value", "seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise bad_request("seed must be a non-negative integer", "invalid_value", "seed")
     stream_options = body.get("stream_options") or {}
     return ChatRequest(
         image_urls=urls,
         text="\n".join(t.strip() for t in texts if t.strip()),
         max_tokens=_max_tokens(body, options),
-        sampling=Sampling(_number(body, "temperature", 0, 2, 0.0), _number(body, "top_p", 1e-9, 1, 1.0), seed),
+        sampling=Sampling(_temperature(body), _number(body, "top_p", 1e-9, 1, 1.0), seed),
         stop=_stop(body),
         stream=bool(body.get("stream", False)),
         include_usage=isinstance(stream_options, dict) and bool(stream_options.get("include_usage")),
@@ -422,7 +307,7 @@ def decode_image(data: bytes, max_pixels: int, param: str) -> Image.Image:
         image = Image.open(io.BytesIO(data), formats=[f for f in sorted(IMAGE_FORMATS) if f in Image.OPEN])
     except Image.DecompressionBombError as exc:
         raise bad_request(f"image too large: {exc}", "image_too_large", param) from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except Exception as exc:  # Pillow's parsers raise many types on hostile bytes; all mean "not an image"
         raise bad_request("the data is not a PNG, JPEG, TIFF, WebP, BMP or GIF image", "invalid_image", param) from exc
     if image.width * image.height > max_pixels:
         raise bad_request(f"image is {image.width}x{image.height} pixels; this server accepts at most {max_pixels}",
@@ -430,7 +315,7 @@ def decode_image(data: bytes, max_pixels: int, param: str) -> Image.Image:
     try:
         image.load()
         return to_rgb(image)
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+    except Exception as exc:  # as above: struct.error, IndexError, ... from damaged data
         raise bad_request(f"the image data is truncated or corrupt: {exc}", "invalid_image", param) from exc
 
 
@@ -445,6 +330,65 @@ async def load_image(url: str, param: str, options: ServeOptions) -> Image.Image
     else:
         raise bad_request("image URLs must be data:, file:// or http(s) URLs", "invalid_image_url", param)
     return await asyncio.to_thread(decode_image, data, options.max_image_pixels, param)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: what can fail for the client's reasons, checked before a request joins a batch
+# ---------------------------------------------------------------------------------------------
+
+
+def request_task(rec: Recognizer, text: str) -> tuple[str, str | None]:
+    """(task, free prompt) of a request's text, or 400 for a task this model does not have."""
+    try:
+        return task_and_prompt(text, rec.tasks)
+    except ValueError as exc:
+        raise bad_request(str(exc), "unsupported_task", "messages") from exc
+
+
+def check_prompt(rec: Recognizer, task: str, prompt: str | None) -> int:
+    """Tokens of the prompt text around the image, or 400 when the model cannot take this prompt.
+    Runs in a handler thread beside the worker: tokenizing only reads the vocabulary, and the ids
+    are cached for the worker."""
+    try:
+        before, after = rec.prompt_ids(task, prompt)
+    except (ValueError, DecoderError) as exc:
+        raise bad_request(f"the prompt cannot be used: {exc}", "invalid_prompt", "messages") from exc
+    return len(before) + len(after)
+
+
+def prepare_images(rec: Recognizer, images: Sequence[Image.Image], task: str, params: Sequence[str]) -> list[PreparedImage]:
+    """smart_resize + patchify of each image (extreme aspect ratios are padded by the
+    preprocessor), or 400 naming the image the preprocessor refuses."""
+    prepared = []
+    for image, param in zip(images, params):
+        try:
+            prepared.append(rec.prepare(image, task))
+        except (ValueError, OSError) as exc:
+            raise bad_request(f"the image cannot be prepared for the model: {exc}", "invalid_image", param) from exc
+    return prepared
+
+
+def check_context(rec: Recognizer, prepared: Sequence[PreparedImage], prompt_tokens: int, params: Sequence[str]) -> None:
+    """400 when an image and the prompt do not fit one request's share of the llama.cpp context
+    (a long free prompt): the decoder would refuse the page only once it is in a batch."""
+    capacity = rec.decoder.ctx_per_sequence
+    for image, param in zip(prepared, params):
+        needed = prompt_tokens + image.num_tokens + 1  # + at least one answer token
+        if needed > capacity:
+            raise bad_request(f"the image ({image.num_tokens} tokens) and the prompt ({prompt_tokens} tokens) need "
+                              f"{needed} tokens of context; this server holds {capacity} per request (shorten the "
+                              f"prompt or send a smaller image)", "context_length_exceeded", param)
+
+
+def validate_request(rec: Recognizer, images: Sequence[Image.Image], task: str, prompt: str | None,
+                     params: Sequence[str]) -> list[PreparedImage]:
+    """All the preparation of one request that can fail for the client's reasons (prompt, image
+    sizes and aspect ratios, context), done before it joins a batch: a bad request fails alone,
+    with 400, and never inside the worker beside other requests."""
+    prompt_tokens = check_prompt(rec, task, prompt)
+    prepared = prepare_images(rec, images, task, params)
+    check_context(rec, prepared, prompt_tokens, params)
+    return prepared
 
 
 # ---------------------------------------------------------------------------------------------
@@ -554,6 +498,7 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued: float = field(default_factory=time.monotonic)
     started: float | None = None
+    streamed: bool = False  # some text has gone to the client
 
     @property
     def question(self) -> Question:
@@ -576,6 +521,7 @@ class Job:
         if not self.keep_going():
             return False
         if self.request.stream:
+            self.streamed = True
             self.emit("delta", delta)
         return True
 
@@ -667,21 +613,29 @@ class Engine:
         if not live:
             return
         self.metrics.batch_started(len(live))
-        try:
-            answers = answer_many(self.rec, [job.question for job in live])
-        except Exception as exc:  # one bad batch must not stop the worker
-            log.exception("recognition failed")
-            for job in live:
-                job.emit("error", exc)
-            return
+        answers = self._answer(live)
         now = time.monotonic()
         self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * (now - live[0].started) / len(live)
         for job, answer in zip(live, answers):
-            if isinstance(answer, DecoderError):
+            if isinstance(answer, Exception):
+                log.error("recognition failed: %s", answer)
                 job.emit("error", answer)
                 continue
             self.metrics.job_done(answer, job.started - job.enqueued)
             job.emit("done", answer)
+
+    def _answer(self, jobs: list[Job]) -> list[Answer | Exception]:
+        """Answers (or errors) of jobs decoded together. answer_many keeps what fails for one job
+        to that job; what it raises came from a decoding step they all shared. Then each job that
+        has sent no text yet is answered again alone, so that only the one that breaks a step
+        fails; a streamed job that has already sent text cannot start over and fails too."""
+        try:
+            return answer_many(self.rec, [job.question for job in jobs])
+        except Exception as exc:  # must not stop the worker
+            log.exception("recognition of %d requests together failed", len(jobs))
+            if len(jobs) == 1:
+                return [exc]
+            return [exc if job.streamed else self._answer([job])[0] for job in jobs]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -838,15 +792,13 @@ def create_app(options: ServeOptions, loader: Callable[[], Recognizer]) -> "Fast
             check_auth(request)
             chat = parse_chat_request(await read_json(request), options)
             rec = check_ready()
-            try:
-                task, prompt = task_and_prompt(chat.text, rec.tasks)
-            except ValueError as exc:
-                raise bad_request(str(exc), "unsupported_task", "messages") from exc
+            task, prompt = request_task(rec, chat.text)
             entry.images = len(chat.image_urls)
             engine.admit()
             admitted = True
             images = await asyncio.gather(*(load_image(url, param, options) for param, url in chat.image_urls))
-            prepared = await asyncio.to_thread(lambda batch=images: [rec.prepare(im, task) for im in batch])
+            params = [param for param, _ in chat.image_urls]
+            prepared = await asyncio.to_thread(validate_request, rec, images, task, prompt, params)
             del images  # the prepared pixels are all the worker needs
             job = Job(chat, prepared, task, prompt, asyncio.get_running_loop(), entry.started + options.request_timeout)
             engine.submit(job)

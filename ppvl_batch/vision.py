@@ -1,4 +1,4 @@
-"""Page images -> image embeddings, in PyTorch (design.md sections 1 and 3).
+"""Page images -> image embeddings, in PyTorch (docs/design.md sections 1 and 3).
 
 Preprocessing is transformers' `PaddleOCRVLImageProcessorPil`, built from the bundle's
 preprocessor_config (mean = std = 0.5, smart_resize to multiples of 28). The encoder and the
@@ -10,6 +10,7 @@ attends only to itself.
 from __future__ import annotations
 
 import json
+import math
 import struct
 import threading
 import time
@@ -26,6 +27,12 @@ from torch.nn import functional as F
 
 # Patch budget of one vision forward pass: bounds activation memory whatever the batch size.
 MAX_PATCHES_PER_FORWARD = 16384
+# smart_resize refuses images whose sides differ by more than this factor (docs/design.md section 3).
+MAX_ASPECT_RATIO = 200
+# A padded image larger than this many times the model's max_pixels is shrunk before padding: the
+# preprocessor scales it down to max_pixels anyway, and a 1 x 10^6 strip padded at full size
+# would need 5 x 10^9 pixels.
+PAD_BUDGET_FACTOR = 4
 
 
 @dataclass
@@ -80,6 +87,7 @@ class ImagePreprocessor:
         self.min_pixels = int(config.get("min_pixels") or config.get("size", {}).get("shortest_edge"))
         self.max_pixels = int(config.get("max_pixels") or config.get("size", {}).get("longest_edge"))
         self.merge = int(config.get("merge_size", 2))
+        self.factor = int(config.get("patch_size", 14)) * self.merge  # smart_resize's multiple
         self.processor = PaddleOCRVLImageProcessorPil(
             do_resize=True,
             resample=int(config.get("resample", 3)),
@@ -97,10 +105,54 @@ class ImagePreprocessor:
         )
 
     def __call__(self, image: Image.Image, min_pixels: int | None = None, max_pixels: int | None = None) -> PreparedImage:
-        size = {"shortest_edge": min_pixels or self.min_pixels, "longest_edge": max_pixels or self.max_pixels}
-        out = self.processor(images=[image.convert("RGB")], size=size, return_tensors="np")
+        min_pixels, max_pixels = min_pixels or self.min_pixels, max_pixels or self.max_pixels
+        image = pad_aspect_ratio(image.convert("RGB"), self.factor, min_pixels, max_pixels)
+        size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+        out = self.processor(images=[image], size=size, return_tensors="np")
         _, grid_h, grid_w = (int(v) for v in out["image_grid_thw"][0])
         return PreparedImage(np.asarray(out["pixel_values"], dtype=np.float32), grid_h, grid_w, self.merge)
+
+
+def padded_size(width: int, height: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """The smallest (width, height), with the image's own sides as minimums, that smart_resize
+    accepts: the short side grows until the ratio is within MAX_ASPECT_RATIO as smart_resize
+    measures it (after its own rounding), so the answer comes from its code, not a copy of it."""
+    from transformers.models.paddleocr_vl.image_processing_pil_paddleocr_vl import smart_resize
+
+    def accepted(w: int, h: int) -> bool:
+        try:
+            smart_resize(h, w, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+        except ValueError:
+            return False
+        return True
+
+    if accepted(width, height):
+        return width, height
+    long_side, short_side = max(width, height), math.ceil(max(width, height) / MAX_ASPECT_RATIO)
+    while not accepted(*((long_side, short_side) if width >= height else (short_side, long_side))):
+        short_side += 1
+    return (long_side, short_side) if width >= height else (short_side, long_side)
+
+
+def pad_aspect_ratio(image: Image.Image, factor: int, min_pixels: int, max_pixels: int) -> Image.Image:
+    """An RGB image the preprocessor accepts: one whose aspect ratio is over 200:1 (a strip of
+    one text line, a thin rule) is centred on white paper of the smallest size within the ratio,
+    as if it had been scanned with a margin. Every pixel of it is kept at its own scale, so the
+    model sees what the reference processor would see for that page. Images within the ratio are
+    returned as they are."""
+    width, height = image.size
+    padded = padded_size(width, height, factor, min_pixels, max_pixels)
+    if padded == (width, height):
+        return image
+    budget = PAD_BUDGET_FACTOR * max_pixels
+    if padded[0] * padded[1] > budget:
+        scale = math.sqrt(budget / (padded[0] * padded[1]))
+        image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.LANCZOS)
+        width, height = image.size
+        padded = padded_size(width, height, factor, min_pixels, max_pixels)
+    paper = Image.new("RGB", padded, (255, 255, 255))
+    paper.paste(image, ((padded[0] - width) // 2, (padded[1] - height) // 2))
+    return paper
 
 
 def contiguous_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask, **kwargs):

@@ -17,7 +17,7 @@ def load(checkpoint: Path):
 
     config = PaddleOCRVLConfig.from_pretrained(checkpoint)
     # The original PaddleOCR-VL code does not tie lm_head to the embeddings; transformers ties
-    # them for flat configs, so the reference is told explicitly (design.md section 1).
+    # them for flat configs, so the reference is told explicitly (docs/design.md section 1).
     config.tie_word_embeddings = False
     config.text_config.tie_word_embeddings = False
     model = PaddleOCRVLForConditionalGeneration.from_pretrained(checkpoint, config=config, dtype=torch.float32).eval()

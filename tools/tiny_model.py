@@ -7,7 +7,7 @@ special tokens, both checkpoint layouts), only narrower and shallower:
     build_tokenizer(dir, version="1.5")           SentencePiece model + tokenizer_config + template
     build_checkpoint(dir, layout="original")      config.json + safetensors, random weights
 
-Layouts (see shared/design.md section 1):
+Layouts (see docs/design.md section 1):
     "original"      the Hugging Face repo as PaddlePaddle published it: flat config.json,
                     `model.*`, `visual.vision_model.*`, `mlp_AR.*`, separate `lm_head.weight`,
                     weights sharded with an index file.
@@ -28,7 +28,7 @@ BEGIN_OF_SENTENCE = "<|begin_of_sentence|>"
 IMAGE_TOKENS = ["<|IMAGE_PLACEHOLDER|>", "<|IMAGE_START|>", "<|IMAGE_END|>"]
 LOC_TOKENS = [f"<|LOC_{i}|>" for i in range(1001)]
 
-# Chat templates of the two prompt styles (design.md section 2). They differ only in the ending.
+# Chat templates of the two prompt styles (docs/design.md section 2). They differ only in the ending.
 _TEMPLATE = (
     "{%- if not add_generation_prompt is defined -%}{%- set add_generation_prompt = true -%}{%- endif -%}"
     "{{- '<|begin_of_sentence|>' -}}"
@@ -175,7 +175,7 @@ def tiny_sizes() -> dict[str, dict[str, Any]]:
 
 
 def full_sizes() -> dict[str, dict[str, Any]]:
-    """Hyper-parameters of the real PaddleOCR-VL-0.9B (design.md section 1)."""
+    """Hyper-parameters of the real PaddleOCR-VL-0.9B (docs/design.md section 1)."""
     return {
         "text": dict(
             hidden_size=1024, intermediate_size=3072, num_hidden_layers=18, num_attention_heads=16,
