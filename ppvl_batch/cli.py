@@ -404,7 +404,8 @@ def serve(host: str, port: int, api_key: str | None, allow_files: Path | None, a
     after the other into one answer. One log line per request goes to stderr.
     """
     from .errors import UsageError
-    from .server import ServeOptions, run_server
+    from .serve.app import run_server
+    from .serve.requests import ServeOptions
 
     if api_key == "":
         raise UsageError("--api-key is empty")
@@ -415,8 +416,8 @@ def serve(host: str, port: int, api_key: str | None, allow_files: Path | None, a
         max_body_bytes=int(max_body_mb * 1024 * 1024), max_image_pixels=max_image_pixels, max_images=max_images,
         default_max_tokens=max_tokens or min(1024, max_tokens_limit), max_tokens_limit=max_tokens_limit, queue_size=queue_size, request_timeout=timeout,
     )
-    logging.getLogger("ppvl_batch.server").setLevel(logging.INFO)
-    logging.getLogger("ppvl_batch.server.requests").setLevel(logging.WARNING if quiet else logging.INFO)
+    logging.getLogger("ppvl_batch.serve").setLevel(logging.INFO)
+    logging.getLogger("ppvl_batch.serve.requests").setLevel(logging.WARNING if quiet else logging.INFO)
     # The context must hold the largest page plus the longest answer a request may ask for.
     run_server(options, lambda: load_recognizer(**model, max_new_tokens=max_tokens_limit, parallel=parallel), host, port)
 
@@ -458,7 +459,7 @@ def ask(images: tuple[Path, ...], page: int, text: str, server: str | None, api_
     Chat Completions server, and --model is not used; without one the model (--model, or the
     demo model) runs in this process. Which of the two happens is said on stderr.
     """
-    from .client import ask_local, ask_server, load_page
+    from .serve.client import ask_local, ask_server, load_page
 
     if server:
         unused = f" (the model {model['model']} is not used: a server was given)" if model["model"] else ""

@@ -41,12 +41,13 @@ from click.testing import CliRunner
 from PIL import Image
 
 from ppvl_batch.cli import main
-from ppvl_batch.client import load_page
+from ppvl_batch.serve.client import load_page
 from ppvl_batch.errors import ModelError
 from ppvl_batch.prompt import V1_TASKS
 from ppvl_batch.recognizer import DecoderError, PageResult, Recognizer, Sampling
 from ppvl_batch.answers import PAGE_SEPARATOR, Answer, Question, answer_images, answer_many, task_and_prompt
-from ppvl_batch.server import ServeOptions, bind_socket, create_app, run_server
+from ppvl_batch.serve.app import bind_socket, create_app, run_server
+from ppvl_batch.serve.requests import ServeOptions
 
 PPVL = str(Path(sys.executable).with_name("ppvl-ocr"))
 LIMITS = dict(max_images=3, max_image_pixels=4_000_000, max_body_bytes=8 * 1024 * 1024, max_tokens_limit=64,
