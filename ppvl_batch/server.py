@@ -192,7 +192,7 @@ class _Progress:
             self.finish = "abort" if result.finish_reason == "abort" else "length"
             self.done = True
         # The engine reports end-of-text and a stop string alike; a stop string ends the answer.
-        elif self.question.stop and any(s in rec.decoder.detokenize(result.token_ids) for s in self.question.stop):
+        elif self.question.stop and any(s in rec.detokenize(result.token_ids) for s in self.question.stop):
             self.done = True
 
     def answer(self) -> Answer | DecoderError:
@@ -842,6 +842,10 @@ def create_app(options: ServeOptions, loader: Callable[[], Recognizer]) -> "Fast
                 task, prompt = task_and_prompt(chat.text, rec.tasks)
             except ValueError as exc:
                 raise bad_request(str(exc), "unsupported_task", "messages") from exc
+            try:
+                rec.check_prompt(prompt)
+            except ValueError as exc:  # a special token's text in the prompt
+                raise bad_request(str(exc), "invalid_content", "messages") from exc
             entry.images = len(chat.image_urls)
             engine.admit()
             admitted = True
