@@ -35,7 +35,13 @@ class UnsupportedDecoder(ModelError):
 # -- per-token stages: a token string in, zero or more pieces out -----------------------------
 
 
-class _TokenReplace:
+class _Stage:
+    def holding(self) -> bool:
+        """Whether flush() would give out something (text or bytes held back)."""
+        return False
+
+
+class _TokenReplace(_Stage):
     def __init__(self, pattern: str, content: str):
         self.pattern, self.content = pattern, content
 
@@ -46,7 +52,7 @@ class _TokenReplace:
         return ()
 
 
-class _ByteFallback:
+class _ByteFallback(_Stage):
     """`<0xHH>` tokens are collected; a run becomes its UTF-8 text when it is valid as a whole,
     else one U+FFFD per byte (the tokenizers rule)."""
 
@@ -69,6 +75,9 @@ class _ByteFallback:
             return ()
         return (*self.flush(), token)
 
+    def holding(self) -> bool:
+        return bool(self.run)
+
     def flush(self) -> list[str]:
         if not self.run:
             return []
@@ -80,7 +89,7 @@ class _ByteFallback:
         return out
 
 
-class _TokenMetaspace:
+class _TokenMetaspace(_Stage):
     """The replacement character becomes a space; in the first token it is dropped unless the
     prepend scheme is `never` (what the tokenizers Metaspace decoder does)."""
 
@@ -97,7 +106,7 @@ class _TokenMetaspace:
         return ()
 
 
-class _TokenStrip:
+class _TokenStrip(_Stage):
     def __init__(self, content: str, start: int):
         self.content, self.start = content, start
 
@@ -114,7 +123,7 @@ class _TokenStrip:
 # -- text stages (after Fuse): text in, final text out ----------------------------------------
 
 
-class _TextStrip:
+class _TextStrip(_Stage):
     """Up to `start` leading `content` characters of the whole text are removed."""
 
     def __init__(self, content: str, start: int):
@@ -132,7 +141,7 @@ class _TextStrip:
         return ""
 
 
-class _TextReplace:
+class _TextReplace(_Stage):
     """str.replace over the whole text, streamed: a tail that may start a match is held back."""
 
     def __init__(self, pattern: str, content: str):
@@ -153,12 +162,15 @@ class _TextReplace:
         out.append(text[: len(text) - keep])
         return "".join(out)
 
+    def holding(self) -> bool:
+        return bool(self.held)
+
     def flush(self) -> str:
         held, self.held = self.held, ""
         return held
 
 
-class _Join:
+class _Join(_Stage):
     """Without any decoder, tokenizers joins the token strings with one space."""
 
     def __init__(self, separator: str):
@@ -286,7 +298,10 @@ class _Chain:
 
     def peek(self) -> str:
         """What flush() would add now, leaving the chain as it is."""
-        return copy.deepcopy(self).flush()
+        if not any(stage.holding() for stage in (*self.token_stages, *self.text_stages)):
+            return ""
+        stages = copy.deepcopy((self.token_stages, self.text_stages))  # small: pending bytes, held text
+        return _Chain(self.detokenizer, *stages).flush()
 
 
 class TextStream:
@@ -295,51 +310,51 @@ class TextStream:
     Generation stops at the first token after which the decoded text contains a stop string;
     the final text is the decoded text cut where the first one begins. `push` returns only text
     that no later token (or stop string) can change; `finish` returns the rest, so the deltas
-    always join to `text`."""
+    always join to `text`. Only the last few characters are kept apart (what may begin a stop
+    string), so a token costs the same however long the answer is."""
 
     def __init__(self, detokenizer: Detokenizer, stop: Sequence[str] = ()):
         self.chain = detokenizer.chain()
         self.stops = [s for s in stop if s]
-        self.longest = max((len(s) for s in self.stops), default=0)
-        self.final = ""  # text no later token can change (before any stop cut)
-        self.shown = 0  # characters of it handed out
+        self.keep = max((len(s) for s in self.stops), default=1) - 1  # characters a new match can reach back
+        self.handed: list[str] = []  # deltas handed out
+        self.held = ""  # final text not handed out: it may be the start of a stop string
+        self.recent = ""  # the last `keep` characters of the final text, handed out or not
         self.stopped = False
         self.done = False
-        self.text = ""
+
+    @property
+    def text(self) -> str:
+        return "".join(self.handed) + self.held
+
+    def _hand(self, delta: str) -> str:
+        if delta:
+            self.handed.append(delta)
+        return delta
 
     def push(self, token: int) -> str:
-        checked = len(self.final)
-        self.final += self.chain.push(token)
+        delta = self.chain.push(token)
         if not self.stops:
-            return self._show(len(self.final))
-        # Only a stop string ending past what was checked before can be new.
-        start = max(0, checked - self.longest + 1)
-        window = self.final[start:] + self.chain.peek()
-        hits = [window.find(s) for s in self.stops]
-        hits = [h for h in hits if h >= 0]
+            return self._hand(delta)
+        # A stop string not seen before must end in the new text or in what is still pending.
+        window = self.recent + delta + self.chain.peek()
+        hits = [h for h in (window.find(s) for s in self.stops) if h >= 0]
         if hits:
             self.stopped = self.done = True
-            self.text = (self.final + window[len(self.final) - start:])[: start + min(hits)]
-            return self._show(len(self.text), self.text)
-        # Hold back a tail that may be the start of a stop string.
-        hold = len(self.final)
-        for p in range(max(self.shown, len(self.final) - self.longest + 1), len(self.final)):
-            if any(s.startswith(self.final[p:]) for s in self.stops):
-                hold = p
-                break
-        return self._show(hold)
-
-    def _show(self, upto: int, source: str | None = None) -> str:
-        source = self.final if source is None else source
-        delta = source[self.shown:upto]
-        self.shown = max(self.shown, upto)
-        return delta
+            start = len(self.recent) - len(self.held)  # where the held text begins in the window
+            self.held = ""
+            return self._hand(window[start:min(hits)])
+        self.recent = (self.recent + delta)[-self.keep:] if self.keep else ""
+        pending = self.held + delta
+        cut = next((p for p in range(max(0, len(pending) - self.keep), len(pending))
+                    if any(s.startswith(pending[p:]) for s in self.stops)), len(pending))
+        self.held = pending[cut:]
+        return self._hand(pending[:cut])
 
     def finish(self) -> str:
         """The rest of the text once generation ended (end of text, length, repetition)."""
-        if not self.done:
-            self.done = True
-            self.final += self.chain.flush()
-            self.text = self.final
-            return self._show(len(self.text))
-        return ""
+        if self.done:
+            return ""
+        self.done = True
+        rest, self.held = self.held + self.chain.flush(), ""
+        return self._hand(rest)

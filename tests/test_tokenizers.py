@@ -179,3 +179,17 @@ def test_prompt_ids_cache_is_bounded(variant_recognizers):
     assert len(prompts._cache) == prompts.cache_size
     with pytest.raises(PromptError):
         prompts.prompt_ids("<|IMAGE_END|>")
+
+
+def test_stop_string_spanning_tokens_does_not_leak(plain_tokenizer):
+    tok = plain_tokenizer
+    ids = [tok.convert_tokens_to_ids(c) for c in "xyabcz"]
+    stream = Detokenizer(tok).stream(["abc", "zz"])
+    deltas = []
+    for token in ids:
+        deltas.append(stream.push(token))
+        if stream.stopped:
+            break
+    deltas.append(stream.finish())
+    assert deltas[:5] == ["x", "y", "", "", ""] and "".join(deltas) == stream.text == "xy"
+    assert stream.stopped and len(deltas) == 6
