@@ -183,13 +183,13 @@ def test_prompt_ids_cache_is_bounded(variant_recognizers):
 
 def test_stop_string_spanning_tokens_does_not_leak(plain_tokenizer):
     tok = plain_tokenizer
-    ids = [tok.convert_tokens_to_ids(c) for c in "xyabcz"]
-    stream = Detokenizer(tok).stream(["abc", "zz"])
+    ids = [tok.convert_tokens_to_ids(c) for c in "xyabcdz"]
+    stream = Detokenizer(tok).stream(["yabcd", "zz"])
     deltas = []
     for token in ids:
         deltas.append(stream.push(token))
         if stream.stopped:
             break
     deltas.append(stream.finish())
-    assert deltas[:5] == ["x", "y", "", "", ""] and "".join(deltas) == stream.text == "xy"
-    assert stream.stopped and len(deltas) == 6
+    assert deltas[:6] == ["x", "", "", "", "", ""] and "".join(deltas) == stream.text == "x"
+    assert stream.stopped and len(deltas) == 7
