@@ -193,3 +193,29 @@ def test_stop_string_spanning_tokens_does_not_leak(plain_tokenizer):
     deltas.append(stream.finish())
     assert deltas[:6] == ["x", "", "", "", "", ""] and "".join(deltas) == stream.text == "x"
     assert stream.stopped and len(deltas) == 7
+
+
+def test_convert_stops_at_the_first_differing_prompt_id(tiny_checkpoint, tmp_path, monkeypatch):
+    from ppvl_batch.tokenizer import PromptTokenizer
+
+    real = PromptTokenizer.encode
+    # A tokenizer that drops the last id of every prompt: what a bundle with the wrong files would do.
+    monkeypatch.setattr(PromptTokenizer, "encode", lambda self, rendered: real(self, rendered)[:-1])
+    result = CliRunner().invoke(main, ["convert", str(tiny_checkpoint), "-o", str(tmp_path / "b"), "--quant", "F32"])
+    assert result.exit_code == 3, result.output
+    assert "prompt ids for 'OCR:' differ from transformers' at position" in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_decoder_we_cannot_stream_is_refused():
+    from types import SimpleNamespace
+
+    from tokenizers import Tokenizer, decoders
+    from tokenizers.models import BPE
+
+    from ppvl_batch.detokenize import UnsupportedDecoder
+
+    backend = Tokenizer(BPE(vocab={"a": 0}, merges=[]))
+    backend.decoder = decoders.ByteLevel()
+    with pytest.raises(UnsupportedDecoder, match="ByteLevel"):
+        Detokenizer(SimpleNamespace(backend_tokenizer=backend))
