@@ -78,6 +78,11 @@ class _ByteFallback(_Stage):
     def holding(self) -> bool:
         return bool(self.run)
 
+    def __copy__(self) -> _ByteFallback:
+        twin = _ByteFallback()
+        twin.run = bytearray(self.run)  # push appends in place
+        return twin
+
     def flush(self) -> list[str]:
         if not self.run:
             return []
@@ -300,8 +305,7 @@ class _Chain:
         """What flush() would add now, leaving the chain as it is."""
         if not any(stage.holding() for stage in (*self.token_stages, *self.text_stages)):
             return ""
-        stages = copy.deepcopy((self.token_stages, self.text_stages))  # small: pending bytes, held text
-        return _Chain(self.detokenizer, *stages).flush()
+        return _Chain(self.detokenizer, [copy.copy(s) for s in self.token_stages], [copy.copy(s) for s in self.text_stages]).flush()
 
 
 class TextStream:
