@@ -128,10 +128,20 @@ def _favoured_ids(tokenizer) -> list[int]:
     return ids[:400] + ids[-20:]
 
 
-@settings(max_examples=300, deadline=None)
+@pytest.fixture(scope="module")
+def decoding_tokenizers(plain_tokenizer, variant_dirs):
+    """The three decoder chains of the test tokenizers: Replace, ByteFallback, Fuse (published);
+    Replace alone (no byte tokens); Replace, ByteFallback, Fuse, Strip of the first space (dummy
+    prefix)."""
+    return {"plain": plain_tokenizer, "no-byte-fallback": load_tokenizer(variant_dirs["no-byte-fallback"][0]),
+            "nfkc": load_tokenizer(variant_dirs["nfkc"][0])}
+
+
+@pytest.mark.parametrize("name", ["plain", "no-byte-fallback", "nfkc"])
+@settings(max_examples=200, deadline=None)
 @given(data=st.data())
-def test_stream_joins_to_decode_with_stop_strings(plain_tokenizer, data):
-    tok = plain_tokenizer
+def test_stream_joins_to_decode_with_stop_strings(decoding_tokenizers, name, data):
+    tok = decoding_tokenizers[name]
     detok = Detokenizer(tok)
     favoured = _favoured_ids(tok)
     ids = data.draw(st.lists(st.one_of(st.sampled_from(favoured), st.integers(0, len(tok) + 30)), max_size=40))
