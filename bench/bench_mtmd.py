@@ -18,10 +18,21 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from bench_engine import ROOT, page_image, peak_rss_mb
+
+# Prints the OCR prompt and its ids (before and after the image) as our recognizer makes them.
+PROMPT_SCRIPT = """
+import json, sys
+from ppvl_batch.prompt import task_text
+from ppvl_batch.tokenizer import PromptTokenizer
+prompts = PromptTokenizer.load(sys.argv[1])
+print(json.dumps([prompts.render(task_text("ocr")), list(prompts.prompt_ids(task_text("ocr")))]))
+"""
 
 
 def run_mtmd(bundle_dir: Path, quant: str, new_tokens: int, threads: int | None, n_ctx: int | None = None) -> dict:
@@ -34,17 +45,21 @@ def run_mtmd(bundle_dir: Path, quant: str, new_tokens: int, threads: int | None,
     from ppvl_batch.bundle import Bundle
     from ppvl_batch.decoder import TextDecoder
     from ppvl_batch.mtmd import IMAGE, MtmdVision
-    from ppvl_batch.prompt import split_prompt, task_text
+    from ppvl_batch.prompt import IMAGE_PLACEHOLDER
 
     bundle = Bundle.open(bundle_dir)
     if bundle.mmproj_file is None:
         raise SystemExit(f"{bundle_dir}: no mmproj in this bundle; convert with --mmproj (or bench_engine.py adds it)")
     image = page_image()
-    parts = split_prompt(bundle.chat_template, task_text("ocr"))
+    # Our prompt comes from the checkpoint's tokenizer (transformers, which imports torch): made in
+    # a child process so that this one stays llama.cpp only.
+    made = subprocess.run([sys.executable, "-c", PROMPT_SCRIPT, str(bundle.tokenizer_dir)], capture_output=True, text=True, check=True)
+    prompt, prompt_ids = json.loads(made.stdout)
+    before_image, after_image = prompt.split(IMAGE_PLACEHOLDER)
     decoder = TextDecoder(bundle.text_gguf(quant), n_ctx=n_ctx or 8192, threads=threads)
     vision = MtmdVision(bundle.mmproj_file, decoder.model, decoder.threads)
     # llama.cpp writes <|IMAGE_START|> and <|IMAGE_END|> around the image itself.
-    text = parts.before_image.removesuffix("<|IMAGE_START|>") + vision.marker + parts.after_image.removeprefix("<|IMAGE_END|>")
+    text = before_image.removesuffix("<|IMAGE_START|>") + vision.marker + after_image.removeprefix("<|IMAGE_END|>")
 
     t0 = time.perf_counter()
     chunks = vision.tokenize(text, image)
@@ -88,7 +103,7 @@ def run_mtmd(bundle_dir: Path, quant: str, new_tokens: int, threads: int | None,
     t3 = time.perf_counter()
     # The comparison is only fair on the same prompt: the text around the image must be ours.
     text_ids = [chunks.text_tokens(chunk) for kind, chunk in items if kind != IMAGE]
-    if text_ids != [decoder.tokenize(parts.before_image), decoder.tokenize(parts.after_image)]:
+    if text_ids != prompt_ids:
         raise SystemExit(f"llama.cpp tokenized the prompt differently from ours: {text_ids}")
     llama_cpp.llama_batch_free(batch)
     chunks.close()

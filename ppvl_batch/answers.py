@@ -112,7 +112,7 @@ class _Progress:
             self.finish = "abort" if result.finish_reason == "abort" else "length"
             self.done = True
         # The engine reports end-of-text and a stop string alike; a stop string ends the answer.
-        elif self.question.stop and any(s in rec.decoder.detokenize(result.token_ids) for s in self.question.stop):
+        elif self.question.stop and any(s in rec.detokenize(result.token_ids) for s in self.question.stop):
             self.done = True
 
     def answer(self) -> Answer | Exception:

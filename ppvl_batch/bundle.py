@@ -12,7 +12,8 @@ from typing import Any
 from .errors import ModelError
 
 BUNDLE_FORMAT = "ppvl-bundle"
-BUNDLE_FORMAT_VERSION = 1
+# 2: the checkpoint's tokenizer files are in the bundle (prompts are tokenized by transformers)
+BUNDLE_FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 
 # The demo model shipped inside the package (issue 5): used when no model is configured.
@@ -129,6 +130,14 @@ class Bundle:
     @cached_property
     def preprocessor(self) -> dict[str, Any]:
         return json.loads((self.path / "preprocessor_config.json").read_text())
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        """The folder transformers loads the tokenizer from; bundles of format 1 have no tokenizer."""
+        if not any(name in self.manifest.get("files", {}) for name in ("tokenizer.model", "tokenizer.json")):
+            raise ModelError(f"{self.path}: made by an older ppvl-ocr, without the checkpoint's tokenizer files; "
+                             "convert the model again")
+        return self.path
 
     @cached_property
     def chat_template(self) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +78,13 @@ class Checkpoint:
     tokenizer_config: dict[str, Any]
     weight_files: list[Path] = field(default_factory=list)
 
-    @property
+    @cached_property
     def prompt_style(self) -> str:
         """`v1` ends the prompt with 'Assistant: ', `v1.5` with 'Assistant:\\n' (docs/design.md section 2)."""
         from .prompt import detect_prompt_style
+        from .tokenizer import PromptTokenizer
 
-        return detect_prompt_style(self.chat_template)
+        return detect_prompt_style(PromptTokenizer.load(self.path).render("OCR:"))
 
     @property
     def model_version(self) -> str:

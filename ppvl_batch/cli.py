@@ -320,6 +320,11 @@ def scan(ctx: click.Context, inputs: tuple[str, ...], **opts: Any) -> None:
         if options.task not in rec.tasks:
             rec.close()
             raise UsageError(f"--task {options.task} is not available with this model (it has: {', '.join(rec.tasks)})")
+        try:
+            rec.check_prompt(options.prompt)
+        except ValueError as exc:
+            rec.close()
+            raise UsageError(f"--prompt: {exc}") from exc
         return rec
 
     summary = Scan(options, load).run()

@@ -6,7 +6,9 @@ A bundle is a folder:
     config.json              the checkpoint's config (rebuilds the vision tower in PyTorch)
     preprocessor_config.json image preprocessing (smart_resize limits, mean/std)
     chat_template.jinja      the prompt template of this model version
-    tokenizer_config.json    tokenizer facts (special tokens, flags)
+    tokenizer.model, tokenizer_config.json, special_tokens_map.json, added_tokens.json, ...
+                             the checkpoint's tokenizer files, copied as they are (prompts are
+                             rendered and tokenized by transformers from them, docs/prompts.md)
     vision.safetensors       vision encoder + projector, at the checkpoint's precision
     text-<QUANT>.gguf        the ERNIE decoder for llama.cpp (arch `paddleocr`), one per quant
     mmproj-F16.gguf          optional (--mmproj): vision + projector as llama.cpp's own mmproj,
@@ -40,6 +42,7 @@ from . import __version__
 from .bundle import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST, is_bundle, sha256_file
 from .checkpoint import Checkpoint, open_checkpoint, resolve_source
 from .errors import ModelError, OutputError, UsageError
+from .tokenizer import TOKENIZER_FILES
 
 # --quant name -> llama_ftype (llama.h)
 QUANT_TYPES: dict[str, int] = {
@@ -460,6 +463,73 @@ def _write_mmproj(
 
 
 # ---------------------------------------------------------------------------------------------
+# Tokenizer: the bundle's prompts and text must be transformers' own
+# ---------------------------------------------------------------------------------------------
+
+# Free prompts convert checks besides the task prompts: whitespace of every kind, non-ASCII text.
+CHECK_PROMPTS = (
+    "  Read the\ttotal,  then the date:\n\n  ünïcödé 12,50 € 中文 \t",
+    "\nline one\r\nline two  \u3000end ",
+)
+
+
+def _first_difference(ours: list[int], theirs: list[int]) -> int:
+    return next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+
+
+def verify_tokenizer(checkpoint: Path, bundle: Path) -> int:
+    """Prove that the prompt ids and the text our recognizer makes from `bundle` equal what
+    transformers makes from `checkpoint`: every task prompt, free prompts with whitespace and
+    non-ASCII text, one with an added token's text; a prompt with a special token's text must be
+    refused. A difference is a ModelError naming its first position. Returns the prompts checked."""
+    import random
+
+    from .detokenize import Detokenizer
+    from .prompt import IMAGE_PLACEHOLDER, TASKS
+    from .tokenizer import PromptError, PromptTokenizer, load_tokenizer
+
+    reference = load_tokenizer(checkpoint)
+    ours = PromptTokenizer.load(bundle)
+    plain_added = [t.content for t in reference.added_tokens_decoder.values() if not t.special]
+    texts = [*TASKS.values(), *CHECK_PROMPTS]
+    if plain_added:
+        texts.append(f"Where is {plain_added[len(plain_added) // 2]} on the page?")
+    for text in texts:
+        before, after = ours.prompt_ids(text)
+        for n in (1, 5):
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+            rendered = reference.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            expected = reference(rendered.replace(IMAGE_PLACEHOLDER, IMAGE_PLACEHOLDER * n), add_special_tokens=False)["input_ids"]
+            got = before + [ours.placeholder_id] * n + after
+            if got != expected:
+                at = _first_difference(got, expected)
+                raise ModelError(
+                    f"prompt ids for {text!r} differ from transformers' at position {at}: ours "
+                    f"{got[at:at + 3]}, transformers {expected[at:at + 3]}; the bundle would not answer as the checkpoint")
+    for special in ours.special_tokens:
+        try:
+            ours.prompt_ids(f"Read {special} here")
+        except PromptError:
+            continue
+        raise ModelError(f"a prompt with the special token {special!r} was not refused")
+
+    # Decoding: random id sequences, half of them byte tokens and special tokens.
+    detok = Detokenizer(ours.tokenizer)
+    size = len(reference)
+    favoured = [i for i in range(size) if (reference.convert_ids_to_tokens(i) or "").startswith("<0x")]
+    favoured += [reference.convert_tokens_to_ids(t) for t in ours.special_tokens]
+    rng = random.Random(0)
+    for _ in range(200):
+        ids = [rng.choice(favoured) if favoured and rng.random() < 0.5 else rng.randrange(size) for _ in range(rng.randint(1, 24))]
+        theirs, mine = reference.decode(ids, skip_special_tokens=False), detok.decode(ids)
+        if theirs != mine:
+            at = _first_difference(list(mine), list(theirs))
+            raise ModelError(f"decoding {ids} differs from transformers' at character {at}: ours {mine[at:at + 5]!r}, "
+                             f"transformers {theirs[at:at + 5]!r}")
+    return len(texts)
+
+
+# ---------------------------------------------------------------------------------------------
 # The whole conversion
 # ---------------------------------------------------------------------------------------------
 
@@ -520,6 +590,17 @@ def convert(
     stage.mkdir()
     try:
         log(f"converting {ckpt.path} (PaddleOCR-VL {ckpt.model_version}, prompt style {ckpt.prompt_style})")
+        (stage / "config.json").write_text(json.dumps(ckpt.config, indent=2))
+        (stage / "preprocessor_config.json").write_text(json.dumps(ckpt.preprocessor, indent=2))
+        # The tokenizer files as the checkpoint has them: transformers loads the bundle's tokenizer
+        # exactly as it loads the checkpoint's (docs/prompts.md).
+        for name in TOKENIZER_FILES:
+            if (ckpt.path / name).is_file():
+                shutil.copyfile(ckpt.path / name, stage / name)
+        if not (stage / "chat_template.jinja").is_file():
+            (stage / "chat_template.jinja").write_text(ckpt.chat_template)
+        log(f"checked prompt ids and decoding against transformers on {verify_tokenizer(ckpt.path, stage)} prompts")
+
         vision_info = write_vision(ckpt, stage / "vision.safetensors")
         log(f"wrote vision tower: {vision_info['parameters'] / 1e6:.1f}M parameters, {vision_info['dtype']}")
         if mmproj:
@@ -537,12 +618,6 @@ def convert(
             base.rename(stage / "text-F32.gguf")
         else:
             base.unlink()
-
-        (stage / "config.json").write_text(json.dumps(ckpt.config, indent=2))
-        (stage / "preprocessor_config.json").write_text(json.dumps(ckpt.preprocessor, indent=2))
-        (stage / "chat_template.jinja").write_text(ckpt.chat_template)
-        tokenizer_facts = {k: v for k, v in ckpt.tokenizer_config.items() if k not in ("chat_template",)}
-        (stage / "tokenizer_config.json").write_text(json.dumps(tokenizer_facts, indent=2))
 
         files = {
             f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size}

@@ -28,6 +28,7 @@ import numpy as np
 from .errors import ModelError
 
 if TYPE_CHECKING:  # vision.py imports torch; a llama.cpp-only process (bench_mtmd) must not pay for it
+    from .detokenize import Detokenizer
     from .vision import ImageEmbedding
 
 log = logging.getLogger("ppvl_batch")
@@ -114,6 +115,7 @@ class DecodeRequest:
     on_text: Callable[[str], bool | None] | None = None  # gets each new piece; False stops (client gone)
     repetition_guard: RepetitionGuard | None = None
     ignore_eos: bool = False  # benchmarks that need a fixed number of tokens
+    detokenizer: Detokenizer | None = None  # the checkpoint tokenizer's decoding; None: no text
 
 
 class _Sequence:
@@ -130,8 +132,8 @@ class _Sequence:
         self.next_pos = len(request.before_image) + max(image.rows, image.cols) + len(request.after_image)
         self.rng = np.random.default_rng(request.sampling.seed)
         self.out: list[int] = []
-        self.shown = ""  # text handed to on_text so far (or cut at a stop string)
-        self.stopped_by_string = False
+        # The answer's text, streamed: only text no later token can change is handed out.
+        self.text = request.detokenizer.stream(request.stop) if request.detokenizer is not None else None
         self.finish = "length"
         self.started: float | None = None  # first decode step: other pages' prefills do not count
 
@@ -147,16 +149,14 @@ class _Sequence:
             self.finish = "stop"
             return None
         self.out.append(token)
-        if request.on_text is not None or request.stop:
-            current = decoder.detokenize(self.out).rstrip("\ufffd")  # hold back a half-decoded character
-            cuts = [current.index(s) for s in request.stop if s in current]
-            if cuts:
-                current, self.stopped_by_string, self.finish = current[: min(cuts)], True, "stop"
-            delta, self.shown = current[len(self.shown) :], current
+        if self.text is not None:
+            delta = self.text.push(token)
+            if self.text.stopped:
+                self.finish = "stop"
             if delta and request.on_text is not None and request.on_text(delta) is False:
                 self.finish = "abort"
                 return None
-            if self.stopped_by_string:
+            if self.text.stopped:
                 return None
         if request.repetition_guard is not None and request.repetition_guard.looping(self.out):
             self.finish = "repetition"
@@ -165,11 +165,14 @@ class _Sequence:
             return None
         return token
 
-    def result(self, decoder: TextDecoder) -> Generation:
-        text = self.shown if self.stopped_by_string else decoder.detokenize(self.out)
-        on_text = self.request.on_text
-        if on_text is not None and self.finish != "abort" and len(text) > len(self.shown):
-            on_text(text[len(self.shown) :])  # the tail held back as a possible half character
+    def result(self) -> Generation:
+        text = ""
+        if self.text is not None:
+            tail = self.text.finish()  # what was held back (a byte run, a possible stop string)
+            on_text = self.request.on_text
+            if on_text is not None and self.finish != "abort" and tail:
+                on_text(tail)
+            text = self.text.text
         return Generation(
             token_ids=self.out,
             text=text,
@@ -249,70 +252,6 @@ class TextDecoder:
         # seq_id arrays for llama_batch rows, one per sequence, kept alive with the decoder
         self._seq_id_values = [(ctypes.c_int32 * 1)(s) for s in range(n_seq)]
         self._seq_arrays = [ctypes.cast(a, ctypes.POINTER(ctypes.c_int32)) for a in self._seq_id_values]
-
-    # -- text <-> tokens ----------------------------------------------------------------------
-
-    def tokenize(self, text: str) -> list[int]:
-        """Token ids for prompt text: special tokens parsed, no BOS added (docs/design.md section 2)."""
-        data = text.encode("utf-8")
-        buf = (llama_cpp.llama_token * (len(data) + 8))()
-        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, len(buf), False, True)
-        if n < 0:
-            raise DecoderError("prompt too long to tokenize")
-        return list(buf[:n])
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        """Text of generated tokens, special tokens such as <|LOC_12|> kept."""
-        raw = self._detokenize_bytes(ids)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return self._decode_byte_runs(ids, raw)
-
-    def _detokenize_bytes(self, ids: Sequence[int]) -> bytes:
-        if not ids:
-            return b""
-        arr = _int_array(ids)
-        size = 64 + 16 * len(ids)
-        while True:
-            buf = ctypes.create_string_buffer(size)
-            n = llama_cpp.llama_detokenize(self.vocab, arr, len(ids), buf, size, False, True)
-            if n >= 0:
-                return buf.raw[:n]
-            size = -n + 16
-
-    def _piece(self, token: int) -> bytes:
-        buf = ctypes.create_string_buffer(256)
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
-        return buf.raw[: max(n, 0)]
-
-    def _decode_byte_runs(self, ids: Sequence[int], raw: bytes) -> str:
-        """Invalid UTF-8 can only come from byte-fallback tokens. Like the Hugging Face tokenizer,
-        a run of byte tokens that is not valid UTF-8 becomes one U+FFFD per byte (Python's
-        'replace' would group them differently)."""
-        pieces = [self._piece(t) for t in ids]
-        skip = len(b"".join(pieces)) - len(raw)  # leading space llama.cpp strips from the first piece
-        pieces[0] = pieces[0][skip:]
-        out: list[str] = []
-        run: list[bytes] = []
-
-        def flush() -> None:
-            if run:
-                data = b"".join(run)
-                try:
-                    out.append(data.decode("utf-8"))
-                except UnicodeDecodeError:
-                    out.append("\ufffd" * len(run))
-                run.clear()
-
-        for token, piece in zip(ids, pieces):
-            if llama_cpp.llama_vocab_get_attr(self.vocab, token) & llama_cpp.LLAMA_TOKEN_ATTR_BYTE:
-                run.append(piece)
-            else:
-                flush()
-                out.append(piece.decode("utf-8", "replace"))
-        flush()
-        return "".join(out)
 
     # -- batches ------------------------------------------------------------------------------
 
@@ -433,7 +372,7 @@ class TextDecoder:
                 token = state.next_token(self)
                 if token is None:
                     del active[seq]
-                    yield state.index, state.result(self)
+                    yield state.index, state.result()
                     continue
                 step_tokens.append(token)
                 step_seqs.append(seq)

@@ -20,7 +20,9 @@ from PIL import Image
 from .bundle import Bundle, resolve_model
 from .decoder import DecodeRequest, DecoderError, Generation, RepetitionGuard, Sampling, TextDecoder
 from .pages import to_rgb
-from .prompt import TASKS, V1_TASKS, split_prompt, task_text
+from .detokenize import Detokenizer
+from .prompt import TASKS, V1_TASKS, task_text
+from .tokenizer import PromptTokenizer
 from .vision import ImageEmbedding, ImagePreprocessor, PreparedImage, VisionEncoder, load_vision_tower
 
 __all__ = ["TASKS", "PageResult", "EncodedPage", "Recognizer", "Sampling", "DecoderError"]
@@ -98,7 +100,9 @@ class Recognizer:
         self.preprocessor = ImagePreprocessor(bundle.preprocessor)
         self.min_pixels = min_pixels or self.preprocessor.min_pixels
         self.max_pixels = max_pixels or self.preprocessor.max_pixels
-        self.template = bundle.chat_template
+        self._tokenizer_dir = bundle.tokenizer_dir  # a bundle without tokenizer files fails here, before any work
+        self._prompts: PromptTokenizer | None = None
+        self._detokenizer: Detokenizer | None = None
         self.max_new_tokens = max_new_tokens
         # The llama.cpp context of one page: the largest image, the prompt text and the answer.
         self.n_ctx = n_ctx or self._max_image_tokens() + PROMPT_TEXT_TOKENS + max_new_tokens
@@ -111,7 +115,6 @@ class Recognizer:
         )
         self._vision: VisionEncoder | None = None
         self._decoder: TextDecoder | None = None
-        self._prompt_ids: dict[str, tuple[list[int], list[int]]] = {}
         if device == "cpu":
             torch.set_num_threads(self.threads)
         if not lazy:
@@ -179,13 +182,31 @@ class Recognizer:
 
     # -- stage 2: decoding --------------------------------------------------------------------
 
+    @property
+    def prompts(self) -> PromptTokenizer:
+        """The checkpoint's tokenizer for prompts (loaded at first use; it keeps an LRU of prompt ids)."""
+        if self._prompts is None:
+            self._prompts = PromptTokenizer.load(self._tokenizer_dir)
+        return self._prompts
+
+    @property
+    def detokenizer(self) -> Detokenizer:
+        if self._detokenizer is None:
+            self._detokenizer = Detokenizer(self.prompts.tokenizer, self.bundle.manifest["text"].get("vocab_size"))
+        return self._detokenizer
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Text of generated ids, as `tokenizer.decode(ids, skip_special_tokens=False)`."""
+        return self.detokenizer.decode(ids)
+
+    def check_prompt(self, prompt: str | None) -> None:
+        """PromptError (a ValueError) for a free prompt that contains a special token's text."""
+        if prompt:
+            self.prompts.check(prompt)
+
     def prompt_ids(self, task: str | None = "ocr", prompt: str | None = None) -> tuple[list[int], list[int]]:
         """Token ids of the prompt text before and after the image."""
-        text = task_text(task, prompt)
-        if text not in self._prompt_ids:
-            parts = split_prompt(self.template, text)
-            self._prompt_ids[text] = (self.decoder.tokenize(parts.before_image), self.decoder.tokenize(parts.after_image))
-        return self._prompt_ids[text]
+        return self.prompts.prompt_ids(task_text(task, prompt))
 
     def request(
         self,
@@ -210,6 +231,7 @@ class Recognizer:
             stop=stop,
             on_text=on_text,
             repetition_guard=RepetitionGuard() if repetition_guard else None,
+            detokenizer=self.detokenizer,
         )
 
     def decode(self, page: EncodedPage, task: str | None = "ocr", prompt: str | None = None, **options) -> PageResult:

@@ -46,3 +46,17 @@ def tiny_checkpoint(checkpoint_dirs) -> Path:
 def tiny_bundle(bundle_dirs) -> Path:
     """A small random-weight 1.5 bundle; its default decoder is F32."""
     return bundle_dirs["v15-transformers"]
+
+
+@pytest.fixture(scope="session")
+def variant_dirs(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """tokenizer variant -> (checkpoint, F32 bundle): 1.5 checkpoints whose tokenizers differ from
+    the published one as fine-tuned checkpoints' do (tiny_model.TOKENIZER_VARIANTS)."""
+    from ppvl_batch.convert import convert
+
+    root = tmp_path_factory.mktemp("variants")
+    out = {}
+    for variant in tiny_model.TOKENIZER_VARIANTS:
+        ckpt = tiny_model.build_checkpoint(root / f"{variant}-ckpt", seed=11, tokenizer_variant=variant)
+        out[variant] = (ckpt, convert(str(ckpt), root / variant, ["F32"]))
+    return out

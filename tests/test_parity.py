@@ -88,8 +88,8 @@ def test_prompt_ids_equal_hf_tokenizer_and_template(name, text, recognizers, che
 
 
 def test_prompt_endings_follow_the_model_version(recognizers):
-    v1 = recognizers["v1-original"].decoder.detokenize(recognizers["v1-original"].prompt_ids("ocr")[1])
-    v15 = recognizers["v15-transformers"].decoder.detokenize(recognizers["v15-transformers"].prompt_ids("ocr")[1])
+    v1 = recognizers["v1-original"].detokenize(recognizers["v1-original"].prompt_ids("ocr")[1])
+    v15 = recognizers["v15-transformers"].detokenize(recognizers["v15-transformers"].prompt_ids("ocr")[1])
     assert v1.endswith("Assistant: ") and v15.endswith("Assistant:\n")
 
 

@@ -797,7 +797,7 @@ class FakeRec:
     def __init__(self, pages: list) -> None:
         self.pages = pages
         self.rounds: list[list[tuple[int, int]]] = []  # per decode_many call: (page, budget)
-        self.decoder = SimpleNamespace(detokenize=lambda ids: "".join(chr(i) for i in ids))
+        self.detokenize = lambda ids: "".join(chr(i) for i in ids)
 
     def prepare(self, image, task):
         return image

@@ -5,6 +5,8 @@ build checkpoints that look exactly like the published ones (same classes, same 
 special tokens, both checkpoint layouts), only narrower and shallower:
 
     build_tokenizer(dir, version="1.5")           SentencePiece model + tokenizer_config + template
+    build_tokenizer(dir, variant="nfkc")          ... one of TOKENIZER_VARIANTS (tokenizers as
+                                                  fine-tuned checkpoints may have them)
     build_checkpoint(dir, layout="original")      config.json + safetensors, random weights
 
 Layouts (see docs/design.md section 1):
@@ -51,6 +53,14 @@ CHAT_TEMPLATES = {
     "1.5": _TEMPLATE + "{%- if add_generation_prompt -%}{{- 'Assistant:\\n' -}}{%- endif -%}",
 }
 
+# Tokenizers that differ from the published one in ways fine-tuned checkpoints do (issue 10):
+TOKENIZER_VARIANTS = {
+    "no-byte-fallback": "SentencePiece without byte tokens: unknown characters (a newline) become <unk>",
+    "nfkc": "nmt_nfkc normalizer that also folds runs of spaces, with a dummy prefix",
+    "no-prefix-space-key": "dummy prefix in the SentencePiece model, no add_prefix_space in tokenizer_config.json",
+    "cls-template": "the chat template writes {{ cls_token }} instead of the literal <|begin_of_sentence|>",
+}
+
 PREPROCESSOR = {
     "1": {"min_pixels": 147384, "max_pixels": 2822400},
     "1.5": {"min_pixels": 112896, "max_pixels": 1003520},
@@ -85,9 +95,11 @@ def build_tokenizer(
     vocab_size: int = 512,
     corpus: list[str] | None = None,
     seed: int = 0,
+    variant: str | None = None,
 ) -> dict[str, int]:
     """Write tokenizer.model, tokenizer_config.json, added_tokens.json, special_tokens_map.json
-    and the chat template of `version` into out_dir. Returns the ids of the special tokens."""
+    and the chat template of `version` into out_dir (changed as TOKENIZER_VARIANTS[variant] says).
+    Returns the ids of the special tokens."""
     import io
 
     import sentencepiece as spm
@@ -101,10 +113,10 @@ def build_tokenizer(
         vocab_size=vocab_size,
         model_type="bpe",
         character_coverage=1.0,
-        byte_fallback=True,
-        add_dummy_prefix=False,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
+        byte_fallback=variant != "no-byte-fallback",
+        add_dummy_prefix=variant in ("nfkc", "no-prefix-space-key"),
+        normalization_rule_name="nmt_nfkc" if variant == "nfkc" else "identity",
+        remove_extra_whitespaces=variant == "nfkc",
         allow_whitespace_only_pieces=True,
         unk_id=0,
         bos_id=1,
@@ -146,10 +158,15 @@ def build_tokenizer(
         "model_max_length": 131072,
         "added_tokens_decoder": decoder,
     }
+    if variant == "no-prefix-space-key":
+        del config["add_prefix_space"]
+    template = CHAT_TEMPLATES[version]
+    if variant == "cls-template":
+        template = template.replace("{{- '<|begin_of_sentence|>' -}}", "{{- cls_token -}}")
     if version == "1":
-        config["chat_template"] = CHAT_TEMPLATES["1"]  # v1 keeps it in tokenizer_config
+        config["chat_template"] = template  # v1 keeps it in tokenizer_config
     else:
-        (out_dir / "chat_template.jinja").write_text(CHAT_TEMPLATES[version])
+        (out_dir / "chat_template.jinja").write_text(template)
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     (out_dir / "added_tokens.json").write_text(json.dumps(added, indent=2))
     (out_dir / "special_tokens_map.json").write_text(
@@ -306,8 +323,10 @@ def build_checkpoint(
     version: str = "1.5",
     sizes: dict[str, dict[str, Any]] | None = None,
     seed: int = 0,
+    tokenizer_variant: str | None = None,
 ) -> Path:
-    """A random-weight checkpoint: tokenizer, config, weights, preprocessor config.
+    """A random-weight checkpoint: tokenizer (one of TOKENIZER_VARIANTS if given), config,
+    weights, preprocessor config.
 
     The weights are scaled so that greedy decoding does not collapse into one repeated token
     immediately, and `lm_head` differs from the embeddings so that a converter that ties them
@@ -319,7 +338,7 @@ def build_checkpoint(
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tok_dir:
-        ids = build_tokenizer(tok_dir, version=version, seed=seed)
+        ids = build_tokenizer(tok_dir, version=version, seed=seed, variant=tokenizer_variant)
         config = make_config(ids, sizes or tiny_sizes())
         model = PaddleOCRVLForConditionalGeneration(config).eval()
         with torch.no_grad():

@@ -173,6 +173,7 @@ def ask_local(
 
     try:
         task, prompt = task_and_prompt(text, rec.tasks)
+        rec.check_prompt(prompt)
     except ValueError as exc:
         raise UsageError(f"--text: {exc}") from exc
     answer = answer_images(rec, Question(images, task, prompt, max_tokens, on_text=on_text))

@@ -204,8 +204,12 @@ def request_task(rec: Recognizer, text: str) -> tuple[str, str | None]:
 
 def check_prompt(rec: Recognizer, task: str, prompt: str | None) -> int:
     """Tokens of the prompt text around the image, or 400 when the model cannot take this prompt.
-    Runs in a handler thread beside the worker: tokenizing only reads the vocabulary, and the ids
+    Runs in a handler thread beside the worker: the checkpoint's tokenizer is safe to share, and the ids
     are cached for the worker."""
+    try:
+        rec.check_prompt(prompt)
+    except ValueError as exc:  # a special token's text in the prompt
+        raise bad_request(str(exc), "invalid_content", "messages") from exc
     try:
         before, after = rec.prompt_ids(task, prompt)
     except (ValueError, DecoderError) as exc:
