@@ -41,6 +41,10 @@ def line(rec: dict) -> bytes:
     return orjson.dumps(rec) + b"\n"
 
 
+def add(journal: Journal, rec: dict) -> None:
+    journal.append(line(rec), rec)
+
+
 # ---------------------------------------------------------------------------- keys and records
 
 
@@ -76,9 +80,9 @@ def test_record_fields_and_prefix() -> None:
 def test_journal_round_trip_and_latest_entry_wins(tmp_path: Path) -> None:
     j = Journal(tmp_path / "out.jsonl")
     j.open(overwrite=False)
-    j.append(line(record("k1", text="one")), "k1", "ok")
-    j.append(line(record("k2", status="error")), "k2", "error")
-    j.append(line(record("k2", text="retried")), "k2", "ok")
+    add(j, record("k1", text="one"))
+    add(j, record("k2", status="error"))
+    add(j, record("k2", text="retried"))
     j.close()
     again = Journal(tmp_path / "out.jsonl")
     again.open(overwrite=False)
@@ -95,7 +99,7 @@ def test_journal_cuts_partial_last_line(tmp_path: Path) -> None:
     j.open(overwrite=False)
     assert set(j.entries) == {"k1"}
     assert path.read_bytes() == whole
-    j.append(line(record("k2")), "k2", "ok")
+    add(j, record("k2"))
     j.close()
     assert path.read_bytes() == whole + line(record("k2"))
 
@@ -116,14 +120,14 @@ def test_journal_write_failure_is_output_error_and_keeps_whole_records(tmp_path:
     path = tmp_path / "out.jsonl"
     j = Journal(path)
     j.open(overwrite=False)
-    j.append(line(record("k1")), "k1", "ok")
+    add(j, record("k1"))
 
     def no_space(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", no_space)
     with pytest.raises(OutputError, match="disk full") as info:
-        j.append(line(record("k2")), "k2", "ok")
+        add(j, record("k2"))
     assert info.value.exit_code == 4
     assert path.read_bytes() == line(record("k1"))
     assert j.status("k2") is None
