@@ -69,8 +69,8 @@ def empty_scan(seed: int, size: tuple[int, int] = (850, 1100), faint_line: bool 
     paper = paper + rng.uniform(2, 5) * np.asarray(fibre) + rng.normal(0, rng.uniform(1, 3), (h, w))
     page = Image.fromarray(np.clip(paper, 0, 255).astype(np.uint8), "L").convert("RGB")
     draw = ImageDraw.Draw(page)
-    for _ in range(int(rng.integers(10, 60))):  # dust: dark specks up to 5 px across
-        x, y, r = float(rng.uniform(0, w)), float(rng.uniform(0, h)), float(rng.uniform(0.5, 2.5))
+    for _ in range(int(rng.integers(10, 60))):  # dust: dark specks up to 3 px across (0.75 mm at 100 dpi)
+        x, y, r = float(rng.uniform(0, w)), float(rng.uniform(0, h)), float(rng.uniform(0.5, 1.5))
         g = int(rng.uniform(40, 160))
         draw.ellipse((x - r, y - r, x + r, y + r), fill=(g, g, g))
     if faint_line:
