@@ -327,8 +327,13 @@ def scan(ctx: click.Context, inputs: tuple[str, ...], **opts: Any) -> None:
     the whole run. A summary goes to stderr at the end. Ctrl-C or SIGTERM finishes the page in
     flight and exits with 130 (press again to stop at once); re-running resumes.
     """
+    import warnings
+
     from .errors import UsageError
     from .scan import Scan, ScanOptions, write_summary_json
+
+    # PIL warns about each damaged file it still decodes; the records say what failed
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
     model = {k: opts.pop(k) for k in ("model", "quant", "device", "vision_dtype", "threads", "n_gpu_layers", "kv_type", "ctx_size")}
     if not inputs:

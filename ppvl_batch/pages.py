@@ -211,7 +211,7 @@ class PdfDocument(Document):
         except (pymupdf.FileDataError, RuntimeError, ValueError) as e:
             raise PageError("corrupt", f"cannot open PDF: {e}") from e
         except OSError as e:
-            raise _os_error(e) from e
+            raise classify_error(e, "cannot open PDF") from e
         if self._doc.is_repaired:
             # MuPDF rebuilt a damaged or truncated file: its pages open, but some may be missing.
             said = [line for line in pymupdf.TOOLS.mupdf_warnings().splitlines() if line.strip()]
@@ -261,8 +261,8 @@ class ImageDocument(Document):
             raise PageError("unsupported", "not a PDF or a supported image") from e
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise PageError("too_large", str(e)) from e
-        except OSError as e:
-            raise _os_error(e) from e
+        except OSError as e:  # an I/O error (errno set) or a decoder's complaint (none)
+            raise classify_error(e, "cannot open") from e
         if self._image.format not in IMAGE_FORMATS:
             fmt = self._image.format
             self._image.close()
