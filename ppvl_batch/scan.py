@@ -206,6 +206,21 @@ def check_outside_inputs(found: Inputs, options: ScanOptions, markdown_targets: 
             raise UsageError(f"{label} {path} is one of the input files")
 
 
+def page_settings(o: ScanOptions, model_id: str) -> str:
+    """Digest of everything besides the file that changes a page's answer (checkpoint_key)."""
+    return settings_digest(
+        {
+            "model": model_id,
+            "task": o.task,
+            "prompt": o.prompt,
+            "min_pixels": o.min_pixels,
+            "max_pixels": o.max_pixels,
+            "dpi": o.dpi,
+            "max_new_tokens": o.max_new_tokens,
+        }
+    )
+
+
 class Scan:
     def __init__(
         self,
@@ -294,17 +309,7 @@ class Scan:
 
     def _run_pipeline(self, documents: list[Document]) -> None:
         o = self.o
-        self.settings = settings_digest(
-            {
-                "model": self.rec.model_id,
-                "task": o.task,
-                "prompt": o.prompt,
-                "min_pixels": o.min_pixels,
-                "max_pixels": o.max_pixels,
-                "dpi": o.dpi,
-                "max_new_tokens": o.max_new_tokens,
-            }
-        )
+        self.settings = page_settings(o, self.rec.model_id)
         items: queue.Queue = queue.Queue(maxsize=max(o.prefetch, o.batch_size))
         rasterizer = threading.Thread(target=self._rasterize, args=(documents, items), name="rasterizer", daemon=True)
         started = time.monotonic()

@@ -104,6 +104,53 @@ def test_journal_cuts_partial_last_line(tmp_path: Path) -> None:
     assert path.read_bytes() == whole + line(record("k2"))
 
 
+def _torn_cases(last: bytes) -> list[tuple[str, bytes]]:
+    """Every way a crash can leave the last record: cut at each byte offset (inside multi-byte
+    characters too), replaced by NULs, NULs after it or after a cut."""
+    cases = [(f"cut at {i}", last[:i]) for i in range(len(last))]
+    cases += [(f"{n} NULs", b"\0" * n) for n in (1, 7, len(last), 4096)]
+    cases += [("cut + NULs", last[:len(last) // 3] + b"\0" * 500), ("NUL line", b"\0" * 40 + b"\n")]
+    return cases
+
+
+def test_writer_repairs_every_torn_tail_and_records_each_page_once(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    recs = [record(f"k{i}", page=i) for i in range(1, 4)]
+    recs = [{**r, "source": "архив/日本語 é.pdf"} for r in recs]  # multi-byte characters to cut inside
+    head = b"".join(line(r) for r in recs[:-1])
+    last = line(recs[-1])
+    assert len(last.decode()) < len(last)
+    for name, tail in _torn_cases(last):
+        path.write_bytes(head + tail)
+        writer = RecordWriter(str(path), None, overwrite=False)
+        writer.open()
+        assert set(writer.journal.entries) == {"k1", "k2"}, name
+        assert writer.status("k3") is None, name  # so the page is read again...
+        writer.write(recs[-1])
+        writer.close()
+        assert path.read_bytes() == head + last, name  # ... and recorded once
+
+
+def test_a_torn_first_record_is_cut_but_a_foreign_one_line_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    first = line(record("k1"))
+    for cut in (1, 5, len(RECORD_START), len(first) // 2, len(first) - 1):
+        path.write_bytes(first[:cut])
+        j = Journal(path)
+        j.open(overwrite=False)
+        assert not j.entries and path.read_bytes() == b"", cut
+        j.close()
+    path.write_bytes(b"\0" * 300)
+    Journal(path).open(overwrite=False)
+    assert path.read_bytes() == b""
+    path.write_bytes(b'{"sourdough": 1}')
+    with pytest.raises(OutputError, match="not a ppvl-ocr record"):
+        Journal(path).open(overwrite=False)
+    path.write_bytes(first + b"garbage\n" + first)  # a bad line in the middle is not a torn tail
+    with pytest.raises(OutputError, match="line 2 is not a ppvl-ocr record"):
+        Journal(path).open(overwrite=False)
+
+
 @pytest.mark.parametrize("content", [b"my notes\n", b"\x89PNG\r\n\x1a\n\x00binary", b'{"a": 1}\n', b"%PDF-1.7 no newline"])
 def test_journal_refuses_foreign_files_and_leaves_them_alone(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "precious.txt"
