@@ -209,10 +209,14 @@ overwritten without --overwrite.
 Records (one JSON object per line, written and flushed page by page):
   source sha256 page page_count width height task prompt text finish_reason
   status (ok|error) error {type, message} image_tokens output_tokens
-  seconds model key
+  seconds model key, and when they apply: blank (true: no ink, not read),
+  warnings (e.g. "repaired: ..." for a damaged PDF), same_as (the file with
+  the same content whose record this one copies).
 A document that cannot be opened gets one record with page null. Error types:
   missing unreadable empty unsupported corrupt truncated encrypted too_large
-  recognition
+  recognition internal
+Hashes are cached in OUTPUT.hashes (or DIR/journal.jsonl.hashes) by path,
+size, mtime, ctime and inode: a re-run reads only new and changed files.
 
 \b
 Settings: every option can also come from an environment variable (shown
@@ -275,6 +279,11 @@ The command line wins over the environment, which wins over the file.
                    "this flag. [env PPVL_RETRY_FAILED]")
 @click.option("--overwrite", is_flag=True, envvar="PPVL_OVERWRITE",
               help="Start over: empty the output and its checkpoint, replace Markdown files. [env PPVL_OVERWRITE]")
+@click.option("--skip-blank/--no-skip-blank", default=True, show_default=True, envvar="PPVL_SKIP_BLANK",
+              help="Record pages with no ink (judged from the pixels) as blank without running the model; "
+                   "--no-skip-blank reads them, also those recorded blank before. [env PPVL_SKIP_BLANK]")
+@click.option("--rehash", is_flag=True, envvar="PPVL_REHASH",
+              help="Read every file to hash it, ignoring the hash cache (OUTPUT.hashes). [env PPVL_REHASH]")
 @click.option("-q", "--quiet", is_flag=True, envvar="PPVL_QUIET",
               help="Nothing on stderr but errors that stop the run. [env PPVL_QUIET]")
 @click.option("--log-interval", type=click.FloatRange(0), default=60, show_default=True, envvar="PPVL_LOG_INTERVAL",
@@ -304,8 +313,13 @@ def scan(ctx: click.Context, inputs: tuple[str, ...], **opts: Any) -> None:
     the whole run. A summary goes to stderr at the end. Ctrl-C or SIGTERM finishes the page in
     flight and exits with 130 (press again to stop at once); re-running resumes.
     """
+    import warnings
+
     from .errors import UsageError
     from .scan import Scan, ScanOptions, write_summary_json
+
+    # PIL warns about each damaged file it still decodes; the records say what failed
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
     model = {k: opts.pop(k) for k in ("model", "quant", "device", "vision_dtype", "threads", "n_gpu_layers", "kv_type", "ctx_size")}
     if not inputs:

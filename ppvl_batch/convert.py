@@ -42,6 +42,7 @@ from . import __version__
 from .bundle import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST, is_bundle, sha256_file
 from .checkpoint import Checkpoint, open_checkpoint, resolve_source
 from .errors import ModelError, OutputError, UsageError
+from .outputs import fsync_dir
 from .tokenizer import TOKENIZER_FILES
 
 # --quant name -> llama_ftype (llama.h)
@@ -359,8 +360,11 @@ def write_vision(ckpt: Checkpoint, out: Path) -> dict[str, Any]:
 MMPROJ_TYPES = {"F16": "MOSTLY_F16", "F32": "ALL_F32"}  # --outtype of llama.cpp's converter -> LlamaFileType
 
 
+MMPROJ_PREFIX = "mmproj-"
+
+
 def mmproj_filename(ftype: str = "F16") -> str:
-    return f"mmproj-{ftype}.gguf"
+    return f"{MMPROJ_PREFIX}{ftype}.gguf"
 
 
 def _mmproj_source_name(canon: str) -> str:
@@ -558,10 +562,16 @@ def _check_destination(out: Path, overwrite: bool) -> None:
         raise OutputError(f"{out}: exists, is not empty and is not a bundle; refusing to overwrite it")
 
 
-def _bundle_id(ckpt: Checkpoint, vision_sha: str) -> str:
-    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in ckpt.path.resolve().name) or "model"
-    digest = hashlib.sha256((vision_sha + json.dumps(ckpt.config, sort_keys=True)).encode()).hexdigest()
-    return f"{slug}-{digest[:8]}"
+def bundle_id(name: str, files: dict[str, dict[str, Any]], prompt_style: str) -> str:
+    """The bundle's id, which goes into every checkpoint key: it changes with anything that can
+    change an answer, i.e. the content of every file the model is loaded from (decoders,
+    tokenizer files, chat template, preprocessor config, config, vision weights), sorted by name,
+    and the prompt style. The mmproj GGUF is left out: ppvl-ocr never reads it. Bundles made
+    before this scheme keep the id in their manifest (it is read, never recomputed)."""
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "model"
+    covered = {n: files[n]["sha256"] for n in sorted(files) if not n.startswith(MMPROJ_PREFIX)}
+    digest = hashlib.sha256(json.dumps({"files": covered, "prompt_style": prompt_style}, sort_keys=True).encode())
+    return f"{slug}-{digest.hexdigest()[:8]}"
 
 
 def convert(
@@ -629,7 +639,7 @@ def convert(
         manifest = {
             "format": BUNDLE_FORMAT,
             "format_version": BUNDLE_FORMAT_VERSION,
-            "id": _bundle_id(ckpt, files["vision.safetensors"]["sha256"]),
+            "id": bundle_id(ckpt.path.resolve().name, files, ckpt.prompt_style),
             "model_version": ckpt.model_version,
             "prompt_style": ckpt.prompt_style,
             "source": {"path": str(ckpt.path.resolve()), "name": str(source)},
@@ -691,7 +701,9 @@ def add_mmproj(bundle: str | Path, log: Log = _no_log) -> Path:
     # Replace the manifest in one rename: a reader never sees half of it.
     staged = opened.path / f".{MANIFEST}.partial-{os.getpid()}"
     staged.write_text(json.dumps(manifest, indent=2))
+    _fsync_tree(opened.path)
     os.replace(staged, opened.path / MANIFEST)
+    fsync_dir(opened.path)
     log(f"added {name} to {opened.path}: {count} tensors")
     return opened.path / name
 
@@ -708,10 +720,22 @@ def _dist_version(name: str) -> str | None:
 def _move_into_place(stage: Path, out: Path) -> None:
     """Rename the finished staging folder to `out`; an old bundle there is replaced only after
     the new one is complete."""
+    _fsync_tree(stage)  # the files' data first, so a power cut cannot leave a bundle of holes
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         os.rename(out, old)
         os.rename(stage, out)
+        fsync_dir(out.parent)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(stage, out)
+        fsync_dir(out.parent)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file in `folder` and the folder itself."""
+    for f in folder.iterdir():
+        if f.is_file():
+            with open(f, "rb") as handle:
+                os.fsync(handle.fileno())
+    fsync_dir(folder)

@@ -4,7 +4,8 @@ The checkpoint is a journal of records, one JSON object per line, each carrying 
 identifies the page *and* everything that changes its answer (checkpoint_key). A page is done when
 its complete line is in the journal. When the output is a file, the output itself is the journal:
 one write per record, flushed and fsync'd, so a crash (kill -9, power loss) leaves at most a
-partial last line, which the next run cuts off and redoes. No second file can disagree with it,
+torn last line (cut anywhere, even inside a UTF-8 character, or replaced by the NUL bytes some
+file systems leave after a power cut), which the next run cuts off and redoes. No second file can disagree with it,
 so there is neither a lost nor a duplicated page. When the output is stdout (`-o -`), the journal
 is `STATE/journal.jsonl`; each record goes to stdout first, then to the journal.
 
@@ -63,12 +64,19 @@ def make_record(
     seconds: float,
     result: Any = None,
     error: tuple[str, str] | None = None,
+    blank: bool = False,
+    size: tuple[int, int] | None = None,
+    warnings: list[str] | tuple[str, ...] = (),
 ) -> Record:
-    """One JSONL record: a page read by the model (`result`, a recognizer PageResult), or a page
-    or document that failed (`error` = (type, message); `page` None when the whole document
-    failed before its pages could be counted)."""
+    """One JSONL record: a page read by the model (`result`, a recognizer PageResult), a blank
+    page the model was spared (`blank`, `size` of the rendered page), or a page or document
+    that failed (`error` = (type, message); `page` None when the whole document failed before
+    its pages could be counted). `warnings` (e.g. a repaired PDF) and `blank` appear only when
+    set."""
     ok = error is None
-    return {
+    if blank:
+        result = _Blank(*size) if size else _Blank()
+    record = {
         "source": source,
         "sha256": sha256,
         "page": page,
@@ -87,6 +95,33 @@ def make_record(
         "model": model,
         "key": key,
     }
+    if blank:
+        record["blank"] = True
+    if warnings:
+        record["warnings"] = list(warnings)
+    return record
+
+
+@dataclass(frozen=True)
+class _Blank:
+    """What a blank page records in place of a model's answer."""
+
+    width: int | None = None
+    height: int | None = None
+    text: str = ""
+    finish_reason: None = None
+    image_tokens: int = 0
+    output_tokens: int = 0
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in folder `path` survive a power cut (its entry is data of the
+    folder, which fsync on the file does not write)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,22 +179,30 @@ class Lock:
 class Entry:
     status: str  # "ok" or "error"
     offset: int  # where the record's line starts in the journal
+    blank: bool = False  # an ok page found blank, not read by the model
 
 
 class Journal:
-    """Append-only JSONL file of records with keys; `entries` maps key -> latest Entry."""
+    """Append-only JSONL file of records with keys; `entries` maps key -> latest Entry. Also
+    indexed: which sources have a record under a key (a copy at a new path gets its own record),
+    and the page count of each file content (so a re-run need not open files it has done)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.entries: dict[str, Entry] = {}
+        self.sources: set[tuple[str, str]] = set()  # (key, source)
+        self.page_counts: dict[str, int] = {}  # sha256 -> page count
         self._file: BinaryIO | None = None
         self._size = 0
 
     def open(self, overwrite: bool) -> None:
-        """Open for appending: load the keys of complete records, cut off a partial last line.
+        """Open for appending: load the keys of complete records, cut off a torn last line.
         An existing file that is not a journal is refused unless `overwrite` (then emptied)."""
         try:
+            created = not self.path.exists()
             self._file = open(self.path, "a+b")
+            if created:
+                fsync_dir(self.path.parent)  # the new journal's name must survive a power cut
             if overwrite:
                 self._file.truncate(0)
             self._file.seek(0)
@@ -171,10 +214,10 @@ class Journal:
         assert self._file is not None
         offset = 0
         for number, line in enumerate(self._file, 1):
-            # A partial last line left by a crash is cut off below and its page redone; it starts
-            # like every record we write. Anything else is someone's data: refuse to touch it.
-            if not line.endswith(b"\n") and line.startswith(RECORD_START):
-                break
+            if not line.endswith(b"\n") or not line.strip(b"\0\n"):
+                tail = line + self._file.read()  # the rest of the file (the loop ends either way)
+                if self._torn_tail(tail, whole_records=number > 1):
+                    break
             try:
                 record = orjson.loads(line)
                 key, status = record["key"], record["status"]
@@ -183,11 +226,37 @@ class Journal:
                     f"{self.path} line {number} is not a ppvl-ocr record; "
                     f"use another output or --overwrite to replace it"
                 ) from None
-            self.entries[key] = Entry(status, offset)
+            self._index(record, offset)
             offset += len(line)
         if offset != self._file.seek(0, os.SEEK_END):
             self._file.truncate(offset)
+            self._file.flush()
+            os.fsync(self._file.fileno())
         self._size = offset
+
+    @staticmethod
+    def _torn_tail(tail: bytes, whole_records: bool) -> bool:
+        """Whether `tail` (from a line start to the end of the file) is what a crash leaves of
+        our last write: a line without its newline (cut at any byte, even inside a UTF-8
+        character), or NUL bytes where the data never reached the disk. After whole records
+        that is the only thing it can be; in a file of nothing else it must also look like the
+        start of a record, so that someone's one-line file is not mistaken for one."""
+        if not tail.replace(b"\n", b"").strip(b"\0"):
+            return True  # NULs (and newlines) only
+        if b"\n" in tail.rstrip(b"\0"):
+            return False  # whole lines follow: a bad line in the middle is refused, not cut
+        if whole_records:
+            return True
+        start = tail.rstrip(b"\0")
+        return start.startswith(RECORD_START) or RECORD_START.startswith(start)
+
+    def _index(self, record: Record, offset: int) -> None:
+        key = record["key"]
+        self.entries[key] = Entry(record["status"], offset, bool(record.get("blank")))
+        if isinstance(record.get("source"), str):
+            self.sources.add((key, record["source"]))
+        if isinstance(record.get("sha256"), str) and isinstance(record.get("page_count"), int):
+            self.page_counts[record["sha256"]] = record["page_count"]
 
     def status(self, key: str) -> str | None:
         entry = self.entries.get(key)
@@ -199,7 +268,7 @@ class Journal:
             f.seek(self.entries[key].offset)
             return orjson.loads(f.readline())
 
-    def append(self, line: bytes, key: str, status: str) -> None:
+    def append(self, line: bytes, record: Record) -> None:
         assert self._file is not None
         try:
             self._file.write(line)
@@ -212,7 +281,7 @@ class Journal:
             except OSError:
                 pass  # the next run's _load cuts it instead
             raise _output_error("write", self.path, e) from e
-        self.entries[key] = Entry(status, self._size)
+        self._index(record, self._size)
         self._size += len(line)
 
     def close(self) -> None:
@@ -284,7 +353,7 @@ class RecordWriter:
             except OSError as e:  # includes BrokenPipeError: the reader went away
                 raise _output_error("write", self.stream_name, e) from e
         if self.journal is not None:
-            self.journal.append(line, record["key"], record["status"])
+            self.journal.append(line, record)
 
     def close(self) -> None:
         if self._stream is not None and self._path is not None:
@@ -312,6 +381,7 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)  # else a power cut can undo the rename
     except BaseException as e:  # also Ctrl-C: leave no temporary file behind
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):

@@ -10,7 +10,12 @@ record (`error.type`):
     corrupt      a PDF or image whose data cannot be decoded
     truncated    an image whose data ends early
     encrypted    a PDF that needs a password (`--password`), or the password is wrong
-    too_large    an image over PIL's decompression-bomb limit
+    too_large    an image over PIL's decompression-bomb limit, or too big to decode in memory
+    internal     anything else that went wrong with this file (the message names the exception);
+                 the file fails alone, the run goes on
+
+A document PyMuPDF had to repair (a truncated or damaged PDF it rebuilt) opens, but carries a
+`repaired: ...` warning that goes into each of its records.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import hashlib
 import math
 import os
 import re
+import struct
+import traceback
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -107,6 +114,47 @@ def _os_error(e: OSError) -> PageError:
     return PageError("unreadable", e.strerror or str(e))
 
 
+# Exception types that PIL's and MuPDF's decoders raise on damaged data (besides their own): when
+# raised inside those libraries they mean a corrupt file, elsewhere a bug of ours (`internal`).
+_DECODER_ERRORS = (
+    struct.error, IndexError, TypeError, KeyError, ValueError, ZeroDivisionError, EOFError, SyntaxError,
+    AttributeError, OverflowError, RuntimeError, AssertionError, UnicodeDecodeError,
+)
+_DECODER_MODULES = (f"{os.sep}PIL{os.sep}", f"{os.sep}pymupdf{os.sep}", f"{os.sep}fitz{os.sep}")
+_TRUNCATION_WORDS = ("truncated", "broken data stream", "not enough data", "premature end", "unexpected end", "eof")
+
+
+def _raised_in_decoder(e: BaseException) -> bool:
+    frames = traceback.extract_tb(e.__traceback__)
+    return bool(frames) and any(m in frames[-1].filename for m in _DECODER_MODULES)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def classify_error(e: Exception, doing: str) -> PageError:
+    """The PageError a failure while `doing` something with one file stands for. Every exception
+    maps to one, so one file can never end a run."""
+    if isinstance(e, PageError):
+        return e
+    if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return PageError("too_large", str(e))
+    if isinstance(e, MemoryError):
+        return PageError("too_large", f"{doing}: out of memory while decoding")
+    if isinstance(e, OSError) and e.errno is not None:  # a real I/O error, not a decoder's complaint
+        return _os_error(e)
+    text = _first_line(e)
+    if isinstance(e, (OSError, pymupdf.FileDataError, pymupdf.mupdf.FzErrorBase)) or (
+        isinstance(e, _DECODER_ERRORS) and _raised_in_decoder(e)
+    ):
+        if any(word in text.lower() for word in _TRUNCATION_WORDS):
+            return PageError("truncated", f"{doing}: data ends early: {text}")
+        return PageError("corrupt", f"{doing}: data cannot be decoded: {text}")
+    return PageError("internal", f"{doing}: {type(e).__name__}: {text}")
+
+
 def auto_zoom(width_pt: float, height_pt: float, max_pixels: int) -> float:
     """Zoom (1.0 = 72 dpi) at which a page of this size renders to about `max_pixels`, so the
     model sees as much detail as it can use and no pixels are rendered only to be thrown away."""
@@ -140,6 +188,7 @@ class Document(ABC):
     """An open document. `page_count` pages, rendered one at a time by `render(n)` (1-based)."""
 
     page_count: int
+    warnings: tuple[str, ...] = ()  # go into every record of the document
 
     @abstractmethod
     def render(self, number: int) -> Image.Image: ...
@@ -156,12 +205,17 @@ class Document(ABC):
 
 class PdfDocument(Document):
     def __init__(self, path: Path, password: str | None, dpi: float | None, max_pixels: int) -> None:
+        pymupdf.TOOLS.reset_mupdf_warnings()
         try:
             self._doc = pymupdf.open(path, filetype="pdf")
         except (pymupdf.FileDataError, RuntimeError, ValueError) as e:
             raise PageError("corrupt", f"cannot open PDF: {e}") from e
         except OSError as e:
-            raise _os_error(e) from e
+            raise classify_error(e, "cannot open PDF") from e
+        if self._doc.is_repaired:
+            # MuPDF rebuilt a damaged or truncated file: its pages open, but some may be missing.
+            said = [line for line in pymupdf.TOOLS.mupdf_warnings().splitlines() if line.strip()]
+            self.warnings = (f"repaired: {'; '.join(said[:3]) or 'the file was damaged and rebuilt'}"[:300],)
         if self._doc.needs_pass:
             if password is None:
                 self._doc.close()
@@ -185,8 +239,8 @@ class PdfDocument(Document):
             if area > MAX_RENDER_PIXELS:
                 zoom *= math.sqrt(MAX_RENDER_PIXELS / area)
             pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB, alpha=False)
-        except (RuntimeError, ValueError) as e:  # MuPDF reports damaged page content this way
-            raise PageError("corrupt", f"cannot render page {number}: {e}") from e
+        except Exception as e:  # MuPDF reports damaged page content with several error types
+            raise classify_error(e, f"cannot render page {number}") from e
         if pix.width == 0 or pix.height == 0:
             raise PageError("empty", f"page {number} has zero size")
         return Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
@@ -207,27 +261,27 @@ class ImageDocument(Document):
             raise PageError("unsupported", "not a PDF or a supported image") from e
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise PageError("too_large", str(e)) from e
-        except OSError as e:
-            raise _os_error(e) from e
+        except OSError as e:  # an I/O error (errno set) or a decoder's complaint (none)
+            raise classify_error(e, "cannot open") from e
         if self._image.format not in IMAGE_FORMATS:
             fmt = self._image.format
             self._image.close()
             raise PageError("unsupported", f"{fmt} images are not supported")
         multi = self._image.format in MULTI_PAGE_FORMATS
-        self.page_count = getattr(self._image, "n_frames", 1) if multi else 1
+        try:
+            # n_frames walks the TIFF's directory chain: a damaged one fails here
+            self.page_count = self._image.n_frames if multi else 1
+        except Exception as e:
+            self._image.close()
+            raise classify_error(e, "cannot count the frames") from e
 
     def render(self, number: int) -> Image.Image:
         try:
             self._image.seek(number - 1)
             self._image.load()
             return to_rgb(self._image)
-        except OSError as e:
-            text = str(e)
-            if "truncated" in text or "broken data stream" in text or "not enough data" in text:
-                raise PageError("truncated", f"image data ends early: {text}") from e
-            raise PageError("corrupt", f"image data cannot be decoded: {text}") from e
-        except (EOFError, ValueError, SyntaxError) as e:
-            raise PageError("corrupt", f"image data cannot be decoded: {e}") from e
+        except Exception as e:  # PIL's decoders raise many types on damaged data
+            raise classify_error(e, "image") from e
 
     def close(self) -> None:
         self._image.close()
@@ -248,6 +302,9 @@ def open_document(
         raise PageError("empty", "file is empty (0 bytes)")
     extension = path.suffix.lower()
     # MuPDF accepts a PDF header anywhere in the first 1 KB; so do we.
-    if b"%PDF-" in head or extension in PDF_EXTENSIONS:
-        return PdfDocument(path, password, dpi, max_pixels)
-    return ImageDocument(path, extension in DOCUMENT_EXTENSIONS)
+    try:
+        if b"%PDF-" in head or extension in PDF_EXTENSIONS:
+            return PdfDocument(path, password, dpi, max_pixels)
+        return ImageDocument(path, extension in DOCUMENT_EXTENSIONS)
+    except Exception as e:
+        raise classify_error(e, "cannot open") from e

@@ -1,6 +1,8 @@
 """scan: documents -> records, through one recognizer, resumably.
 
-    rasterizer thread:  hash file, open, skip pages already done, render + prepare each page
+    rasterizer thread:  hash file (or take its hash from the cache), open it unless every page is
+                        done, skip pages already done, copy pages of identical files, render,
+                        spare blank pages the model, prepare the others
                         -> bounded queue (memory stays flat however long the PDF)
     main thread:        take up to batch_size pages -> one vision forward -> decode page by page
                         -> record (journal, flushed) -> Markdown when a document is complete
@@ -8,6 +10,10 @@
 Items flow in document order, so records come out in document and page order. A signal
 (Ctrl-C, SIGTERM) lets the page in flight finish and stops; a second one stops at once. Either
 way every record written is whole and the next run resumes after it.
+
+Whatever goes wrong with one file (any exception while hashing, opening, rendering or preparing
+it) becomes that file's or page's error record; only a bug outside the per-file work ends the
+run, as an InternalError (one line, exit 1).
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from typing import Any, TextIO
 
 import orjson
 
-from ppvl_batch.errors import ExitCode, OutputError, UsageError
+from ppvl_batch.blank import is_blank
+from ppvl_batch.errors import ExitCode, OutputError, PPVLError, UsageError
+from ppvl_batch.hashcache import HashCache
 from ppvl_batch.inputs import Document, Inputs, collect
 from ppvl_batch.outputs import (
     Record,
@@ -35,7 +43,8 @@ from ppvl_batch.outputs import (
     render_markdown,
     settings_digest,
 )
-from ppvl_batch.pages import PageError, PageRanges, file_sha256, open_document
+from ppvl_batch.pages import Document as OpenDocument
+from ppvl_batch.pages import PageError, PageRanges, classify_error, open_document
 
 
 @dataclass
@@ -62,13 +71,23 @@ class ScanOptions:
     prefetch: int = 8  # rendered pages waiting for the model
     quiet: bool = False
     log_interval: float = 60.0
+    skip_blank: bool = True  # blank pages get an ok record without the model
+    rehash: bool = False  # hash every file again instead of trusting the hash cache
+
+
+class InternalError(PPVLError):
+    """A bug of ours outside the per-file work: ends the run (records written so far stay)."""
 
 
 @dataclass
 class Summary:
     files: int = 0
     files_failed: int = 0  # documents that could not be opened at all
+    files_repaired: int = 0  # PDFs that PyMuPDF had to repair (their records carry a warning)
+    files_hashed: int = 0  # files whose contents were read to hash them (the others: hash cache)
     pages_ok: int = 0
+    pages_blank: int = 0  # of pages_ok: blank, not read by the model
+    pages_copied: int = 0  # records copied from a file with the same content (`same_as`)
     pages_failed: int = 0
     pages_done_before: int = 0  # skipped: finished by an earlier run
     pages_failed_before: int = 0  # skipped: failed in an earlier run (see --retry-failed)
@@ -87,6 +106,9 @@ class Summary:
         )
         if self.pages_failed_before:
             text += f", {self.pages_failed_before} failed before and skipped (--retry-failed retries them)"
+        extras = [(self.pages_blank, "blank (not read)"), (self.pages_copied, "copied from identical files"),
+                  (self.files_repaired, "repaired PDFs")]
+        text += "".join(f", {n} {what}" for n, what in extras if n)
         return text + f"; {self.pages_per_minute:.1f} pages/min over {_duration(self.seconds)}"
 
 
@@ -106,7 +128,8 @@ class DocStart:
     sha256: str
     page_count: int
     numbers: list[int]  # the selected pages, including those skipped as done
-    todo: int  # how many of them this run reads
+    todo: int  # how many of them this run records
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -116,9 +139,22 @@ class Page:
     number: int
     page_count: int
     key: str
-    prepared: Any = None  # the recognizer's PreparedImage, or None when `error` is set
+    prepared: Any = None  # the recognizer's PreparedImage, or None when `error` is set or blank
     error: PageError | None = None
     seconds: float = 0.0  # spent rendering and preparing
+    blank: bool = False
+    size: tuple[int, int] | None = None  # of the rendered page, for a blank one
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass
+class CopyPage:
+    """A page (or, number 0, a whole failed document) whose content was already recorded under
+    `key` for another path, in this run or an earlier one: its record is copied, not re-read."""
+
+    doc: Document
+    key: str
+    number: int
 
 
 @dataclass
@@ -170,6 +206,21 @@ def check_outside_inputs(found: Inputs, options: ScanOptions, markdown_targets: 
             raise UsageError(f"{label} {path} is one of the input files")
 
 
+def page_settings(o: ScanOptions, model_id: str) -> str:
+    """Digest of everything besides the file that changes a page's answer (checkpoint_key)."""
+    return settings_digest(
+        {
+            "model": model_id,
+            "task": o.task,
+            "prompt": o.prompt,
+            "min_pixels": o.min_pixels,
+            "max_pixels": o.max_pixels,
+            "dpi": o.dpi,
+            "max_new_tokens": o.max_new_tokens,
+        }
+    )
+
+
 class Scan:
     def __init__(
         self,
@@ -186,6 +237,8 @@ class Scan:
         self.interrupted = False  # by a signal
         self._bar: Any = None  # tqdm bar when stderr is a terminal
         self.cwd = Path.cwd().resolve()
+        # sha256 -> page count of the files opened in this run (0: failed to open), for copies
+        self._seen: dict[str, int] = {}
 
     # -- messages ---------------------------------------------------------------------------------
 
@@ -219,7 +272,10 @@ class Scan:
         self.summary.files = len(found.documents)
 
         self.writer.open()
+        journal = self.writer.journal
+        self.hashes = HashCache(journal and journal.path.with_name(journal.path.name + ".hashes"), rehash=o.rehash)
         try:
+            self.hashes.load(o.overwrite)
             # Without a checkpoint, an existing Markdown file at one of our paths is someone else's.
             existing = next((t for t in self.markdown_paths.values() if t.exists()), None)
             if existing is not None and self.writer.fresh and not o.overwrite:
@@ -232,6 +288,15 @@ class Scan:
                 self._run_pipeline(found.documents)
             finally:
                 self.rec.close()
+                self.summary.files_hashed = self.hashes.hashed
+                self.hashes.save()
+        except (PPVLError, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            raise InternalError(
+                f"internal error, a bug in ppvl-ocr ({type(e).__name__}: {str(e).strip() or 'no message'}); "
+                "records written so far are kept and re-running resumes"
+            ) from e
         finally:
             self.writer.close()
             if self._bar is not None:
@@ -244,17 +309,7 @@ class Scan:
 
     def _run_pipeline(self, documents: list[Document]) -> None:
         o = self.o
-        self.settings = settings_digest(
-            {
-                "model": self.rec.model_id,
-                "task": o.task,
-                "prompt": o.prompt,
-                "min_pixels": o.min_pixels,
-                "max_pixels": o.max_pixels,
-                "dpi": o.dpi,
-                "max_new_tokens": o.max_new_tokens,
-            }
-        )
+        self.settings = page_settings(o, self.rec.model_id)
         items: queue.Queue = queue.Queue(maxsize=max(o.prefetch, o.batch_size))
         rasterizer = threading.Thread(target=self._rasterize, args=(documents, items), name="rasterizer", daemon=True)
         started = time.monotonic()
@@ -316,42 +371,102 @@ class Scan:
         o = self.o
         started = time.monotonic()
         sha: str | None = None
+        document: OpenDocument | None = None
         try:
-            sha = file_sha256(doc.path)
-            document = open_document(doc.path, password=o.password, dpi=o.dpi, max_pixels=self.rec.max_pixels)
-        except PageError as e:
-            key = checkpoint_key(self.settings, sha or f"path:{doc.path}", 0)
-            if self._skip(key):
-                yield Skipped(self.writer.status(key))
-            else:
-                yield DocFailed(doc, sha, key, e, time.monotonic() - started)
+            sha = self.hashes.sha256(doc.path)
+            page_count = self._page_count_without_opening(sha)
+            if page_count is None:
+                document = open_document(doc.path, password=o.password, dpi=o.dpi, max_pixels=self.rec.max_pixels)
+                page_count = document.page_count
+        except Exception as e:  # whatever it is, this file fails alone
+            yield from self._failed_items(doc, sha, classify_error(e, "cannot open"), time.monotonic() - started)
             return
-        with document:
-            numbers = o.pages.select(document.page_count) if o.pages else list(range(1, document.page_count + 1))
-            keys = {n: checkpoint_key(self.settings, sha, n) for n in numbers}
-            todo = {n for n in numbers if not self._skip(keys[n])}
-            start = DocStart(doc, sha, document.page_count, numbers, len(todo))
-            yield start
-            for number in numbers:
-                if number not in todo:
-                    yield Skipped(self.writer.status(keys[number]))
-                    continue
-                began = time.monotonic()
-                page = Page(doc, sha, number, document.page_count, keys[number])
-                try:
-                    image = document.render(number)
-                    page.prepared = self.rec.prepare(image, o.task)
-                except PageError as e:
-                    page.error = e
-                except (ValueError, OSError) as e:  # the model's preprocessing refused the image
-                    page.error = PageError("unsupported", f"page cannot be prepared for the model: {e}")
-                page.seconds = time.monotonic() - began
-                yield page
-            yield DocEnd(start)
+        try:
+            yield from self._page_items(doc, sha, page_count, document)
+        finally:
+            if document is not None:
+                document.close()
+
+    def _page_count_without_opening(self, sha: str) -> int | None:
+        """The page count of a file with this content when it need not be opened: every selected
+        page is already recorded (or is being read in this run from an identical file)."""
+        if self.writer.journal is None:
+            return None
+        seen = self._seen.get(sha)
+        if seen is not None:
+            return seen or None  # 0: the identical file failed to open; so will this one
+        count = self.writer.journal.page_counts.get(sha)
+        if count is None:
+            return None
+        numbers = self.o.pages.select(count) if self.o.pages else range(1, count + 1)
+        return count if all(self._skip(checkpoint_key(self.settings, sha, n)) for n in numbers) else None
+
+    def _failed_items(self, doc: Document, sha: str | None, error: PageError, seconds: float) -> Iterator[object]:
+        key = checkpoint_key(self.settings, sha or f"path:{doc.path}", 0)
+        if sha is not None and self.writer.journal is not None and (self._skip(key) or sha in self._seen):
+            yield self._skip_or_copy(doc, key, 0)
+        elif self._skip(key):
+            yield Skipped(self.writer.status(key))
+        else:
+            yield DocFailed(doc, sha, key, error, seconds)
+        if sha is not None:
+            self._seen.setdefault(sha, 0)
+
+    def _skip_or_copy(self, doc: Document, key: str, number: int) -> object:
+        """A page recorded before: skipped when this path has its own record, else copied."""
+        journal = self.writer.journal
+        if journal is not None and (key, doc.source) in journal.sources and self._skip(key):
+            return Skipped(journal.status(key))
+        return CopyPage(doc, key, number)
+
+    def _page_items(
+        self, doc: Document, sha: str, page_count: int, document: OpenDocument | None
+    ) -> Iterator[object]:
+        o = self.o
+        numbers = o.pages.select(page_count) if o.pages else list(range(1, page_count + 1))
+        keys = {n: checkpoint_key(self.settings, sha, n) for n in numbers}
+        # An identical file earlier in this run is read (or skipped) first; its records are copied.
+        copying = self.writer.journal is not None and sha in self._seen
+        self._seen.setdefault(sha, page_count)
+        plan = {n: self._skip_or_copy(doc, keys[n], n) if copying or self._skip(keys[n]) else None for n in numbers}
+        todo = sum(not isinstance(p, Skipped) for p in plan.values())
+        warnings = document.warnings if document is not None else ()
+        start = DocStart(doc, sha, page_count, numbers, todo, warnings)
+        yield start
+        for number in numbers:
+            if plan[number] is not None:
+                yield plan[number]
+                continue
+            assert document is not None  # opened whenever a page is to be read
+            began = time.monotonic()
+            page = Page(doc, sha, number, page_count, keys[number], warnings=warnings)
+            self._render(document, page)
+            page.seconds = time.monotonic() - began
+            yield page
+        yield DocEnd(start)
+
+    def _render(self, document: OpenDocument, page: Page) -> None:
+        """Render and prepare one page, or set its error; blank pages are not prepared."""
+        try:
+            image = document.render(page.number)
+        except Exception as e:
+            page.error = classify_error(e, f"cannot render page {page.number}")
+            return
+        try:
+            if self.o.skip_blank and is_blank(image):
+                page.blank, page.size = True, image.size
+            else:
+                page.prepared = self.rec.prepare(image, self.o.task)
+        except (ValueError, OSError) as e:  # the model's preprocessing refused the image
+            page.error = PageError("unsupported", f"page cannot be prepared for the model: {e}")
+        except Exception as e:
+            page.error = PageError("internal", f"cannot prepare page {page.number}: {type(e).__name__}: {e}")
 
     def _skip(self, key: str) -> bool:
         status = self.writer.status(key)
-        return status == "ok" or (status == "error" and not self.o.retry_failed)
+        if status == "ok":
+            return self.o.skip_blank or not self.writer.journal.entries[key].blank  # --no-skip-blank reads them
+        return status == "error" and not self.o.retry_failed
 
     # -- model thread -----------------------------------------------------------------------------
 
@@ -369,7 +484,7 @@ class Scan:
                 self._flush(batch)
                 return
             batch.append(item)
-            images += isinstance(item, Page) and item.error is None
+            images += _needs_model(item)
             # Bounded by pages for the vision batch, and by items so that long runs of failures
             # or skipped pages are still written as they come.
             if images >= self.o.batch_size or len(batch) >= 8 * self.o.batch_size:
@@ -380,7 +495,7 @@ class Scan:
         """Vision for the batch's pages, then decode them (up to --parallel at once) and handle
         the batch's items in order as their pages finish, so records stay in page order and
         each is written as soon as everything before it is."""
-        pages = [i for i in batch if isinstance(i, Page) and i.error is None]
+        pages = [i for i in batch if _needs_model(i)]
         encoded = self._encode(pages)
         jobs = [p for p in pages if id(p) in encoded]
         outcomes: dict[int, Any] = {}
@@ -414,8 +529,11 @@ class Scan:
                 self.summary.pages_done_before += 1
             else:
                 self.summary.pages_failed_before += 1
+        elif isinstance(item, CopyPage):
+            self._copy(item)
         elif isinstance(item, DocStart):
             self._doc_records: dict[int, Record] = {}
+            self.summary.files_repaired += bool(item.warnings)
             self._progress_document(item.todo)
         elif isinstance(item, DocEnd):
             self._finish_document(item.start)
@@ -446,15 +564,41 @@ class Scan:
         )
         if page.error is None and isinstance(result, Exception):  # DecoderError
             page.error = PageError("recognition", f"decoder failed: {result}")
-        if page.error is None:
-            record = make_record(**common, seconds=page.seconds + result.seconds, result=result)
+        if page.blank:
+            record = make_record(**common, seconds=page.seconds, blank=True, size=page.size, warnings=page.warnings)
+            self.summary.pages_ok += 1
+            self.summary.pages_blank += 1
+        elif page.error is None:
+            record = make_record(**common, seconds=page.seconds + result.seconds, result=result, warnings=page.warnings)
             self.summary.pages_ok += 1
         else:
-            record = make_record(**common, seconds=page.seconds, error=(page.error.type, page.error.message))
+            record = make_record(**common, seconds=page.seconds, error=(page.error.type, page.error.message),
+                                 warnings=page.warnings)
             self.summary.pages_failed += 1
             self.say(f"{page.doc.source} page {page.number}: {page.error.type}: {page.error.message}")
         self.writer.write(record)
         self._doc_records[page.number] = record
+        self._progress_page()
+
+    def _copy(self, item: CopyPage) -> None:
+        """Record a page of a file identical to one already recorded: the original's record, with
+        this file's source and `same_as` naming the file that was read."""
+        if self.writer.status(item.key) is None:
+            return  # the identical file's page was not recorded (the run is stopping): next run
+        original = self.writer.journal.record(item.key)
+        record = {**original, "source": item.doc.source, "seconds": 0.0,
+                  "same_as": original.get("same_as") or original["source"]}
+        if item.number == 0:
+            self._progress_document(1)
+        else:
+            self._doc_records[item.number] = record
+        self.writer.write(record)
+        s = self.summary
+        s.pages_copied += 1
+        if record["status"] == "error":  # this file fails too: it counts as failed in this run
+            s.pages_failed += 1
+            s.files_failed += item.number == 0
+            self.say(f"{item.doc.source}: {record['error']['type']}: {record['error']['message']} (same as {record['same_as']})")
         self._progress_page()
 
     def _doc_failed(self, item: DocFailed) -> None:
@@ -516,6 +660,10 @@ class Scan:
         elif now - self._last_log >= self.o.log_interval:
             self._last_log = now
             self.say(f"{done} pages ({s.pages_failed} failed, {s.pages_done_before} already done), {rate:.1f} pages/min")
+
+
+def _needs_model(item: object) -> bool:
+    return isinstance(item, Page) and item.error is None and not item.blank
 
 
 def _restore_signal_handlers(handlers: dict[int, Any]) -> None:

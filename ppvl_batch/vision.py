@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -81,14 +82,20 @@ class ImagePreprocessor:
     """smart_resize + rescale + normalize + patchify, exactly as the checkpoint's processor."""
 
     def __init__(self, config: dict[str, Any]):
-        from transformers.models.paddleocr_vl.image_processing_pil_paddleocr_vl import PaddleOCRVLImageProcessorPil
-
         self.config = config
         self.min_pixels = int(config.get("min_pixels") or config.get("size", {}).get("shortest_edge"))
         self.max_pixels = int(config.get("max_pixels") or config.get("size", {}).get("longest_edge"))
         self.merge = int(config.get("merge_size", 2))
         self.factor = int(config.get("patch_size", 14)) * self.merge  # smart_resize's multiple
-        self.processor = PaddleOCRVLImageProcessorPil(
+
+    @cached_property
+    def processor(self) -> Any:
+        """transformers' processor, made at the first page: importing it takes seconds, which a
+        scan that finds nothing to do (a lazy recognizer) need not spend."""
+        from transformers.models.paddleocr_vl.image_processing_pil_paddleocr_vl import PaddleOCRVLImageProcessorPil
+
+        config = self.config
+        return PaddleOCRVLImageProcessorPil(
             do_resize=True,
             resample=int(config.get("resample", 3)),
             do_rescale=True,

@@ -52,3 +52,32 @@ def text_image(size: tuple[int, int] = (96, 64), text: str = "Hi", mode: str = "
     image = Image.new("RGB", size, "white")
     ImageDraw.Draw(image).text((8, 8), text, fill="black")
     return image.convert(mode)
+
+
+def empty_scan(seed: int, size: tuple[int, int] = (850, 1100), faint_line: bool = False) -> Image.Image:
+    """What a scanner makes of an empty page: off-white paper with fibre texture, a slight
+    gradient of light, dust specks, JPEG noise; with `faint_line`, one faint pencil line."""
+    import io
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    paper = rng.uniform(225, 245) + rng.uniform(-8, 8) * (xx / w) + rng.uniform(-8, 8) * (yy / h)
+    fibre = Image.fromarray(rng.normal(0, 1, (h // 4, w // 4)).astype(np.float32), "F").resize((w, h), Image.BICUBIC)
+    paper = paper + rng.uniform(2, 5) * np.asarray(fibre) + rng.normal(0, rng.uniform(1, 3), (h, w))
+    page = Image.fromarray(np.clip(paper, 0, 255).astype(np.uint8), "L").convert("RGB")
+    draw = ImageDraw.Draw(page)
+    for _ in range(int(rng.integers(10, 60))):  # dust: dark specks up to 3 px across (0.75 mm at 100 dpi)
+        x, y, r = float(rng.uniform(0, w)), float(rng.uniform(0, h)), float(rng.uniform(0.5, 1.5))
+        g = int(rng.uniform(40, 160))
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=(g, g, g))
+    if faint_line:
+        x0, y0 = float(rng.uniform(0.1, 0.5) * w), float(rng.uniform(0.1, 0.9) * h)
+        length = float(rng.uniform(0.1, 0.4) * w)
+        g = int(paper.mean() - rng.uniform(35, 50))
+        draw.line((x0, y0, x0 + length, y0 + rng.uniform(-5, 5)), fill=(g, g, g), width=1)
+    buf = io.BytesIO()
+    page.save(buf, "JPEG", quality=int(rng.integers(60, 90)))
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")

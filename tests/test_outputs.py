@@ -41,6 +41,10 @@ def line(rec: dict) -> bytes:
     return orjson.dumps(rec) + b"\n"
 
 
+def add(journal: Journal, rec: dict) -> None:
+    journal.append(line(rec), rec)
+
+
 # ---------------------------------------------------------------------------- keys and records
 
 
@@ -76,9 +80,9 @@ def test_record_fields_and_prefix() -> None:
 def test_journal_round_trip_and_latest_entry_wins(tmp_path: Path) -> None:
     j = Journal(tmp_path / "out.jsonl")
     j.open(overwrite=False)
-    j.append(line(record("k1", text="one")), "k1", "ok")
-    j.append(line(record("k2", status="error")), "k2", "error")
-    j.append(line(record("k2", text="retried")), "k2", "ok")
+    add(j, record("k1", text="one"))
+    add(j, record("k2", status="error"))
+    add(j, record("k2", text="retried"))
     j.close()
     again = Journal(tmp_path / "out.jsonl")
     again.open(overwrite=False)
@@ -95,9 +99,56 @@ def test_journal_cuts_partial_last_line(tmp_path: Path) -> None:
     j.open(overwrite=False)
     assert set(j.entries) == {"k1"}
     assert path.read_bytes() == whole
-    j.append(line(record("k2")), "k2", "ok")
+    add(j, record("k2"))
     j.close()
     assert path.read_bytes() == whole + line(record("k2"))
+
+
+def _torn_cases(last: bytes) -> list[tuple[str, bytes]]:
+    """Every way a crash can leave the last record: cut at each byte offset (inside multi-byte
+    characters too), replaced by NULs, NULs after it or after a cut."""
+    cases = [(f"cut at {i}", last[:i]) for i in range(len(last))]
+    cases += [(f"{n} NULs", b"\0" * n) for n in (1, 7, len(last), 4096)]
+    cases += [("cut + NULs", last[:len(last) // 3] + b"\0" * 500), ("NUL line", b"\0" * 40 + b"\n")]
+    return cases
+
+
+def test_writer_repairs_every_torn_tail_and_records_each_page_once(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    recs = [record(f"k{i}", page=i) for i in range(1, 4)]
+    recs = [{**r, "source": "архив/日本語 é.pdf"} for r in recs]  # multi-byte characters to cut inside
+    head = b"".join(line(r) for r in recs[:-1])
+    last = line(recs[-1])
+    assert len(last.decode()) < len(last)
+    for name, tail in _torn_cases(last):
+        path.write_bytes(head + tail)
+        writer = RecordWriter(str(path), None, overwrite=False)
+        writer.open()
+        assert set(writer.journal.entries) == {"k1", "k2"}, name
+        assert writer.status("k3") is None, name  # so the page is read again...
+        writer.write(recs[-1])
+        writer.close()
+        assert path.read_bytes() == head + last, name  # ... and recorded once
+
+
+def test_a_torn_first_record_is_cut_but_a_foreign_one_line_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    first = line(record("k1"))
+    for cut in (1, 5, len(RECORD_START), len(first) // 2, len(first) - 1):
+        path.write_bytes(first[:cut])
+        j = Journal(path)
+        j.open(overwrite=False)
+        assert not j.entries and path.read_bytes() == b"", cut
+        j.close()
+    path.write_bytes(b"\0" * 300)
+    Journal(path).open(overwrite=False)
+    assert path.read_bytes() == b""
+    path.write_bytes(b'{"sourdough": 1}')
+    with pytest.raises(OutputError, match="not a ppvl-ocr record"):
+        Journal(path).open(overwrite=False)
+    path.write_bytes(first + b"garbage\n" + first)  # a bad line in the middle is not a torn tail
+    with pytest.raises(OutputError, match="line 2 is not a ppvl-ocr record"):
+        Journal(path).open(overwrite=False)
 
 
 @pytest.mark.parametrize("content", [b"my notes\n", b"\x89PNG\r\n\x1a\n\x00binary", b'{"a": 1}\n', b"%PDF-1.7 no newline"])
@@ -116,14 +167,14 @@ def test_journal_write_failure_is_output_error_and_keeps_whole_records(tmp_path:
     path = tmp_path / "out.jsonl"
     j = Journal(path)
     j.open(overwrite=False)
-    j.append(line(record("k1")), "k1", "ok")
+    add(j, record("k1"))
 
     def no_space(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", no_space)
     with pytest.raises(OutputError, match="disk full") as info:
-        j.append(line(record("k2")), "k2", "ok")
+        add(j, record("k2"))
     assert info.value.exit_code == 4
     assert path.read_bytes() == line(record("k1"))
     assert j.status("k2") is None

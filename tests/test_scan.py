@@ -194,15 +194,19 @@ def test_resume_changed_and_moved_files_and_settings(in_tmp: Path, fast_model: P
     assert again.exit_code == 0 and records("out.jsonl") == first
     assert "0 pages ok, 0 failed, 8 already done" in again.stderr
 
-    # changed content: read again; moved file: not read again, but its Markdown appears
+    # changed content: read again; moved file: not read again, but it gets a record of its own,
+    # copied from the old path's, and its Markdown appears
     make_pdf(docs / "a/report.pdf", pages=1, label="changed")
     (docs / "z.png").rename(docs / "moved.png")
     shutil.rmtree("md/docs/b")
     result = scan(*args, model=fast_model)
     assert result.exit_code == 0
     new = records("out.jsonl")[len(first):]
-    assert pages_of(new) == [("docs/a/report.pdf", 1)]
+    assert pages_of(new) == [("docs/a/report.pdf", 1), ("docs/moved.png", 1)]
     assert new[0]["sha256"] != first[0]["sha256"] and new[0]["page_count"] == 1
+    old_png = next(r for r in first if r["source"] == "docs/z.png")
+    assert new[1] == {**old_png, "source": "docs/moved.png", "same_as": "docs/z.png", "seconds": 0.0}
+    assert "1 copied from identical files" in result.stderr
     assert Path("md/docs/a/report.pdf.md").read_text().count("<!-- page") == 1
     assert Path("md/docs/moved.png.md").is_file()
     assert Path("md/docs/b/report.pdf.md").read_text().count("<!-- page") == 3  # rebuilt from the checkpoint
