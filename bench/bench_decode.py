@@ -24,19 +24,19 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_engine import machine, page_image, peak_rss_mb, prepare, report  # noqa: E402
 
-from ppvl_batch.decoder import _int_array  # noqa: E402
+from ppvl_batch.engine.generate import generate_many  # noqa: E402
 
 
 def step_ms(decoder, n: int, one_page: bool, p0: int, steps: int = 16) -> float:
     """Milliseconds per llama_decode of n tokens: n pages (sequences 0..n-1, same position) or
-    n consecutive positions of sequence 0. Uses the decoder's batch submission directly."""
+    n consecutive positions of sequence 0. Uses the decoder's step directly."""
     import llama_cpp
 
     start = time.perf_counter()
     for i in range(steps):
         positions = list(range(p0 + i * n, p0 + (i + 1) * n)) if one_page else [p0 + i] * n
         seqs = [0] * n if one_page else list(range(n))
-        decoder._submit(n, _int_array(positions), seqs, tokens=_int_array([100] * n), logits=range(n))
+        decoder.decode_step([100] * n, positions, seqs)
     elapsed = time.perf_counter() - start
     llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(decoder.ctx), -1, p0, -1)  # back to the pages
     return elapsed / steps * 1000
@@ -66,7 +66,7 @@ def main() -> None:
                 request.ignore_eos = True
                 requests.append(request)
             # Prefill all pages first so only decode steps are timed.
-            generations = list(rec.decoder.generate_many(requests))
+            generations = list(generate_many(rec.decoder, requests))
             total_tokens = sum(len(g.token_ids) for _, g in generations)
             decode_wall = max(g.decode_seconds for _, g in generations)
             prefill = sum(g.prefill_seconds for _, g in generations)

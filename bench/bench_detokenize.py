@@ -1,4 +1,4 @@
-"""Cost per generated token of the streaming detokenizer (ppvl_batch/detokenize.py), for answers
+"""Cost per generated token of the streaming detokenizer (ppvl_batch/engine/detokenize.py), for answers
 of growing length: flat means O(1) per token. Tokens are drawn from a tiny test tokenizer's
 vocabulary (ordinary pieces, with or without byte tokens mixed in), with and without stop strings.
 
@@ -18,8 +18,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
 
 import tiny_model  # noqa: E402
 
-from ppvl_batch.detokenize import Detokenizer  # noqa: E402
-from ppvl_batch.tokenizer import load_tokenizer  # noqa: E402
+from ppvl_batch.engine.detokenize import Detokenizer  # noqa: E402
+from ppvl_batch.engine.tokenizer import load_tokenizer  # noqa: E402
 
 
 def per_token_us(detok: Detokenizer, ids: list[int], stop: list[str], repeats: int = 5) -> float:

@@ -57,6 +57,7 @@ def peak_rss_mb() -> float:
 
 def run_ours(bundle: Path, variant: str, new_tokens: int, threads: int | None) -> dict:
     """`variant`: a decoder quant, optionally with a --vision-dtype after a `+` (Q4_K_M+int8)."""
+    from ppvl_batch.engine.generate import generate
     from ppvl_batch.recognizer import Recognizer
 
     quant, _, vision_dtype = variant.partition("+")
@@ -67,7 +68,7 @@ def run_ours(bundle: Path, variant: str, new_tokens: int, threads: int | None) -
     vision = time.perf_counter() - t0
     request = rec.request(encoded, "ocr", max_new_tokens=new_tokens, repetition_guard=False)
     request.ignore_eos = True
-    gen = rec.decoder.generate(request)
+    gen = generate(rec.decoder, request)
     return {
         "vision_s": vision,
         "prefill_s": gen.prefill_seconds,

@@ -28,8 +28,8 @@ from bench_engine import ROOT, page_image, peak_rss_mb
 # Prints the OCR prompt and its ids (before and after the image) as our recognizer makes them.
 PROMPT_SCRIPT = """
 import json, sys
-from ppvl_batch.prompt import task_text
-from ppvl_batch.tokenizer import PromptTokenizer
+from ppvl_batch.engine.prompt import task_text
+from ppvl_batch.engine.tokenizer import PromptTokenizer
 prompts = PromptTokenizer.load(sys.argv[1])
 print(json.dumps([prompts.render(task_text("ocr")), list(prompts.prompt_ids(task_text("ocr")))]))
 """
@@ -43,9 +43,9 @@ def run_mtmd(bundle_dir: Path, quant: str, new_tokens: int, threads: int | None,
     from llama_cpp import mtmd_cpp
 
     from ppvl_batch.bundle import Bundle
-    from ppvl_batch.decoder import TextDecoder
-    from ppvl_batch.mtmd import IMAGE, MtmdVision
-    from ppvl_batch.prompt import IMAGE_PLACEHOLDER
+    from ppvl_batch.compare.mtmd import IMAGE, MtmdVision
+    from ppvl_batch.engine.llama import TextDecoder
+    from ppvl_batch.engine.prompt import IMAGE_PLACEHOLDER
 
     bundle = Bundle.open(bundle_dir)
     if bundle.mmproj_file is None:

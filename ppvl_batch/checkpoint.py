@@ -81,8 +81,8 @@ class Checkpoint:
     @cached_property
     def prompt_style(self) -> str:
         """`v1` ends the prompt with 'Assistant: ', `v1.5` with 'Assistant:\\n' (docs/design.md section 2)."""
-        from .prompt import detect_prompt_style
-        from .tokenizer import PromptTokenizer
+        from .engine.prompt import detect_prompt_style
+        from .engine.tokenizer import PromptTokenizer
 
         return detect_prompt_style(PromptTokenizer.load(self.path).render("OCR:"))
 

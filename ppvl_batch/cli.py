@@ -13,7 +13,7 @@ import click
 from . import __version__
 from .config import config_option
 from .errors import ExitCode, PPVLError, exit_codes_help
-from .prompt import TASKS
+from .engine.prompt import TASKS
 
 OK, FAILED, USAGE, MODEL, OUTPUT, INTERRUPTED = ExitCode  # the codes each command lists in --help
 
@@ -95,7 +95,7 @@ def load_recognizer(
 ):
     """A Recognizer from the shared model options; says so on stderr when the demo model is used."""
     from .bundle import GET_A_MODEL
-    from .recognizer import Recognizer
+    from .engine.recognizer import Recognizer
 
     if model in (None, "", "demo"):
         click.echo(f"ppvl-ocr: using the small bundled demo model; for real documents {GET_A_MODEL}", err=True)

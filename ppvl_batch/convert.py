@@ -42,8 +42,8 @@ from . import __version__
 from .bundle import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST, is_bundle, sha256_file
 from .checkpoint import Checkpoint, open_checkpoint, resolve_source
 from .errors import ModelError, OutputError, UsageError
+from .engine.tokenizer import TOKENIZER_FILES
 from .outputs import fsync_dir
-from .tokenizer import TOKENIZER_FILES
 
 # --quant name -> llama_ftype (llama.h)
 QUANT_TYPES: dict[str, int] = {
@@ -284,7 +284,7 @@ def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> No
     """llama.cpp's quantizer, in process: no llama.cpp binary needed."""
     import llama_cpp
 
-    from .decoder import init_llama
+    from .engine.llama import init_llama
 
     init_llama()
     params = llama_cpp.llama_model_quantize_default_params()
@@ -303,17 +303,17 @@ _SAFETENSORS_ITEM_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I
 
 
 def vision_tensor_names(config: dict[str, Any]) -> set[str]:
-    """Every tensor ppvl_batch.vision.VisionTower loads for this config (built without memory)."""
+    """Every tensor ppvl_batch.engine.vision.VisionTower loads for this config (built without memory)."""
     from transformers import PaddleOCRVLConfig
 
-    from .vision import VisionTower
+    from .engine.vision import VisionTower
 
     with torch.device("meta"):
         return set(VisionTower(PaddleOCRVLConfig(**config)).state_dict())
 
 
 def write_vision(ckpt: Checkpoint, out: Path) -> dict[str, Any]:
-    """Vision encoder and projector under the names of ppvl_batch.vision.VisionTower, at the
+    """Vision encoder and projector under the names of ppvl_batch.engine.vision.VisionTower, at the
     checkpoint's own precision.
 
     Written tensor by tensor: safetensors' save_file wants every tensor in memory at once and
@@ -488,9 +488,9 @@ def verify_tokenizer(checkpoint: Path, bundle: Path) -> int:
     refused. A difference is a ModelError naming its first position. Returns the prompts checked."""
     import random
 
-    from .detokenize import Detokenizer
-    from .prompt import IMAGE_PLACEHOLDER, TASKS
-    from .tokenizer import PromptError, PromptTokenizer, load_tokenizer
+    from .engine.detokenize import Detokenizer
+    from .engine.prompt import IMAGE_PLACEHOLDER, TASKS
+    from .engine.tokenizer import PromptError, PromptTokenizer, load_tokenizer
 
     reference = load_tokenizer(checkpoint)
     ours = PromptTokenizer.load(bundle)

@@ -12,6 +12,8 @@ from PIL import Image
 from transformers.models.paddleocr_vl.image_processing_pil_paddleocr_vl import smart_resize
 
 import ppvl_batch
+from ppvl_batch.engine.prompt import TASKS
+from ppvl_batch.engine.vision import ImagePreprocessor
 from ppvl_batch.layout.blocks import (
     BLOCK_MAX_PIXELS,
     BLOCK_MIN_PIXELS,
@@ -48,8 +50,6 @@ from ppvl_batch.layout.markdown import (
     title_level,
 )
 from ppvl_batch.layout.otsl import chart_to_html, otsl_to_html, parse_table_html, table_html, total_columns
-from ppvl_batch.prompt import TASKS
-from ppvl_batch.vision import ImagePreprocessor
 
 # -- labels -------------------------------------------------------------------------------------
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ppvl_batch.engine.vision import PreparedImage
 from ppvl_batch.pages import open_document
 from ppvl_batch.recognizer import Recognizer
-from ppvl_batch.vision import PreparedImage
 
 ORIENTATION = 0x0112
 
@@ -95,7 +95,7 @@ def test_extreme_aspect_ratio_is_padded_with_white(rec):
 def test_very_long_strip_is_shrunk_before_padding(rec):
     """Padded at full size, a 200000 x 1 strip would be 200000 x 1000 pixels: it is scaled down
     first to about 4 x max_pixels (the preprocessor shrinks it to max_pixels anyway)."""
-    from ppvl_batch.vision import PAD_BUDGET_FACTOR, pad_aspect_ratio
+    from ppvl_batch.engine.vision import PAD_BUDGET_FACTOR, pad_aspect_ratio
 
     strip = Image.new("RGB", (200_000, 1), (0, 0, 0))
     padded = pad_aspect_ratio(strip, 28, rec.min_pixels, rec.max_pixels)

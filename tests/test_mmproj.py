@@ -14,9 +14,9 @@ from PIL import Image, ImageDraw
 from ppvl_batch.bundle import Bundle
 from ppvl_batch.cli import main
 from ppvl_batch.convert import add_mmproj, convert
-from ppvl_batch.decoder import TextDecoder
-from ppvl_batch.mtmd import IMAGE, MtmdVision
-from ppvl_batch.vision import ImagePreprocessor, VisionEncoder, load_vision_tower
+from ppvl_batch.compare.mtmd import IMAGE, MtmdVision
+from ppvl_batch.engine.llama import TextDecoder
+from ppvl_batch.engine.vision import ImagePreprocessor, VisionEncoder, load_vision_tower
 
 
 def page(width: int, height: int) -> Image.Image:

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 import reference
-from ppvl_batch.prompt import TASKS, V1_TASKS
-from ppvl_batch.recognizer import SPOTTING_MAX_PIXELS, Recognizer
+from ppvl_batch.engine.prompt import TASKS, V1_TASKS
+from ppvl_batch.engine.recognizer import SPOTTING_MAX_PIXELS, Recognizer
 
 MAX_NEW = 24
 

@@ -621,7 +621,7 @@ def test_parallel_decoding_gives_the_same_records_in_the_same_order(in_tmp: Path
 
 
 def test_a_run_with_nothing_left_to_do_loads_no_weights(in_tmp: Path, tiny_bundle: Path, monkeypatch) -> None:
-    import ppvl_batch.recognizer as recognizer_module
+    import ppvl_batch.engine.recognizer as recognizer_module
 
     make_pdf(in_tmp / "a.pdf", pages=2)
     assert scan("a.pdf", "-o", "o.jsonl", model=tiny_bundle).exit_code == 0

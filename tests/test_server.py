@@ -43,9 +43,9 @@ from PIL import Image
 from ppvl_batch.cli import main
 from ppvl_batch.serve.client import load_page
 from ppvl_batch.errors import ModelError
-from ppvl_batch.prompt import V1_TASKS
+from ppvl_batch.engine.prompt import V1_TASKS
 from ppvl_batch.recognizer import DecoderError, PageResult, Recognizer, Sampling
-from ppvl_batch.answers import PAGE_SEPARATOR, Answer, Question, answer_images, answer_many, task_and_prompt
+from ppvl_batch.engine.answers import PAGE_SEPARATOR, Answer, Question, answer_images, answer_many, task_and_prompt
 from ppvl_batch.serve.app import bind_socket, create_app, run_server
 from ppvl_batch.serve.requests import ServeOptions
 

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 
 import reference
 from ppvl_batch.cli import main
-from ppvl_batch.detokenize import Detokenizer
-from ppvl_batch.prompt import TASKS
+from ppvl_batch.engine.detokenize import Detokenizer
+from ppvl_batch.engine.prompt import TASKS
+from ppvl_batch.engine.tokenizer import PromptError, load_tokenizer
 from ppvl_batch.recognizer import Recognizer
-from ppvl_batch.tokenizer import PromptError, load_tokenizer
 from test_parity import MAX_NEW, page
 from test_server import data_url, image_part, png_bytes, post, running_server, sse_events, sse_text, text_part, user
 
@@ -206,7 +206,7 @@ def test_stop_string_spanning_tokens_does_not_leak(plain_tokenizer):
 
 
 def test_convert_stops_at_the_first_differing_prompt_id(tiny_checkpoint, tmp_path, monkeypatch):
-    from ppvl_batch.tokenizer import PromptTokenizer
+    from ppvl_batch.engine.tokenizer import PromptTokenizer
 
     real = PromptTokenizer.encode
     # A tokenizer that drops the last id of every prompt: what a bundle with the wrong files would do.
@@ -223,7 +223,7 @@ def test_a_decoder_we_cannot_stream_is_refused():
     from tokenizers import Tokenizer, decoders
     from tokenizers.models import BPE
 
-    from ppvl_batch.detokenize import UnsupportedDecoder
+    from ppvl_batch.engine.detokenize import UnsupportedDecoder
 
     backend = Tokenizer(BPE(vocab={"a": 0}, merges=[]))
     backend.decoder = decoders.ByteLevel()

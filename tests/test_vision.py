@@ -10,8 +10,7 @@ from PIL import Image, ImageDraw
 from safetensors import safe_open
 
 from ppvl_batch.bundle import Bundle
-from ppvl_batch.recognizer import Recognizer
-from ppvl_batch.vision import (
+from ppvl_batch.engine.vision import (
     DequantScratch,
     ImagePreprocessor,
     Int8Linear,
@@ -20,6 +19,7 @@ from ppvl_batch.vision import (
     load_vision_tower,
     resolve_precision,
 )
+from ppvl_batch.recognizer import Recognizer
 
 
 def page() -> Image.Image:

@@ -18,8 +18,8 @@ import reference  # noqa: E402
 import tiny_model  # noqa: E402
 
 from ppvl_batch.convert import convert  # noqa: E402
-from ppvl_batch.prompt import TASKS  # noqa: E402
-from ppvl_batch.tokenizer import PromptTokenizer  # noqa: E402
+from ppvl_batch.engine.prompt import TASKS  # noqa: E402
+from ppvl_batch.engine.tokenizer import PromptTokenizer  # noqa: E402
 
 
 def main() -> None:

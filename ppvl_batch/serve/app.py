@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..answers import Answer
+from ..engine.answers import Answer
 from ..errors import PPVLError
-from ..recognizer import Recognizer
+from ..engine.recognizer import Recognizer
 from .images import load_image
 from .metrics import Metrics, RequestLog
 from .requests import ApiError, ServeOptions, bad_request, parse_chat_request, request_task, validate_request

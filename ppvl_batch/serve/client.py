@@ -23,7 +23,7 @@ from ..errors import PPVLError, UsageError
 from ..pages import PageError, open_document
 
 if TYPE_CHECKING:
-    from ..recognizer import Recognizer
+    from ..engine.recognizer import Recognizer
 
 # PDF pages are rendered to about this many pixels: the most any PaddleOCR-VL version uses (v1), so
 # the server's model only ever scales down. A fixed size (not the model's) keeps a page's pixels
@@ -169,7 +169,7 @@ def ask_local(
     on_text: Callable[[str], None] | None = None,
 ) -> Reply:
     """The same answer as the server gives, from a Recognizer in this process."""
-    from ..answers import Question, answer_images, task_and_prompt
+    from ..engine.answers import Question, answer_images, task_and_prompt
 
     try:
         task, prompt = task_and_prompt(text, rec.tasks)

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..answers import Answer
+from ..engine.answers import Answer
 
 if TYPE_CHECKING:
     from .worker import Engine

@@ -13,9 +13,9 @@ from typing import Any
 
 from PIL import Image
 
-from ..answers import task_and_prompt
-from ..recognizer import DecoderError, Recognizer, Sampling
-from ..vision import PreparedImage
+from ..engine.answers import task_and_prompt
+from ..engine.recognizer import DecoderError, Recognizer, Sampling
+from ..engine.vision import PreparedImage
 
 ROLES = ("system", "developer", "user", "assistant")
 MAX_STOP_STRINGS = 4  # as OpenAI

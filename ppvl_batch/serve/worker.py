@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..answers import Answer, Question, answer_many
-from ..recognizer import Recognizer
-from ..vision import PreparedImage
+from ..engine.answers import Answer, Question, answer_many
+from ..engine.recognizer import Recognizer
+from ..engine.vision import PreparedImage
 from .metrics import Metrics
 from .requests import ApiError, ChatRequest, ServeOptions
 

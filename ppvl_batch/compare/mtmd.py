@@ -18,10 +18,10 @@ import numpy as np
 from llama_cpp import mtmd_cpp
 from PIL import Image
 
-from .decoder import _llama_log, default_threads, init_llama
-from .errors import ModelError
+from ..engine.llama import default_threads, init_llama, llama_log
+from ..errors import ModelError
 
-# No torch here (nor through .decoder): bench_mtmd measures llama.cpp alone, memory included.
+# No torch here (nor through engine.llama): bench_mtmd measures llama.cpp alone, memory included.
 IMAGE = mtmd_cpp.MTMD_INPUT_CHUNK_TYPE_IMAGE
 
 
@@ -57,8 +57,8 @@ class MtmdVision:
 
     def __init__(self, mmproj: Path, model: int, threads: int | None = None):
         init_llama()
-        mtmd_cpp.mtmd_log_set(_llama_log, ctypes.c_void_p(0))
-        mtmd_cpp.mtmd_helper_log_set(_llama_log, ctypes.c_void_p(0))
+        mtmd_cpp.mtmd_log_set(llama_log, ctypes.c_void_p(0))
+        mtmd_cpp.mtmd_helper_log_set(llama_log, ctypes.c_void_p(0))
         params = mtmd_cpp.mtmd_context_params_default()
         params.use_gpu = False
         params.print_timings = False

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError
+from ..errors import ModelError
 from .prompt import IMAGE_PLACEHOLDER
 
 # The files of a checkpoint that make its tokenizer and chat template; convert copies the ones

@@ -1,14 +1,16 @@
-"""Image embeddings + prompt -> text, in one persistent llama.cpp context (docs/design.md sections 4, 6).
+"""The llama.cpp binding: one model and context that image embeddings enter (docs/design.md sections 4, 6).
 
-This is where the image embeddings enter llama.cpp. We own the loop instead of using
-`Llama.generate()`, whose bookkeeping assumes one position per token. Per page, in its own
-sequence of the context (several pages can be in flight):
+We feed llama.cpp ourselves instead of using `Llama.generate()`, whose bookkeeping assumes one
+position per token. A page's prompt goes into its own sequence of the context (several pages can
+be in flight), in `TextDecoder.prefill`:
 
     clear the page's sequence
     decode the prompt text before the image     token batch, positions 0 .. p0-1
     decode the image embeddings                 embedding batch, 3-D M-RoPE positions
     decode the prompt text after the image      token batch from p0 + max(rows, cols)
-    sample one token at a time until </s>, max_new_tokens, a stop string or a repetition loop
+
+then `decode_step` feeds one token for each page in flight. Sampling and the answering loop on
+top of these are in generate.py.
 """
 
 from __future__ import annotations
@@ -16,19 +18,16 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import llama_cpp
 import numpy as np
 
-from .errors import ModelError
+from ..errors import ModelError
 
 if TYPE_CHECKING:  # vision.py imports torch; a llama.cpp-only process (bench_mtmd) must not pay for it
-    from .detokenize import Detokenizer
     from .vision import ImageEmbedding
 
 log = logging.getLogger("ppvl_batch")
@@ -41,8 +40,9 @@ _initialized = False
 
 
 @llama_cpp.llama_log_callback
-def _llama_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    # llama.cpp talks a lot on stderr; keep errors, drop the rest unless asked for.
+def llama_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    # llama.cpp talks a lot on stderr; keep errors, drop the rest unless asked for. libmtmd
+    # (compare/mtmd.py) logs through it too.
     if level == _LOG_LEVEL_ERROR or os.environ.get("PPVL_LLAMA_LOG"):
         log.warning("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
 
@@ -51,136 +51,13 @@ def init_llama() -> None:
     """Start the llama.cpp backend once per process, with its logging routed through ours."""
     global _initialized
     if not _initialized:
-        llama_cpp.llama_log_set(_llama_log, ctypes.c_void_p(0))
+        llama_cpp.llama_log_set(llama_log, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()
         _initialized = True
 
 
 class DecoderError(RuntimeError):
     pass
-
-
-@dataclass
-class Sampling:
-    """temperature 0 is greedy (the default, deterministic); above 0 samples with top_p."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-
-
-@dataclass
-class Generation:
-    token_ids: list[int]
-    text: str
-    finish_reason: str  # stop | length | repetition | abort
-    prompt_tokens: int  # including image tokens
-    prefill_seconds: float
-    decode_seconds: float
-
-
-class RepetitionGuard:
-    """Detects a generated tail that repeats one short period over and over (docs/design.md section 6:
-    the model can loop on a line or a digit forever). Stops only on long, certain loops so that
-    legitimate repeats (table rows, "0000") are left alone."""
-
-    def __init__(self, max_period: int = 64, min_repeats: int = 8, min_span: int = 96):
-        self.max_period = max_period
-        self.min_repeats = min_repeats
-        self.min_span = min_span
-
-    def looping(self, tokens: Sequence[int]) -> bool:
-        n = len(tokens)
-        for period in range(1, self.max_period + 1):
-            repeats = max(self.min_repeats, -(-self.min_span // period))
-            span = period * repeats
-            if span > n:
-                break
-            tail = tokens[n - span :]
-            if all(tail[i] == tail[i + period] for i in range(span - period)):
-                return True
-        return False
-
-
-@dataclass
-class DecodeRequest:
-    """One page for the decoder: prompt ids around the image, and how to answer."""
-
-    before_image: Sequence[int]
-    image: ImageEmbedding
-    after_image: Sequence[int]
-    max_new_tokens: int
-    sampling: Sampling = field(default_factory=Sampling)
-    stop: Sequence[str] = ()
-    on_text: Callable[[str], bool | None] | None = None  # gets each new piece; False stops (client gone)
-    repetition_guard: RepetitionGuard | None = None
-    ignore_eos: bool = False  # benchmarks that need a fixed number of tokens
-    detokenizer: Detokenizer | None = None  # the checkpoint tokenizer's decoding; None: no text
-
-
-class _Sequence:
-    """A page in flight: its tokens so far and the logits for its next token."""
-
-    def __init__(self, index: int, request: DecodeRequest, n_prompt: int, logits: np.ndarray, prefill_seconds: float, capacity: int):
-        self.index = index
-        self.request = request
-        self.n_prompt = n_prompt
-        self.logits = logits
-        self.prefill_seconds = prefill_seconds
-        self.budget = min(request.max_new_tokens, capacity - n_prompt)
-        image = request.image
-        self.next_pos = len(request.before_image) + max(image.rows, image.cols) + len(request.after_image)
-        self.rng = np.random.default_rng(request.sampling.seed)
-        self.out: list[int] = []
-        # The answer's text, streamed: only text no later token can change is handed out.
-        self.text = request.detokenizer.stream(request.stop) if request.detokenizer is not None else None
-        self.finish = "length"
-        self.started: float | None = None  # first decode step: other pages' prefills do not count
-
-    def next_token(self, decoder: TextDecoder) -> int | None:
-        """The token to feed next, or None when the page is finished."""
-        request = self.request
-        if self.started is None:
-            self.started = time.perf_counter()
-        if len(self.out) >= self.budget:
-            return None
-        token = pick_token(self.logits, request.sampling, self.rng)
-        if llama_cpp.llama_vocab_is_eog(decoder.vocab, token) and not request.ignore_eos:
-            self.finish = "stop"
-            return None
-        self.out.append(token)
-        if self.text is not None:
-            delta = self.text.push(token)
-            if self.text.stopped:
-                self.finish = "stop"
-            if delta and request.on_text is not None and request.on_text(delta) is False:
-                self.finish = "abort"
-                return None
-            if self.text.stopped:
-                return None
-        if request.repetition_guard is not None and request.repetition_guard.looping(self.out):
-            self.finish = "repetition"
-            return None
-        if len(self.out) >= self.budget:
-            return None
-        return token
-
-    def result(self) -> Generation:
-        text = ""
-        if self.text is not None:
-            tail = self.text.finish()  # what was held back (a byte run, a possible stop string)
-            on_text = self.request.on_text
-            if on_text is not None and self.finish != "abort" and tail:
-                on_text(tail)
-            text = self.text.text
-        return Generation(
-            token_ids=self.out,
-            text=text,
-            finish_reason=self.finish,
-            prompt_tokens=self.n_prompt,
-            prefill_seconds=self.prefill_seconds,
-            decode_seconds=time.perf_counter() - (self.started or time.perf_counter()),
-        )
 
 
 def _int_array(values: Sequence[int] | np.ndarray, ctype=ctypes.c_int32):
@@ -308,7 +185,9 @@ class TextDecoder:
                 embd=chunk.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
             )
 
-    def _logits(self, row: int = -1) -> np.ndarray:
+    def logits(self, row: int = -1) -> np.ndarray:
+        """The logits of a row of the last llama_decode (a view into llama.cpp's buffer, valid
+        until the next one)."""
         ptr = llama_cpp.llama_get_logits_ith(self.ctx, row)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
@@ -331,58 +210,17 @@ class TextDecoder:
         self._decode_image(image, p0, seq)
         # The first text token after the image sits at p0 + max(rows, cols), not p0 + N.
         self._decode_tokens(after_image, p0 + max(image.rows, image.cols), seq, want_logits=True)
-        return n_prompt, self._logits().copy()
+        return n_prompt, self.logits().copy()
 
-    def generate(self, request: DecodeRequest) -> Generation:
-        """One page from a clean sequence."""
-        [(_, generation)] = list(self.generate_many([request]))
-        if isinstance(generation, DecoderError):
-            raise generation
-        return generation
+    def decode_step(self, tokens: Sequence[int], positions: Sequence[int], seqs: Sequence[int]) -> None:
+        """One llama_decode of one token per row (`tokens[i]` at `positions[i]` of sequence
+        `seqs[i]`), with the logits of every row wanted (`logits(row)`)."""
+        n = len(tokens)
+        self._submit(n, _int_array(positions), seqs, tokens=_int_array(tokens), logits=range(n))
 
-    def generate_many(self, requests: Iterable[DecodeRequest]) -> Iterator[tuple[int, Generation | DecoderError]]:
-        """Decode pages with up to `n_seq` of them in flight in the one context: each step is one
-        llama_decode over every active page's next token, which reads the weights once for all
-        of them (single-sequence decoding on a CPU is bound by reading the weights). Yields
-        (index of the request, Generation) as pages finish, not necessarily in order; a page
-        that cannot be decoded yields its DecoderError instead and the others go on."""
-        pending = iter(enumerate(requests))
-        active: dict[int, _Sequence] = {}  # seq id -> page in flight
-        exhausted = False
-        while True:
-            for seq in range(self.n_seq):
-                if seq in active or exhausted:
-                    continue
-                item = next(pending, None)
-                if item is None:
-                    exhausted = True
-                    break
-                index, request = item
-                started = time.perf_counter()
-                try:
-                    n_prompt, logits = self.prefill(request.before_image, request.image, request.after_image, seq)
-                except DecoderError as exc:  # this page alone fails (e.g. too long for the context)
-                    yield index, exc
-                    continue
-                active[seq] = _Sequence(index, request, n_prompt, logits, time.perf_counter() - started, self.ctx_per_sequence)
-            if not active:
-                return
-            step_tokens, step_seqs, step_pos = [], [], []
-            for seq, state in list(active.items()):
-                token = state.next_token(self)
-                if token is None:
-                    del active[seq]
-                    yield state.index, state.result()
-                    continue
-                step_tokens.append(token)
-                step_seqs.append(seq)
-                step_pos.append(state.next_pos)
-                state.next_pos += 1
-            if step_tokens:
-                n = len(step_tokens)
-                self._submit(n, _int_array(step_pos), step_seqs, tokens=_int_array(step_tokens), logits=range(n))
-                for row, seq in enumerate(step_seqs):
-                    active[seq].logits = self._logits(row).copy()
+    def is_eog(self, token: int) -> bool:
+        """Whether the token ends a generation (</s> and the vocabulary's other end tokens)."""
+        return llama_cpp.llama_vocab_is_eog(self.vocab, token)
 
     def close(self) -> None:
         if getattr(self, "ctx", None):
@@ -394,23 +232,6 @@ class TextDecoder:
 
     def __del__(self) -> None:
         self.close()
-
-
-def pick_token(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
-    """Greedy at temperature 0; otherwise sampling from the top_p nucleus."""
-    if sampling.temperature <= 0:
-        return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / sampling.temperature
-    probs = np.exp(scaled - scaled.max())
-    probs /= probs.sum()
-    if sampling.top_p < 1.0:
-        order = np.argsort(-probs)
-        keep = np.cumsum(probs[order]) - probs[order] < sampling.top_p
-        mask = np.zeros_like(probs, dtype=bool)
-        mask[order[keep]] = True
-        probs = np.where(mask, probs, 0.0)
-        probs /= probs.sum()
-    return int(rng.choice(len(probs), p=probs))
 
 
 def cpu_has_llama_amx() -> bool:

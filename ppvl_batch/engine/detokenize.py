@@ -23,7 +23,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .errors import ModelError
+from ..errors import ModelError
 
 REPLACEMENT = "\ufffd"
 

@@ -327,7 +327,7 @@ def load_vision_tower(config: dict[str, Any], weights: Path, device: str = "cpu"
     from transformers import PaddleOCRVLConfig
     from transformers.initialization import no_init_weights
 
-    from .errors import ModelError
+    from ..errors import ModelError
 
     cfg = PaddleOCRVLConfig(**config)
     precision = resolve_precision(dtype, device)

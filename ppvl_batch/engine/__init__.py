@@ -1,0 +1,13 @@
+"""One page in, text out: the model's two halves and what turns a task into a prompt and ids into text.
+
+    prompt.py      task names and their prompt texts; the image placeholder
+    tokenizer.py   PromptTokenizer: the checkpoint's own tokenizer and chat template -> prompt ids around the image
+    vision.py      page image -> smart_resize, patches -> image embeddings (PyTorch)
+    llama.py       TextDecoder: the llama.cpp binding (model, context, batches, M-RoPE prefill, one decode step)
+    generate.py    DecodeRequest -> Generation: sampling, repetition guard, several pages decoded together
+    detokenize.py  generated ids -> text, incrementally and safe to stream (stop strings, split UTF-8)
+    recognizer.py  Recognizer: a bundle loaded once; the library API over the modules above
+    answers.py     questions about pages (task or free prompt) -> answers: shared by `serve` and `ask`
+
+Nothing is re-exported here, so that importing `engine.prompt` imports neither torch nor llama.cpp.
+"""

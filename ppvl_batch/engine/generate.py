@@ -1,0 +1,212 @@
+"""Generated text for pages whose prompts go into a TextDecoder's context (llama.py): one page's
+request and result, sampling, the repetition guard, and the loop that decodes up to `n_seq` pages
+together. Per page, after its prefill: sample one token at a time until </s>, max_new_tokens, a
+stop string or a repetition loop, streaming only the text no later token can change.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .llama import DecoderError, TextDecoder
+
+if TYPE_CHECKING:  # vision.py imports torch; a llama.cpp-only process (bench_mtmd) must not pay for it
+    from .detokenize import Detokenizer
+    from .vision import ImageEmbedding
+
+
+@dataclass
+class Sampling:
+    """temperature 0 is greedy (the default, deterministic); above 0 samples with top_p."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]
+    text: str
+    finish_reason: str  # stop | length | repetition | abort
+    prompt_tokens: int  # including image tokens
+    prefill_seconds: float
+    decode_seconds: float
+
+
+class RepetitionGuard:
+    """Detects a generated tail that repeats one short period over and over (docs/design.md section 6:
+    the model can loop on a line or a digit forever). Stops only on long, certain loops so that
+    legitimate repeats (table rows, "0000") are left alone."""
+
+    def __init__(self, max_period: int = 64, min_repeats: int = 8, min_span: int = 96):
+        self.max_period = max_period
+        self.min_repeats = min_repeats
+        self.min_span = min_span
+
+    def looping(self, tokens: Sequence[int]) -> bool:
+        n = len(tokens)
+        for period in range(1, self.max_period + 1):
+            repeats = max(self.min_repeats, -(-self.min_span // period))
+            span = period * repeats
+            if span > n:
+                break
+            tail = tokens[n - span :]
+            if all(tail[i] == tail[i + period] for i in range(span - period)):
+                return True
+        return False
+
+
+@dataclass
+class DecodeRequest:
+    """One page for the decoder: prompt ids around the image, and how to answer."""
+
+    before_image: Sequence[int]
+    image: ImageEmbedding
+    after_image: Sequence[int]
+    max_new_tokens: int
+    sampling: Sampling = field(default_factory=Sampling)
+    stop: Sequence[str] = ()
+    on_text: Callable[[str], bool | None] | None = None  # gets each new piece; False stops (client gone)
+    repetition_guard: RepetitionGuard | None = None
+    ignore_eos: bool = False  # benchmarks that need a fixed number of tokens
+    detokenizer: Detokenizer | None = None  # the checkpoint tokenizer's decoding; None: no text
+
+
+class _Sequence:
+    """A page in flight: its tokens so far and the logits for its next token."""
+
+    def __init__(self, index: int, request: DecodeRequest, n_prompt: int, logits: np.ndarray, prefill_seconds: float, capacity: int):
+        self.index = index
+        self.request = request
+        self.n_prompt = n_prompt
+        self.logits = logits
+        self.prefill_seconds = prefill_seconds
+        self.budget = min(request.max_new_tokens, capacity - n_prompt)
+        image = request.image
+        self.next_pos = len(request.before_image) + max(image.rows, image.cols) + len(request.after_image)
+        self.rng = np.random.default_rng(request.sampling.seed)
+        self.out: list[int] = []
+        # The answer's text, streamed: only text no later token can change is handed out.
+        self.text = request.detokenizer.stream(request.stop) if request.detokenizer is not None else None
+        self.finish = "length"
+        self.started: float | None = None  # first decode step: other pages' prefills do not count
+
+    def next_token(self, decoder: TextDecoder) -> int | None:
+        """The token to feed next, or None when the page is finished."""
+        request = self.request
+        if self.started is None:
+            self.started = time.perf_counter()
+        if len(self.out) >= self.budget:
+            return None
+        token = pick_token(self.logits, request.sampling, self.rng)
+        if decoder.is_eog(token) and not request.ignore_eos:
+            self.finish = "stop"
+            return None
+        self.out.append(token)
+        if self.text is not None:
+            delta = self.text.push(token)
+            if self.text.stopped:
+                self.finish = "stop"
+            if delta and request.on_text is not None and request.on_text(delta) is False:
+                self.finish = "abort"
+                return None
+            if self.text.stopped:
+                return None
+        if request.repetition_guard is not None and request.repetition_guard.looping(self.out):
+            self.finish = "repetition"
+            return None
+        if len(self.out) >= self.budget:
+            return None
+        return token
+
+    def result(self) -> Generation:
+        text = ""
+        if self.text is not None:
+            tail = self.text.finish()  # what was held back (a byte run, a possible stop string)
+            on_text = self.request.on_text
+            if on_text is not None and self.finish != "abort" and tail:
+                on_text(tail)
+            text = self.text.text
+        return Generation(
+            token_ids=self.out,
+            text=text,
+            finish_reason=self.finish,
+            prompt_tokens=self.n_prompt,
+            prefill_seconds=self.prefill_seconds,
+            decode_seconds=time.perf_counter() - (self.started or time.perf_counter()),
+        )
+
+
+def generate(decoder: TextDecoder, request: DecodeRequest) -> Generation:
+    """One page from a clean sequence."""
+    [(_, generation)] = list(generate_many(decoder, [request]))
+    if isinstance(generation, DecoderError):
+        raise generation
+    return generation
+
+
+def generate_many(decoder: TextDecoder, requests: Iterable[DecodeRequest]) -> Iterator[tuple[int, Generation | DecoderError]]:
+    """Decode pages with up to `decoder.n_seq` of them in flight in the one context: each step is one
+    llama_decode over every active page's next token, which reads the weights once for all
+    of them (single-sequence decoding on a CPU is bound by reading the weights). Yields
+    (index of the request, Generation) as pages finish, not necessarily in order; a page
+    that cannot be decoded yields its DecoderError instead and the others go on."""
+    pending = iter(enumerate(requests))
+    active: dict[int, _Sequence] = {}  # seq id -> page in flight
+    exhausted = False
+    while True:
+        for seq in range(decoder.n_seq):
+            if seq in active or exhausted:
+                continue
+            item = next(pending, None)
+            if item is None:
+                exhausted = True
+                break
+            index, request = item
+            started = time.perf_counter()
+            try:
+                n_prompt, logits = decoder.prefill(request.before_image, request.image, request.after_image, seq)
+            except DecoderError as exc:  # this page alone fails (e.g. too long for the context)
+                yield index, exc
+                continue
+            active[seq] = _Sequence(index, request, n_prompt, logits, time.perf_counter() - started, decoder.ctx_per_sequence)
+        if not active:
+            return
+        step_tokens, step_seqs, step_pos = [], [], []
+        for seq, state in list(active.items()):
+            token = state.next_token(decoder)
+            if token is None:
+                del active[seq]
+                yield state.index, state.result()
+                continue
+            step_tokens.append(token)
+            step_seqs.append(seq)
+            step_pos.append(state.next_pos)
+            state.next_pos += 1
+        if step_tokens:
+            decoder.decode_step(step_tokens, step_pos, step_seqs)
+            for row, seq in enumerate(step_seqs):
+                active[seq].logits = decoder.logits(row).copy()
+
+
+def pick_token(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
+    """Greedy at temperature 0; otherwise sampling from the top_p nucleus."""
+    if sampling.temperature <= 0:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64) / sampling.temperature
+    probs = np.exp(scaled - scaled.max())
+    probs /= probs.sum()
+    if sampling.top_p < 1.0:
+        order = np.argsort(-probs)
+        keep = np.cumsum(probs[order]) - probs[order] < sampling.top_p
+        mask = np.zeros_like(probs, dtype=bool)
+        mask[order[keep]] = True
+        probs = np.where(mask, probs, 0.0)
+        probs /= probs.sum()
+    return int(rng.choice(len(probs), p=probs))

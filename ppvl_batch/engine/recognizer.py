@@ -1,0 +1,300 @@
+"""The library API shared by the CLI, the server and the benchmarks: a bundle loaded once,
+pages in, text out.
+
+    rec = Recognizer.load("bundle/")                       # vision in PyTorch, decoder in llama.cpp
+    [page] = rec.recognize([Image.open("scan.png")], task="ocr")
+    page.text, page.finish_reason, page.output_tokens
+
+For pipelining, the two stages are separate: `encode` runs vision for a batch of pages, `decode`
+turns one encoded page into text through the one persistent llama.cpp context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from ..bundle import Bundle, resolve_model
+from ..pages import to_rgb
+from .detokenize import Detokenizer
+from .generate import DecodeRequest, Generation, RepetitionGuard, Sampling, generate, generate_many
+from .llama import DecoderError, TextDecoder
+from .prompt import TASKS, V1_TASKS, task_text
+from .tokenizer import PromptTokenizer
+from .vision import ImageEmbedding, ImagePreprocessor, PreparedImage, VisionEncoder, load_vision_tower
+
+__all__ = ["TASKS", "PageResult", "EncodedPage", "Recognizer", "Sampling", "DecoderError"]
+
+DEFAULT_MAX_NEW_TOKENS = 4096
+PROMPT_TEXT_TOKENS = 64  # room for the text around the image in the context
+
+# PaddleOCR-VL 1.5+ spotting: a larger pixel budget, small images upscaled 2x first (model card).
+SPOTTING_MAX_PIXELS = 2048 * 28 * 28
+SPOTTING_UPSCALE_BELOW = 1500
+
+
+@dataclass
+class PageResult:
+    text: str
+    finish_reason: str  # stop | length | repetition | abort
+    image_tokens: int
+    prompt_tokens: int  # text and image tokens of the prompt
+    output_tokens: int
+    width: int  # size of the image the model saw
+    height: int
+    vision_seconds: float
+    prefill_seconds: float
+    decode_seconds: float
+    token_ids: list[int] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return self.vision_seconds + self.prefill_seconds + self.decode_seconds
+
+
+@dataclass
+class EncodedPage:
+    """A page after the vision stage."""
+
+    embedding: ImageEmbedding
+
+    @property
+    def image_tokens(self) -> int:
+        return self.embedding.rows * self.embedding.cols
+
+
+class Recognizer:
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        quant: str | None = None,
+        device: str = "cpu",
+        dtype: str | None = None,
+        threads: int | None = None,
+        n_gpu_layers: int = 0,
+        n_ctx: int | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        kv_type: str = "f16",
+        parallel: int = 1,
+        lazy: bool = False,
+    ):
+        """`lazy`: load the weights only when the first page needs them, so a run that finds
+        nothing to do (a nightly scan of an unchanged archive) costs no model load."""
+        import torch
+
+        from .llama import default_threads
+        from .vision import resolve_precision
+
+        self.bundle = bundle
+        self.quant = (quant or bundle.default_quant).upper()
+        self._gguf_path = bundle.text_gguf(self.quant)
+        self.threads = threads or default_threads()
+        self._device = device
+        self._vision_dtype = dtype
+        self.vision_precision = resolve_precision(dtype, device).name
+        self.preprocessor = ImagePreprocessor(bundle.preprocessor)
+        self.min_pixels = min_pixels or self.preprocessor.min_pixels
+        self.max_pixels = max_pixels or self.preprocessor.max_pixels
+        self._tokenizer_dir = bundle.tokenizer_dir  # a bundle without tokenizer files fails here, before any work
+        self._prompts: PromptTokenizer | None = None
+        self._detokenizer: Detokenizer | None = None
+        self.max_new_tokens = max_new_tokens
+        # The llama.cpp context of one page: the largest image, the prompt text and the answer.
+        self.n_ctx = n_ctx or self._max_image_tokens() + PROMPT_TEXT_TOKENS + max_new_tokens
+        self._decoder_options = dict(
+            n_ctx=self.n_ctx,
+            threads=self.threads,
+            n_gpu_layers=n_gpu_layers,
+            kv_type=kv_type,
+            n_seq=parallel,
+        )
+        self._vision: VisionEncoder | None = None
+        self._decoder: TextDecoder | None = None
+        if device == "cpu":
+            torch.set_num_threads(self.threads)
+        if not lazy:
+            self.warm()
+
+    def warm(self) -> None:
+        """Load the vision and decoder weights now rather than at the first page."""
+        if self._vision is None:
+            tower = load_vision_tower(self.bundle.config, self.bundle.vision_file, device=self._device, dtype=self._vision_dtype)
+            self._vision = VisionEncoder(tower, self.preprocessor, self._device)
+        if self._decoder is None:
+            self._decoder = TextDecoder(self._gguf_path, **self._decoder_options)
+
+    @property
+    def vision(self) -> VisionEncoder:
+        if self._vision is None:
+            self.warm()
+        return self._vision
+
+    @property
+    def decoder(self) -> TextDecoder:
+        if self._decoder is None:
+            self.warm()
+        return self._decoder
+
+    @classmethod
+    def load(cls, model: str | Path | None = None, **options) -> Recognizer:
+        """Open a bundle (a path, or `demo`/None for the bundled demo model) and load it."""
+        return cls(Bundle.open(resolve_model(model)), **options)
+
+    @property
+    def model_id(self) -> str:
+        """Bundle id, decoder quant, vision precision (and KV cache type unless f16): what a
+        result depends on."""
+        kv = "" if self._decoder_options["kv_type"] == "f16" else f":kv-{self._decoder_options['kv_type']}"
+        return f"{self.bundle.id}:{self.quant}:vision-{self.vision_precision}{kv}"
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return V1_TASKS if self.bundle.prompt_style == "v1" else tuple(TASKS)
+
+    def _max_image_tokens(self) -> int:
+        limit = max(self.max_pixels, SPOTTING_MAX_PIXELS if self.bundle.prompt_style != "v1" else 0)
+        return limit // (28 * 28) + 1
+
+    # -- stage 1: vision ----------------------------------------------------------------------
+
+    def prepare(self, image: Image.Image, task: str | None = "ocr") -> PreparedImage:
+        """smart_resize + patchify for one page (cheap; can run in a prefetch thread). Any PIL
+        image is first made what `scan` reads from a file (`pages.to_rgb`: EXIF rotation,
+        transparency onto white, every mode to 8-bit RGB), so a library caller passing
+        `Image.open(path)` gets the same answer as `scan path`."""
+        image = to_rgb(image)
+        min_pixels, max_pixels = self.min_pixels, self.max_pixels
+        if task == "spotting" and self.bundle.prompt_style != "v1":
+            max_pixels = max(max_pixels, SPOTTING_MAX_PIXELS)
+            if image.width < SPOTTING_UPSCALE_BELOW and image.height < SPOTTING_UPSCALE_BELOW:
+                image = image.resize((image.width * 2, image.height * 2), Image.Resampling.LANCZOS)
+        return self.preprocessor(image, min_pixels=min_pixels, max_pixels=max_pixels)
+
+    def encode(self, images: Sequence[Image.Image | PreparedImage], task: str | None = "ocr") -> list[EncodedPage]:
+        """Vision for a batch of pages (any sizes), in as few forward passes as memory allows."""
+        prepared = [im if isinstance(im, PreparedImage) else self.prepare(im, task) for im in images]
+        return [EncodedPage(e) for e in self.vision.encode(prepared)]
+
+    # -- stage 2: decoding --------------------------------------------------------------------
+
+    @property
+    def prompts(self) -> PromptTokenizer:
+        """The checkpoint's tokenizer for prompts (loaded at first use; it keeps an LRU of prompt ids)."""
+        if self._prompts is None:
+            self._prompts = PromptTokenizer.load(self._tokenizer_dir)
+        return self._prompts
+
+    @property
+    def detokenizer(self) -> Detokenizer:
+        if self._detokenizer is None:
+            self._detokenizer = Detokenizer(self.prompts.tokenizer, self.bundle.manifest["text"].get("vocab_size"))
+        return self._detokenizer
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Text of generated ids, as `tokenizer.decode(ids, skip_special_tokens=False)`."""
+        return self.detokenizer.decode(ids)
+
+    def check_prompt(self, prompt: str | None) -> None:
+        """PromptError (a ValueError) for a free prompt that contains a special token's text."""
+        if prompt:
+            self.prompts.check(prompt)
+
+    def prompt_ids(self, task: str | None = "ocr", prompt: str | None = None) -> tuple[list[int], list[int]]:
+        """Token ids of the prompt text before and after the image."""
+        return self.prompts.prompt_ids(task_text(task, prompt))
+
+    def request(
+        self,
+        page: EncodedPage,
+        task: str | None = "ocr",
+        prompt: str | None = None,
+        *,
+        max_new_tokens: int | None = None,
+        sampling: Sampling | None = None,
+        stop: Sequence[str] = (),
+        on_text: Callable[[str], bool | None] | None = None,
+        repetition_guard: bool = True,
+    ) -> DecodeRequest:
+        """What the decoder needs for one encoded page."""
+        before, after = self.prompt_ids(task, prompt)
+        return DecodeRequest(
+            before_image=before,
+            image=page.embedding,
+            after_image=after,
+            max_new_tokens=max_new_tokens or self.max_new_tokens,
+            sampling=sampling or Sampling(),
+            stop=stop,
+            on_text=on_text,
+            repetition_guard=RepetitionGuard() if repetition_guard else None,
+            detokenizer=self.detokenizer,
+        )
+
+    def decode(self, page: EncodedPage, task: str | None = "ocr", prompt: str | None = None, **options) -> PageResult:
+        """Text of one encoded page (options as for `request`)."""
+        return self._result(page, generate(self.decoder, self.request(page, task, prompt, **options)))
+
+    def decode_many(
+        self, pages: Iterable[tuple[EncodedPage, DecodeRequest]]
+    ) -> Iterator[tuple[int, PageResult | DecoderError]]:
+        """Decode pages with up to `parallel` in flight; yields (index, result) as pages finish,
+        or (index, DecoderError) for a page that could not be decoded."""
+        kept: dict[int, EncodedPage] = {}
+
+        def requests() -> Iterator[DecodeRequest]:
+            for i, (page, request) in enumerate(pages):
+                kept[i] = page
+                yield request
+
+        for index, generation in generate_many(self.decoder, requests()):
+            page = kept.pop(index)
+            yield index, generation if isinstance(generation, DecoderError) else self._result(page, generation)
+
+    @staticmethod
+    def _result(page: EncodedPage, gen: Generation) -> PageResult:
+        return PageResult(
+            text=gen.text,
+            finish_reason=gen.finish_reason,
+            image_tokens=page.image_tokens,
+            prompt_tokens=gen.prompt_tokens,
+            output_tokens=len(gen.token_ids),
+            width=page.embedding.width,
+            height=page.embedding.height,
+            vision_seconds=page.embedding.seconds,
+            prefill_seconds=gen.prefill_seconds,
+            decode_seconds=gen.decode_seconds,
+            token_ids=gen.token_ids,
+        )
+
+    def recognize(
+        self,
+        images: Sequence[Image.Image],
+        task: str | None = "ocr",
+        prompt: str | None = None,
+        *,
+        max_new_tokens: int | None = None,
+        repetition_guard: bool = True,
+    ) -> list[PageResult]:
+        """Text of each page, in order: one vision batch, then the decoder (`parallel` pages at a time)."""
+        encoded = self.encode(images, task)
+        jobs = [(page, self.request(page, task, prompt, max_new_tokens=max_new_tokens, repetition_guard=repetition_guard)) for page in encoded]
+        results = dict(self.decode_many(jobs))
+        for outcome in results.values():
+            if isinstance(outcome, DecoderError):
+                raise outcome
+        return [results[i] for i in range(len(encoded))]
+
+    def close(self) -> None:
+        if self._decoder is not None:
+            self._decoder.close()
+
+    def __enter__(self) -> Recognizer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
