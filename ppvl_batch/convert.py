@@ -42,7 +42,7 @@ from . import __version__
 from .bundle import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST, is_bundle, sha256_file
 from .checkpoint import Checkpoint, open_checkpoint, resolve_source
 from .errors import ModelError, OutputError, UsageError
-from .outputs import fsync_dir
+from .files import fsync_dir
 from .tokenizer import TOKENIZER_FILES
 
 # --quant name -> llama_ftype (llama.h)
