@@ -25,7 +25,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this checkout, and the toy wo
 
 from ray_toy import JsonlSink, ToyWork, crashed_record, make_units  # noqa: E402
 
-from ppvl_batch.batch_ray import RayOptions, connect, run_on_ray  # noqa: E402
+from ppvl_batch.batch.ray_executor import RayOptions, connect, run_on_ray  # noqa: E402
 
 
 class RayProcesses:

@@ -68,13 +68,13 @@ def write():
     json.dump({"io": {k: int(v) for k, v in io.items()}, "phases": phases}, open(target, "w"))
 
 atexit.register(write)
-import ppvl_batch.cli as cli, ppvl_batch.scan as scan, ppvl_batch.outputs as outputs
+import ppvl_batch.cli as cli, ppvl_batch.batch.local as local, ppvl_batch.batch.journal as journal, ppvl_batch.batch.hashcache as hashcache
 phases["imports"] = time.perf_counter() - started
-timed(scan, "collect", "walk inputs")
-timed(outputs.Journal, "open", "load journal")
-timed(scan.HashCache, "load", "load hash cache")
+timed(local, "collect", "walk inputs")
+timed(journal.Journal, "open", "load journal")
+timed(hashcache.HashCache, "load", "load hash cache")
 timed(cli, "load_recognizer", "model (lazy)")
-timed(scan.Scan, "_run_pipeline", "plan and skip")
+timed(local.Scan, "_run_pipeline", "plan and skip")
 sys.argv = ["ppvl-ocr", *sys.argv[2:]]
 cli.main()
 """
@@ -118,9 +118,10 @@ def write_done_journal(journal: Path, files: list[tuple[str, str]]) -> None:
     """A journal in which every file's one page is done, keyed as `scan` keys it."""
     import orjson
 
-    from ppvl_batch.outputs import checkpoint_key, make_record
+    from ppvl_batch.batch.plan import page_settings
+    from ppvl_batch.batch.records import checkpoint_key, make_record
     from ppvl_batch.recognizer import Recognizer
-    from ppvl_batch.scan import ScanOptions, page_settings
+    from ppvl_batch.batch.options import ScanOptions
 
     with Recognizer.load(None, lazy=True) as rec:
         model_id = rec.model_id

@@ -316,7 +316,8 @@ def scan(ctx: click.Context, inputs: tuple[str, ...], **opts: Any) -> None:
     import warnings
 
     from .errors import UsageError
-    from .scan import Scan, ScanOptions, write_summary_json
+    from .batch.local import Scan
+    from .batch.options import ScanOptions, write_summary_json
 
     # PIL warns about each damaged file it still decodes; the records say what failed
     warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")

@@ -43,7 +43,7 @@ from .bundle import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST, is_bundle, s
 from .checkpoint import Checkpoint, open_checkpoint, resolve_source
 from .errors import ModelError, OutputError, UsageError
 from .engine.tokenizer import TOKENIZER_FILES
-from .outputs import fsync_dir
+from .files import fsync_dir
 
 # --quant name -> llama_ftype (llama.h)
 QUANT_TYPES: dict[str, int] = {

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from ppvl_batch.batch_ray import CRASHED, RayOptions, Unit, run_on_ray
+from ppvl_batch.batch.ray_executor import CRASHED, RayOptions, Unit, run_on_ray
 from ppvl_batch.errors import PPVLError
 
 

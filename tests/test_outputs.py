@@ -14,17 +14,10 @@ import orjson
 import pytest
 
 from ppvl_batch.errors import OutputError
-from ppvl_batch.outputs import (
-    RECORD_START,
-    Journal,
-    Lock,
-    RecordWriter,
-    atomic_write,
-    checkpoint_key,
-    make_record,
-    render_markdown,
-    settings_digest,
-)
+from ppvl_batch.batch.journal import Journal, Lock, RecordWriter
+from ppvl_batch.batch.markdown import render_markdown
+from ppvl_batch.batch.records import RECORD_START, checkpoint_key, make_record, settings_digest
+from ppvl_batch.files import atomic_write
 
 RESULT = SimpleNamespace(finish_reason="stop", image_tokens=12, output_tokens=3, width=56, height=28)
 
@@ -186,7 +179,7 @@ def test_journal_write_failure_is_output_error_and_keeps_whole_records(tmp_path:
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from ppvl_batch.outputs import Lock
+from ppvl_batch.batch.journal import Lock
 lock = Lock(Path(sys.argv[1]), "out")
 lock.acquire()
 print("locked", flush=True)

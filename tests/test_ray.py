@@ -1,4 +1,4 @@
-"""The Ray executor (ppvl_batch.batch_ray) on a real local Ray with 2 workers and the toy page work
+"""The Ray executor (ppvl_batch.batch.ray_executor) on a real local Ray with 2 workers and the toy page work
 of ray_toy.py: records, worker and driver deaths, a page that kills its worker, setup errors.
 
 One local Ray serves the whole module (starting one takes seconds); tests that must kill or
@@ -22,7 +22,7 @@ import pytest
 import ray
 from ray_toy import JsonlSink, ToyWork, crashed_record, make_units
 
-from ppvl_batch.batch_ray import (
+from ppvl_batch.batch.ray_executor import (
     CRASHED, INSTALL_HINT, RayOptions, RayUnavailable, SharedPathMissing, WorkerLoadError, WorkerMismatch, connect,
     import_ray, limit_threads, parse_workers, run_on_ray,
 )

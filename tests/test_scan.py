@@ -26,8 +26,9 @@ from click.testing import CliRunner
 from makedocs import make_pdf, make_zero_page_pdf, text_image
 
 from ppvl_batch.cli import main
-from ppvl_batch.outputs import Lock
-from ppvl_batch.scan import Scan, ScanOptions
+from ppvl_batch.batch.journal import Lock
+from ppvl_batch.batch.local import Scan
+from ppvl_batch.batch.options import ScanOptions
 
 PPVL = str(Path(sys.executable).with_name("ppvl-ocr"))
 SMALL = ["--min-pixels", "784", "--max-pixels", "3136", "--max-new-tokens", "4"]

@@ -20,10 +20,12 @@ from makedocs import empty_scan, make_pdf, text_image
 from PIL import Image, ImageDraw, ImageFont
 from test_scan import SlowModel, _close_loaded, fast_model, in_tmp, records, scan  # noqa: F401  (fixtures)
 
-import ppvl_batch.hashcache as hashcache_module
-import ppvl_batch.scan as scan_module
+import ppvl_batch.batch.hashcache as hashcache_module
+import ppvl_batch.batch.plan as plan_module
+from ppvl_batch.batch.local import Scan
+from ppvl_batch.batch.options import ScanOptions, Summary
+from ppvl_batch.batch.recorder import Recorder
 from ppvl_batch.blank import is_blank
-from ppvl_batch.scan import Scan, ScanOptions
 
 ERROR_TYPES = {"missing", "unreadable", "empty", "unsupported", "corrupt", "truncated", "encrypted", "too_large",
                "recognition", "internal"}
@@ -149,7 +151,7 @@ def test_a_bug_outside_per_file_work_is_one_line_and_exit_1(in_tmp: Path, fast_m
     def bug(self, start):
         raise KeyError("oops")
 
-    monkeypatch.setattr(Scan, "_finish_document", bug)
+    monkeypatch.setattr(Recorder, "finish_document", bug)
     result = scan("a.pdf", "-o", "out.jsonl", model=fast_model)
     assert result.exit_code == 1 and "Traceback" not in result.stderr
     [line] = result.stderr.strip().splitlines()[-1:]
@@ -270,7 +272,7 @@ def test_identical_broken_files_copy_the_error(in_tmp: Path) -> None:
 
 def _count_reads(monkeypatch) -> dict[str, int]:
     counts = {"hashed": 0, "opened": 0}
-    sha, open_document = hashcache_module.file_sha256, scan_module.open_document
+    sha, open_document = hashcache_module.file_sha256, plan_module.open_document
 
     def counting_sha(path):
         counts["hashed"] += 1
@@ -281,7 +283,7 @@ def _count_reads(monkeypatch) -> dict[str, int]:
         return open_document(*args, **kwargs)
 
     monkeypatch.setattr(hashcache_module, "file_sha256", counting_sha)
-    monkeypatch.setattr(scan_module, "open_document", counting_open)
+    monkeypatch.setattr(plan_module, "open_document", counting_open)
     return counts
 
 
@@ -292,7 +294,7 @@ def test_rerun_over_unchanged_files_reads_no_contents_and_sees_changes(in_tmp: P
     counts = _count_reads(monkeypatch)
     model = CountingModel()
 
-    def run(**options) -> scan_module.Summary:
+    def run(**options) -> Summary:
         for k in counts:
             counts[k] = 0
         return Scan(ScanOptions(inputs=["docs"], output="o.jsonl", dpi=20, quiet=True, **options), lambda: model).run()
@@ -315,7 +317,7 @@ def test_rerun_over_unchanged_files_reads_no_contents_and_sees_changes(in_tmp: P
 
 
 def test_a_file_changed_just_before_hashing_is_hashed_again(tmp_path: Path) -> None:
-    from ppvl_batch.hashcache import HashCache
+    from ppvl_batch.batch.hashcache import HashCache
 
     old, new = tmp_path / "old.png", tmp_path / "new.png"
     text_image().save(old)

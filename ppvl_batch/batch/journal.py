@@ -1,4 +1,4 @@
-"""Outputs: page results -> JSONL records, Markdown documents, and the resume checkpoint.
+"""The journal: records on disk, the resume checkpoint, and the lock that keeps two runs apart.
 
 The checkpoint is a journal of records, one JSON object per line, each carrying a `key` that
 identifies the page *and* everything that changes its answer (checkpoint_key). A page is done when
@@ -16,116 +16,20 @@ killed run is simply taken over.
 
 from __future__ import annotations
 
-import errno
 import fcntl
-import hashlib
 import os
 import sys
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import orjson
 
 from ppvl_batch.errors import OutputError
+from ppvl_batch.files import fsync_dir
+from ppvl_batch.files import output_error
 
-Record = dict[str, Any]
-RECORD_START = b'{"source":'  # every record starts with its `source` field (see make_record)
-
-
-def settings_digest(settings: dict[str, Any]) -> str:
-    """Short stable hash of the settings that change a page's answer."""
-    return hashlib.sha256(orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
-
-
-def checkpoint_key(settings: str, content: str, page: int) -> str:
-    """Key of one page: settings digest + file content (sha256, or `path:...` when the file could
-    not be read) + page number (0 for the document itself). A moved file keeps its key; a changed
-    one gets a new one."""
-    return hashlib.sha256(f"{settings}\0{content}\0{page}".encode()).hexdigest()[:32]
-
-
-def _output_error(action: str, path: Path | str, e: OSError) -> OutputError:
-    reason = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
-    return OutputError(f"cannot {action} {path}: {reason}")
-
-
-def make_record(
-    *,
-    source: str,
-    sha256: str | None,
-    page: int | None,
-    page_count: int | None,
-    task: str,
-    prompt: str | None,
-    model: str,
-    key: str,
-    seconds: float,
-    result: Any = None,
-    error: tuple[str, str] | None = None,
-    blank: bool = False,
-    size: tuple[int, int] | None = None,
-    warnings: list[str] | tuple[str, ...] = (),
-) -> Record:
-    """One JSONL record: a page read by the model (`result`, a recognizer PageResult), a blank
-    page the model was spared (`blank`, `size` of the rendered page), or a page or document
-    that failed (`error` = (type, message); `page` None when the whole document failed before
-    its pages could be counted). `warnings` (e.g. a repaired PDF) and `blank` appear only when
-    set."""
-    ok = error is None
-    if blank:
-        result = _Blank(*size) if size else _Blank()
-    record = {
-        "source": source,
-        "sha256": sha256,
-        "page": page,
-        "page_count": page_count,
-        "width": result.width if ok else None,
-        "height": result.height if ok else None,
-        "task": task,
-        "prompt": prompt,
-        "text": result.text if ok else None,
-        "finish_reason": result.finish_reason if ok else None,
-        "status": "ok" if ok else "error",
-        "error": None if ok else {"type": error[0], "message": error[1]},
-        "image_tokens": result.image_tokens if ok else None,
-        "output_tokens": result.output_tokens if ok else None,
-        "seconds": round(seconds, 3),
-        "model": model,
-        "key": key,
-    }
-    if blank:
-        record["blank"] = True
-    if warnings:
-        record["warnings"] = list(warnings)
-    return record
-
-
-@dataclass(frozen=True)
-class _Blank:
-    """What a blank page records in place of a model's answer."""
-
-    width: int | None = None
-    height: int | None = None
-    text: str = ""
-    finish_reason: None = None
-    image_tokens: int = 0
-    output_tokens: int = 0
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in folder `path` survive a power cut (its entry is data of the
-    folder, which fsync on the file does not write)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-# --------------------------------------------------------------------------------------------
-# lock
+from .records import RECORD_START, Record
 
 
 class Lock:
@@ -141,7 +45,7 @@ class Lock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
-                raise _output_error("create lock", self.path, e) from e
+                raise output_error("create lock", self.path, e) from e
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -169,10 +73,6 @@ class Lock:
             os.unlink(self.path)  # unlink while still locked, so no one locks a dying file
             os.close(self._fd)
             self._fd = None
-
-
-# --------------------------------------------------------------------------------------------
-# journal
 
 
 @dataclass(frozen=True)
@@ -208,7 +108,7 @@ class Journal:
             self._file.seek(0)
             self._load()
         except OSError as e:
-            raise _output_error("open", self.path, e) from e
+            raise output_error("open", self.path, e) from e
 
     def _load(self) -> None:
         assert self._file is not None
@@ -280,7 +180,7 @@ class Journal:
                 self._file.truncate(self._size)
             except OSError:
                 pass  # the next run's _load cuts it instead
-            raise _output_error("write", self.path, e) from e
+            raise output_error("write", self.path, e) from e
         self._index(record, self._size)
         self._size += len(line)
 
@@ -288,10 +188,6 @@ class Journal:
         if self._file is not None:
             self._file.close()
             self._file = None
-
-
-# --------------------------------------------------------------------------------------------
-# records out
 
 
 class RecordWriter:
@@ -326,7 +222,7 @@ class RecordWriter:
                 try:
                     self.lock.path.parent.mkdir(parents=True, exist_ok=True)
                 except OSError as e:
-                    raise _output_error("create", self.lock.path.parent, e) from e
+                    raise output_error("create", self.lock.path.parent, e) from e
                 self.lock.acquire()
             if self.journal is not None:
                 self.journal.open(self.overwrite)
@@ -334,7 +230,7 @@ class RecordWriter:
                 try:
                     self._stream = sys.stdout.buffer if self._path is None else open(self._path, "wb")
                 except OSError as e:
-                    raise _output_error("open", self._path, e) from e
+                    raise output_error("open", self._path, e) from e
         except BaseException:
             self.close()
             raise
@@ -351,7 +247,7 @@ class RecordWriter:
                 self._stream.write(line)
                 self._stream.flush()
             except OSError as e:  # includes BrokenPipeError: the reader went away
-                raise _output_error("write", self.stream_name, e) from e
+                raise output_error("write", self.stream_name, e) from e
         if self.journal is not None:
             self.journal.append(line, record)
 
@@ -365,39 +261,3 @@ class RecordWriter:
             self.journal.close()
         if self.lock is not None:
             self.lock.release()
-
-
-# --------------------------------------------------------------------------------------------
-# Markdown
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file or the whole new one, never a part."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)  # else a power cut can undo the rename
-    except BaseException as e:  # also Ctrl-C: leave no temporary file behind
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise _output_error("write", path, e) from e
-        raise
-
-
-def render_markdown(records: Iterable[Record]) -> str:
-    """One document's Markdown: pages in order, each introduced by an HTML comment (invisible when
-    rendered, easy to split on); a failed page leaves a comment saying why."""
-    parts = []
-    for record in records:
-        if record["status"] == "ok":
-            parts.append(f"<!-- page {record['page']} -->\n\n{record['text'].strip()}\n")
-        else:
-            error = record["error"]
-            message = error["message"].replace("--", "- -")  # "--" may not appear in a comment
-            parts.append(f"<!-- page {record['page']}: {error['type']}: {message} -->\n")
-    return "\n".join(parts)

@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 
 from ppvl_batch.errors import OutputError
-from ppvl_batch.outputs import atomic_write
+from ppvl_batch.files import atomic_write
 from ppvl_batch.pages import file_sha256
 
 HEADER = {"ppvl_hash_cache": 1}

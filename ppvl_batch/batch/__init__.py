@@ -1,0 +1,14 @@
+"""documents -> records: planning, the per-page work, recording, and the executors that run it.
+
+    options.py    ScanOptions (what to do), Summary (what was done)
+    plan.py       which pages to read, skip or copy, and their checkpoint keys
+    work.py       one page: render, prepare, vision, decode -> its record (never raises for a bad page)
+    records.py    the JSONL record and its key
+    journal.py    the resume checkpoint on disk, torn-tail repair, the output lock
+    hashcache.py  file hashes remembered by (path, size, mtime, ctime, inode)
+    markdown.py   a document's Markdown
+    recorder.py   the one writer: records, summary, progress, Markdown
+    progress.py   messages and the progress bar on stderr
+    local.py      the local executor: a rasterizer thread and the model thread
+    ray_executor.py  the Ray executor: the same plan, work and recorder over a cluster
+"""

@@ -1,0 +1,116 @@
+"""Recording: each outcome becomes a record in the journal (and on the output), the summary
+counts it, progress shows it, and a document's Markdown is written when its last page is in.
+The executor that runs the pages (local threads or Ray) hands every item here, in any order
+across documents; only this one object writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ppvl_batch.files import atomic_write
+
+from .journal import RecordWriter
+from .markdown import render_markdown
+from .options import Summary
+from .plan import CopyPage, DocFailed, DocStart, Page, Skipped
+from .progress import Progress
+from .records import Record, checkpoint_key
+from .work import PageWork, copy_record
+
+
+class Recorder:
+    def __init__(
+        self,
+        writer: RecordWriter,
+        work: PageWork,
+        summary: Summary,
+        progress: Progress,
+        settings: str,
+        markdown_paths: dict[Path, Path],
+    ) -> None:
+        self.writer = writer
+        self.work = work
+        self.summary = summary
+        self.progress = progress
+        self.settings = settings
+        self.markdown_paths = markdown_paths
+        self._pages: dict[Path, dict[int, Record]] = {}  # document path -> records written in this run
+
+    def item(self, item: object, outcome: Any = None) -> None:
+        """Record one planned item; a Page with the outcome of its decoding (None if it needed none)."""
+        if isinstance(item, Page):
+            self.page(item, outcome)
+        elif isinstance(item, Skipped):
+            if item.status == "ok":
+                self.summary.pages_done_before += 1
+            else:
+                self.summary.pages_failed_before += 1
+        elif isinstance(item, CopyPage):
+            self.copy(item)
+        elif isinstance(item, DocStart):
+            self._pages[item.doc.path] = {}
+            self.summary.files_repaired += bool(item.warnings)
+            self.progress.document(item.todo, self.summary.files)
+        elif isinstance(item, DocFailed):
+            self.failed(item)
+        else:  # DocEnd
+            self.finish_document(item.start)
+
+    def page(self, page: Page, result: Any) -> None:
+        record = self.work.page_record(page, result)
+        s = self.summary
+        if record["status"] == "ok":
+            s.pages_ok += 1
+            s.pages_blank += page.blank
+        else:
+            s.pages_failed += 1
+            self.progress.say(f"{page.doc.source} page {page.number}: {page.error.type}: {page.error.message}")
+        self.writer.write(record)
+        self._pages[page.doc.path][page.number] = record
+        self.progress.page(s)
+
+    def copy(self, item: CopyPage) -> None:
+        if self.writer.status(item.key) is None:
+            return  # the identical file's page was not recorded (the run is stopping): next run
+        record = copy_record(item, self.writer.journal.record(item.key))
+        if item.number == 0:
+            self.progress.document(1, self.summary.files)
+        else:
+            self._pages[item.doc.path][item.number] = record
+        self.writer.write(record)
+        s = self.summary
+        s.pages_copied += 1
+        if record["status"] == "error":  # this file fails too: it counts as failed in this run
+            s.pages_failed += 1
+            s.files_failed += item.number == 0
+            self.progress.say(
+                f"{item.doc.source}: {record['error']['type']}: {record['error']['message']} (same as {record['same_as']})"
+            )
+        self.progress.page(s)
+
+    def failed(self, item: DocFailed) -> None:
+        self.progress.document(1, self.summary.files)
+        self.writer.write(self.work.failed_record(item))
+        self.summary.files_failed += 1
+        self.summary.pages_failed += 1
+        self.progress.say(f"{item.doc.source}: {item.error.type}: {item.error.message}")
+        self.progress.page(self.summary)
+
+    def finish_document(self, start: DocStart) -> None:
+        """Write the document's Markdown once all its selected pages have records: when pages
+        were read in this run, or when the file is missing (e.g. the document was moved)."""
+        written = self._pages.pop(start.doc.path, {})
+        target = self.markdown_paths.get(start.doc.path)
+        if target is None or not start.numbers or (not written and target.exists()):
+            return
+        records = []
+        for number in start.numbers:
+            record = written.get(number)
+            if record is None:
+                key = checkpoint_key(self.settings, start.sha256, number)
+                if self.writer.status(key) is None:
+                    return  # no journal to read it from (stdout without --state)
+                record = self.writer.journal.record(key)
+            records.append(record)
+        atomic_write(target, render_markdown(records).encode())
