@@ -289,6 +289,24 @@ The command line wins over the environment, which wins over the file.
 @click.option("--log-interval", type=click.FloatRange(0), default=60, show_default=True, envvar="PPVL_LOG_INTERVAL",
               metavar="SECONDS", help="When stderr is not a terminal: a progress line this often (a terminal "
                                       "gets a progress bar). [env PPVL_LOG_INTERVAL]")
+@click.option("--ray", "ray_address", envvar="PPVL_RAY", metavar="ADDRESS",
+              help="Read the pages on a Ray cluster: `auto` (the cluster of this machine, or RAY_ADDRESS), `local` "
+                   "(a throwaway Ray on this machine) or HOST:PORT. Needs pip install 'ppvl-batch[ray]'; the bundle "
+                   "and the inputs must be at the same path on every node. [env PPVL_RAY]")
+@click.option("--ray-workers", envvar="PPVL_RAY_WORKERS", metavar="N|MIN:MAX",
+              help="Workers, fixed or autoscaling (default: as many as the cluster's CPUs fit). [env PPVL_RAY_WORKERS]")
+@click.option("--ray-cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=1, show_default=True,
+              envvar="PPVL_RAY_CPUS_PER_WORKER", help="CPUs per worker, also its torch and llama.cpp threads. "
+                                                     "[env PPVL_RAY_CPUS_PER_WORKER]")
+@click.option("--ray-gpus-per-worker", type=click.FloatRange(min=0), default=0, show_default=True,
+              envvar="PPVL_RAY_GPUS_PER_WORKER", help="GPUs per worker (with --device cuda). [env PPVL_RAY_GPUS_PER_WORKER]")
+@click.option("--ray-pages-per-task", type=click.IntRange(1), default=2, show_default=True,
+              envvar="PPVL_RAY_PAGES_PER_TASK", help="Pages a worker reads per task (one vision batch): records arrive "
+                                                    "a task at a time, and a dead worker's task is redone. "
+                                                    "[env PPVL_RAY_PAGES_PER_TASK]")
+@click.option("--ray-task-retries", type=click.IntRange(0), default=3, show_default=True,
+              envvar="PPVL_RAY_TASK_RETRIES", help="Tries after the first for a page whose worker dies; then the page "
+                                                  "gets a worker_crashed error record. [env PPVL_RAY_TASK_RETRIES]")
 @model_options
 @click.pass_context
 def scan(ctx: click.Context, inputs: tuple[str, ...], **opts: Any) -> None:
@@ -323,6 +341,7 @@ def scan(ctx: click.Context, inputs: tuple[str, ...], **opts: Any) -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
     model = {k: opts.pop(k) for k in ("model", "quant", "device", "vision_dtype", "threads", "n_gpu_layers", "kv_type", "ctx_size")}
+    ray = {k.removeprefix("ray_"): opts.pop(k) for k in list(opts) if k.startswith("ray_")}
     if not inputs:
         raise UsageError("no inputs: give files, folders, glob patterns, or - to read paths from stdin")
     if opts["min_pixels"] and opts["max_pixels"] and opts["min_pixels"] > opts["max_pixels"]:
@@ -342,7 +361,17 @@ def scan(ctx: click.Context, inputs: tuple[str, ...], **opts: Any) -> None:
             raise UsageError(f"--prompt: {exc}") from exc
         return rec
 
-    summary = Scan(options, load).run()
+    if ray["address"] is None:
+        summary = Scan(options, load).run()
+    else:  # Ray is imported only here
+        from .batch.ray_executor import RayOptions, parse_workers
+        from .batch.ray_scan import RayScan
+
+        workers = parse_workers(ray["workers"]) if ray["workers"] else None
+        ray_options = RayOptions(address=ray["address"], workers=workers, cpus_per_worker=ray["cpus_per_worker"],
+                                 gpus_per_worker=ray["gpus_per_worker"], pages_per_task=ray["pages_per_task"],
+                                 task_retries=ray["task_retries"])
+        summary = RayScan(options, load, ray_options).run()
     if options.summary_json:
         write_summary_json(options.summary_json, summary)
     if not options.quiet:

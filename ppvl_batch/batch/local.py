@@ -24,19 +24,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TextIO
 
-from ppvl_batch.errors import ExitCode, OutputError, PPVLError, UsageError
-from ppvl_batch.inputs import Document, collect
+from ppvl_batch.inputs import Document
 
-from .hashcache import HashCache
-from .journal import RecordWriter
-from .options import InternalError, ScanOptions, Summary
-from .plan import Page, Planner, check_outside_inputs, page_settings
+from .options import ScanOptions, Summary
+from .plan import Page
 from .progress import Progress
-from .recorder import Recorder
-from .work import PageWork, needs_model
+from .session import finish_summary, open_session
+from .work import needs_model
 
 
 @dataclass
@@ -57,64 +53,15 @@ class Scan:
         self.summary = Summary()
         self.stop = threading.Event()
         self.interrupted = False  # by a signal
-        self.cwd = Path.cwd().resolve()
 
     def run(self) -> Summary:
         """Scan everything; return the summary (its exit_code says how it went). Raises
         UsageError, OutputError, ModelError for problems that stop the run before or while it
         writes."""
-        o = self.options
-        writer = RecordWriter(o.output, o.state, o.overwrite)
-        if o.state is not None and not writer.is_stream:
-            raise UsageError("--state is only for -o -: a file output is its own checkpoint")
-        found = collect(o.inputs, null_separated=o.null_separated, include_hidden=o.include_hidden)
-        if not found.documents:
-            raise UsageError("no documents to scan (no files found in the given inputs)")
-        markdown_paths = (
-            {d.path: o.markdown / f"{d.mirror_path(self.cwd)}.md" for d in found.documents} if o.markdown else {}
-        )
-        check_outside_inputs(found, o, list(markdown_paths.values()))
-        self.summary.files = len(found.documents)
-
-        writer.open()
-        journal = writer.journal
-        hashes = HashCache(journal and journal.path.with_name(journal.path.name + ".hashes"), rehash=o.rehash)
-        try:
-            hashes.load(o.overwrite)
-            # Without a checkpoint, an existing Markdown file at one of our paths is someone else's.
-            existing = next((t for t in markdown_paths.values() if t.exists()), None)
-            if existing is not None and writer.fresh and not o.overwrite:
-                raise OutputError(
-                    f"{existing} exists and no checkpoint of this output wrote it; "
-                    f"use another --markdown folder or --overwrite"
-                )
-            rec = self._load_recognizer()
-            try:
-                work = PageWork(rec, o)
-                settings = page_settings(o, rec.model_id)
-                self.planner = Planner(o, writer, hashes, settings, rec.max_pixels, render=work.render)
-                self.recorder = Recorder(writer, work, self.summary, self.progress, settings, markdown_paths)
-                self.work = work
-                self._run_pipeline(found.documents)
-            finally:
-                rec.close()
-                self.summary.files_hashed = hashes.hashed
-                hashes.save()
-        except (PPVLError, KeyboardInterrupt):
-            raise
-        except Exception as e:
-            raise InternalError(
-                f"internal error, a bug in ppvl-ocr ({type(e).__name__}: {str(e).strip() or 'no message'}); "
-                "records written so far are kept and re-running resumes"
-            ) from e
-        finally:
-            writer.close()
-            self.progress.close()
-        s = self.summary
-        s.exit_code = int(
-            ExitCode.INTERRUPTED if s.interrupted else ExitCode.PAGES_FAILED if s.pages_failed else ExitCode.OK
-        )
-        return s
+        with open_session(self.options, self._load_recognizer, self.summary, self.progress, render=True) as session:
+            self.planner, self.recorder, self.work = session.planner, session.recorder, session.work
+            self._run_pipeline(session.documents)
+        return self.summary
 
     def _run_pipeline(self, documents: list[Document]) -> None:
         o = self.options
@@ -132,11 +79,7 @@ class Scan:
             _restore_signal_handlers(old_handlers)
             self.stop.set()
             rasterizer.join(timeout=10)
-            s = self.summary
-            s.interrupted = self.interrupted
-            s.seconds = time.monotonic() - started
-            done = s.pages_ok + s.pages_failed
-            s.pages_per_minute = 60 * done / s.seconds if s.seconds > 0 else 0.0
+            finish_summary(self.summary, started, self.interrupted)
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -60,6 +61,7 @@ class Summary:
     pages_per_minute: float = 0.0
     interrupted: bool = False
     exit_code: int = 0
+    ray: dict[str, Any] | None = None  # --ray: address, connect_seconds, repeats, crashed, per-worker throughput
 
     def line(self) -> str:
         unopened = ""

@@ -37,7 +37,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
 import orjson
@@ -59,6 +59,13 @@ class Unit:
     source: str  # as recorded in the journal
     page: int  # 1-based
     pages: int  # page count of its document
+    sha256: str = ""  # of the file, as the driver hashed it (for the record)
+
+    @classmethod
+    def from_batch(cls, batch: dict[str, Any]) -> list[Unit]:
+        """The units of a map_batches batch (numpy columns, one per field)."""
+        types = {f.name: {"int": int}.get(f.type, str) for f in fields(cls)}
+        return [cls(**{name: types[name](batch[name][i]) for name in types}) for i in range(len(batch["key"]))]
 
 
 class PageWork(Protocol):
@@ -194,6 +201,14 @@ def _check_reachable(address: str) -> None:
         raise RayUnavailable(f"cannot reach a Ray cluster at {address}: {e.strerror or e}") from None
 
 
+def preflight(address: str) -> None:
+    """Before any work: Ray is installed, and a HOST:PORT answers (a run that plans a large
+    archive first should not learn only then that the cluster is not there)."""
+    import_ray()
+    if address not in ("local", "auto"):
+        _check_reachable(address)
+
+
 @contextlib.contextmanager
 def connect(address: str, *, runtime_env: dict[str, Any] | None = None) -> Iterator[float]:
     """Connect the driver to Ray for the duration of the block; yields the seconds it took. An
@@ -312,10 +327,7 @@ class _Worker:
             )
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        units = [
-            Unit(key=str(k), path=str(p), source=str(s), page=int(n), pages=int(c))
-            for k, p, s, n, c in zip(batch["key"], batch["path"], batch["source"], batch["page"], batch["pages"])
-        ]
+        units = Unit.from_batch(batch)
         began = time.monotonic()
         before = self.ray.get(self.attempts.task.remote([u.key for u in units]))
         if not any(before):

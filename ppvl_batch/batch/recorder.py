@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ppvl_batch.files import atomic_write
+from ppvl_batch.inputs import Document
 
 from .journal import RecordWriter
 from .markdown import render_markdown
@@ -58,16 +59,21 @@ class Recorder:
             self.finish_document(item.start)
 
     def page(self, page: Page, result: Any) -> None:
-        record = self.work.page_record(page, result)
+        self.page_record(page.doc, self.work.page_record(page, result))
+
+    def page_record(self, doc: Document, record: Record) -> None:
+        """A page's record, made here or by a worker (PageWork.page_record): counted, written,
+        kept for the document's Markdown."""
         s = self.summary
         if record["status"] == "ok":
             s.pages_ok += 1
-            s.pages_blank += page.blank
+            s.pages_blank += bool(record.get("blank"))
         else:
             s.pages_failed += 1
-            self.progress.say(f"{page.doc.source} page {page.number}: {page.error.type}: {page.error.message}")
+            error = record["error"]
+            self.progress.say(f"{doc.source} page {record['page']}: {error['type']}: {error['message']}")
         self.writer.write(record)
-        self._pages[page.doc.path][page.number] = record
+        self._pages[doc.path][record["page"]] = record
         self.progress.page(s)
 
     def copy(self, item: CopyPage) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -145,6 +146,17 @@ class Recognizer:
     def load(cls, model: str | Path | None = None, **options) -> Recognizer:
         """Open a bundle (a path, or `demo`/None for the bundled demo model) and load it."""
         return cls(Bundle.open(resolve_model(model)), **options)
+
+    def load_options(self) -> dict[str, Any]:
+        """What `Recognizer.load(self.bundle.path, **options)` needs to build an equal recognizer
+        in another process (a Ray worker); the vision dtype as asked, so a machine that resolves
+        `auto` differently reports a different model_id rather than computing other numbers."""
+        d = self._decoder_options
+        return dict(
+            quant=self.quant, device=self._device, dtype=self._vision_dtype, threads=self.threads,
+            n_gpu_layers=d["n_gpu_layers"], n_ctx=d["n_ctx"], kv_type=d["kv_type"], parallel=d["n_seq"],
+            min_pixels=self.min_pixels, max_pixels=self.max_pixels, max_new_tokens=self.max_new_tokens,
+        )
 
     @property
     def model_id(self) -> str:
