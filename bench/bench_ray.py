@@ -1,28 +1,45 @@
-"""Ray's cost per page and per run, with the toy page work of tests/ray_toy.py (no model).
+"""What Ray costs `scan`, three ways.
 
-The toy sleeps a fixed time per page, so what a Ray run takes beyond a sequential run of the same
-pages is Ray's: starting a local Ray, starting the worker pool, moving units and records. Runs one
-worker holding both cores (as the issue's overhead benchmark asks), for several pages per task,
-and reports per page the steady-state overhead (between the first and the last record, so the
-pool's start is apart), plus the start-up times and the RAM of the local Ray's processes.
+    python bench/bench_ray.py toy [--pages 200] [--sleep 0.02] [--per-task 1,2,4]
+    python bench/bench_ray.py overhead [--pages 8,40] [--runs 1]
+    python bench/bench_ray.py scaling [--pages 8]        # full size: heavy, not for a shared 2-core box
 
-    python bench/bench_ray.py [--pages 200] [--sleep 0.02] [--per-task 1,2,4]
+`toy`: the toy page work of tests/ray_toy.py (a fixed sleep per page, no model) through one worker
+holding both cores: the steady-state overhead per page (between the first and the last record, so
+the pool's start is apart) for several pages per task, start-up times, and the RAM of the local
+Ray's processes.
+
+`overhead`: the real thing on the tiny random-weight bundle: `ppvl-ocr scan` against
+`ppvl-ocr scan --ray local --ray-workers 1 --ray-cpus-per-worker 2`, each at two sizes of the same
+folder of PDFs, each a fresh process. The per-page cost is the slope between the two sizes (the
+fixed costs, model load, ray.init, the pool's start, cancel out); the fixed cost is what is left.
+Appended to bench/RESULTS.md.
+
+`scaling`: full-size random weights, 8 pages, `--ray local` with 1 worker x 2 CPUs against 2
+workers x 1 CPU. Appended to bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import sys
 import tempfile
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this checkout, and the toy work
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]  # this checkout, the toy work, bench helpers
 
+from bench_rehash import cpu_flags  # noqa: E402
+from bench_scan import PPVL, WORK, machine, make_bundle, measured  # noqa: E402
+from makedocs import make_pdf  # noqa: E402
 from ray_toy import JsonlSink, ToyWork, crashed_record, make_units  # noqa: E402
 
 from ppvl_batch.batch.ray_executor import RayOptions, connect, run_on_ray  # noqa: E402
@@ -63,12 +80,7 @@ class RayProcesses:
         self._thread.join()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--pages", type=int, default=200)
-    ap.add_argument("--sleep", type=float, default=0.02)
-    ap.add_argument("--per-task", default="1,2,4")
-    a = ap.parse_args()
+def toy(a: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-ray-"))
     units = make_units(tmp / "docs", docs=a.pages // 10, pages=10)
     settings = {"fingerprint": "toy", "sleep": a.sleep}
@@ -103,6 +115,92 @@ def main() -> None:
                   f"{(steady - sequential) * 1000:.2f} | {total:.2f} |")
     print(f"\nray.init (local): {connect_seconds:.2f} s; Ray's processes: {idle_rss / 2**20:.0f} MB RSS and "
           f"{idle * 100:.0f}% of a core when idle, peak RSS {ray_procs.peak / 2**20:.0f} MB with the worker")
+
+
+def scan_seconds(docs: Path, bundle: Path, extra: list[str], small: list[str]) -> tuple[float, dict]:
+    """One fresh `ppvl-ocr scan` of `docs`: the run's seconds from its summary (after imports)."""
+    out = Path(tempfile.mkdtemp(prefix="bench-ray-scan-"))
+    command = [PPVL, "scan", str(docs), "-o", str(out / "out.jsonl"), "--model", str(bundle), "--summary-json",
+               str(out / "summary.json"), "-q", *small, *extra]
+    measured(command)
+    summary = json.loads((out / "summary.json").read_text())
+    shutil.rmtree(out)
+    return summary["seconds"], summary
+
+
+def folder(pages: int) -> Path:
+    docs = WORK / f"ray-docs-{pages}"
+    if not docs.exists():
+        for i in range(0, pages, 4):
+            make_pdf(docs / f"d{i // 4:03d}.pdf", pages=min(4, pages - i), size=(612, 792), label=f"document {i}")
+    return docs
+
+
+def report(title: str, command: str, header: str, rows: list[str], notes: list[str]) -> None:
+    load = os.getloadavg()[0]
+    lines = [f"\n## {title}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n",
+             f"Machine: {machine()}; CPU flags: {cpu_flags()}; load average {load:.1f} at the end (shared machine).",
+             f"Command: `{command}`\n", header, *rows, "", *notes]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    with open(ROOT / "bench" / "RESULTS.md", "a") as f:
+        f.write(text)
+
+
+def overhead(a: argparse.Namespace) -> None:
+    bundle = make_bundle("tiny", "F32")
+    small_args = ["--min-pixels", "784", "--max-pixels", "3136", "--max-new-tokens", "16"]
+    sizes = [int(n) for n in a.pages.split(",")]
+    modes = {"local scan": [], "--ray local, 1 worker x 2 CPUs": ["--ray", "local", "--ray-workers", "1",
+                                                                  "--ray-cpus-per-worker", "2"]}
+    rows, slopes = [], {}
+    for name, extra in modes.items():
+        times = [min(scan_seconds(folder(n), bundle, extra, small_args)[0] for _ in range(a.runs)) for n in sizes]
+        slope = (times[-1] - times[0]) / (sizes[-1] - sizes[0])
+        slopes[name] = slope
+        fixed = times[0] - sizes[0] * slope
+        rows.append(f"| {name} | {' | '.join(f'{t:.2f}' for t in times)} | {slope * 1000:.1f} | {60 / slope:.0f} | {fixed:.1f} |")
+    local, on_ray = slopes.values()
+    report(
+        "scan --ray overhead per page (bench_ray.py overhead)",
+        f"python bench/bench_ray.py overhead --pages {a.pages} --runs {a.runs}",
+        f"| run | {' | '.join(f'{n} pages s' for n in sizes)} | ms/page | pages/min | fixed s |\n|---|"
+        + "---|" * (len(sizes) + 3),
+        rows,
+        [f"Tiny random-weight bundle, pages of at most 3136 pixels, 16 new tokens; seconds from each run's "
+         f"summary (imports excluded). Ray adds {(on_ray - local) * 1000:.1f} ms per page "
+         f"({100 * (on_ray - local) / 60:.3f}% of a full-size page of about 60 s on 2 cores)."],
+    )
+
+
+def scaling(a: argparse.Namespace) -> None:
+    bundle = make_bundle("full", "Q4_K_M")
+    docs = folder(a.pages)
+    rows = []
+    for workers, cpus in ((1, 2), (2, 1)):
+        seconds, summary = scan_seconds(docs, bundle, ["--ray", "local", "--ray-workers", str(workers),
+                                                       "--ray-cpus-per-worker", str(cpus)], ["--max-new-tokens", "256"])
+        rows.append(f"| {workers} x {cpus} | {seconds:.0f} | {summary['pages_per_minute']:.2f} |")
+    report("scan --ray scaling, full size (bench_ray.py scaling)", f"python bench/bench_ray.py scaling --pages {a.pages}",
+           "| workers x CPUs | seconds | pages/min |\n|---|---|---|", rows, [])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="what", required=True)
+    t = sub.add_parser("toy")
+    t.add_argument("--pages", type=int, default=200)
+    t.add_argument("--sleep", type=float, default=0.02)
+    t.add_argument("--per-task", default="1,2,4")
+    o = sub.add_parser("overhead")
+    o.add_argument("--pages", default="8,40", help="two folder sizes, pages")
+    o.add_argument("--runs", type=int, default=1, help="runs per size; the fastest counts")
+    s = sub.add_parser("scaling")
+    s.add_argument("--pages", type=int, default=8)
+    a = ap.parse_args()
+    # The commands measured (and their Ray workers) import this checkout; Ray phones nowhere.
+    os.environ.update(PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0")
+    {"toy": toy, "overhead": overhead, "scaling": scaling}[a.what](a)
 
 
 if __name__ == "__main__":

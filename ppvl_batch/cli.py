@@ -214,7 +214,7 @@ Records (one JSON object per line, written and flushed page by page):
   the same content whose record this one copies).
 A document that cannot be opened gets one record with page null. Error types:
   missing unreadable empty unsupported corrupt truncated encrypted too_large
-  recognition internal
+  recognition internal worker_crashed (--ray)
 Hashes are cached in OUTPUT.hashes (or DIR/journal.jsonl.hashes) by path,
 size, mtime, ctime and inode: a re-run reads only new and changed files.
 
