@@ -124,6 +124,7 @@ def test_ray_records_equal_a_local_run(cluster: str, docs: Path, tiny_bundle: Pa
     assert (summary["pages_ok"], summary["exit_code"]) == (12, 0)
     workers = summary["ray"]["workers"]
     assert len(workers) == 2 and sum(w["pages"] for w in workers) == 12 and all(w["pages_per_minute"] > 0 for w in workers)
+    assert all(w["threads"] == 1 for w in workers)  # the one CPU Ray gave each worker, not the machine's 2
 
 
 def test_a_worker_killed_mid_run_is_replaced_and_every_page_recorded_once(

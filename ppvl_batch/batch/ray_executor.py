@@ -150,6 +150,7 @@ def parse_workers(text: str) -> int | tuple[int, int]:
 @dataclass
 class WorkerStats:
     worker: str  # node address and pid
+    threads: int = 0  # torch's thread count in the worker (llama.cpp is given the same)
     pages: int = 0
     seconds: float = 0.0  # time spent in PageWork.run for those pages
 
@@ -174,7 +175,7 @@ class RayRun:
     def workers_summary(self) -> list[dict[str, Any]]:
         """Per-worker throughput for the summary JSON."""
         return [
-            {"worker": w.worker, "pages": w.pages, "seconds": round(w.seconds, 3),
+            {"worker": w.worker, "threads": w.threads, "pages": w.pages, "seconds": round(w.seconds, 3),
              "pages_per_minute": round(w.pages_per_minute, 2)}
             for w in sorted(self.workers.values(), key=lambda w: w.worker)
         ]
@@ -318,6 +319,8 @@ class _Worker:
         except Exception as e:
             raise WorkerSetupError("load", f"node {node} cannot load the model: {e}") from None
         limit_threads(threads)  # loading torch may have reset its pool to the core count
+        torch = sys.modules.get("torch")
+        self.threads = torch.get_num_threads() if torch is not None else threads
         got = self.work.fingerprint()
         if got != fingerprint:
             raise WorkerSetupError(
@@ -341,6 +344,7 @@ class _Worker:
             "key": [u.key for u in units],
             "record": [orjson.dumps(by_key[u.key]).decode() for u in units],
             "worker": [self.name] * len(units),
+            "threads": [self.threads] * len(units),
             "seconds": [each] * len(units),
         }
 
@@ -446,7 +450,8 @@ class _Driver:
         quiet.setLevel(logging.CRITICAL)
         try:
             for row in ds.iter_rows():
-                self.accept(row["key"], orjson.loads(row["record"]), row["worker"], float(row["seconds"]))
+                self.accept(row["key"], orjson.loads(row["record"]), row["worker"], int(row["threads"]),
+                            float(row["seconds"]))
         except Exception as e:
             setup = _setup_error(e)
             if setup is not None:
@@ -455,7 +460,7 @@ class _Driver:
         finally:
             quiet.setLevel(level)
 
-    def accept(self, key: str, record: Record, worker: str, seconds: float) -> None:
+    def accept(self, key: str, record: Record, worker: str, threads: int, seconds: float) -> None:
         if key in self.written or key not in self.pending:
             self.run.repeats += 1
             return
@@ -467,10 +472,8 @@ class _Driver:
             r.pages_ok += 1
         else:
             r.pages_failed += 1
-            if (record.get("error") or {}).get("type") == CRASHED:
-                r.crashed += 1
-                self.say(f"{record.get('source')} page {record.get('page')}: {CRASHED}: {record['error']['message']}")
-        stats = r.workers.setdefault(worker, WorkerStats(worker))
+            r.crashed += (record.get("error") or {}).get("type") == CRASHED  # the sink reports it
+        stats = r.workers.setdefault(worker, WorkerStats(worker, threads))
         stats.pages += 1
         stats.seconds += seconds
         source = self.pending[key].source
