@@ -19,7 +19,7 @@ from PIL import Image
 
 from .bundle import Bundle, resolve_model
 from .decoder import DecodeRequest, DecoderError, Generation, RepetitionGuard, Sampling, TextDecoder
-from .pages import to_rgb
+from .documents.pages import to_rgb
 from .detokenize import Detokenizer
 from .prompt import TASKS, V1_TASKS, task_text
 from .tokenizer import PromptTokenizer

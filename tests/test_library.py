@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ppvl_batch.pages import open_document
+from ppvl_batch.documents.pages import open_document
 from ppvl_batch.recognizer import Recognizer
 from ppvl_batch.vision import PreparedImage
 

@@ -22,7 +22,7 @@ from test_scan import SlowModel, _close_loaded, fast_model, in_tmp, records, sca
 
 import ppvl_batch.hashcache as hashcache_module
 import ppvl_batch.scan as scan_module
-from ppvl_batch.blank import is_blank
+from ppvl_batch.documents.blank import is_blank
 from ppvl_batch.scan import Scan, ScanOptions
 
 ERROR_TYPES = {"missing", "unreadable", "empty", "unsupported", "corrupt", "truncated", "encrypted", "too_large",
@@ -132,7 +132,7 @@ def test_decoder_errors_of_any_type_fail_only_their_file(in_tmp: Path, fast_mode
 
 
 def test_pil_errors_raised_inside_pil_are_corrupt(tmp_path: Path) -> None:
-    from ppvl_batch.pages import classify_error
+    from ppvl_batch.documents.pages import classify_error
 
     try:
         Image.open(io.BytesIO(b"\x89PNG\r\n\x1a\n" + b"\0" * 4)).load()

@@ -1,0 +1,1 @@
+"""llama.cpp's own vision path, for tests and benchmarks only."""
