@@ -1,0 +1,3 @@
+"""TEMPORARY (revert this commit once batch/ imports documents/): scan.py's old import path."""
+
+from ppvl_batch.documents.blank import is_blank  # noqa: F401
