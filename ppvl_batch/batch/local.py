@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ppvl_batch.errors import ExitCode, OutputError, PPVLError, UsageError
-from ppvl_batch.inputs import Document, collect
+from ppvl_batch.documents.inputs import InputFile, collect
 
 from .hashcache import HashCache
 from .journal import RecordWriter
@@ -116,7 +116,7 @@ class Scan:
         )
         return s
 
-    def _run_pipeline(self, documents: list[Document]) -> None:
+    def _run_pipeline(self, documents: list[InputFile]) -> None:
         o = self.options
         items: queue.Queue = queue.Queue(maxsize=max(o.prefetch, o.batch_size))
         rasterizer = threading.Thread(target=self._rasterize, args=(documents, items), name="rasterizer", daemon=True)
@@ -163,7 +163,7 @@ class Scan:
                 continue
         return False
 
-    def _rasterize(self, documents: list[Document], items: queue.Queue) -> None:
+    def _rasterize(self, documents: list[InputFile], items: queue.Queue) -> None:
         try:
             for doc in documents:
                 for item in self.planner.items(doc):
