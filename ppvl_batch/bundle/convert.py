@@ -42,7 +42,7 @@ import torch
 
 from .. import __version__
 from ..errors import ModelError, OutputError, UsageError
-from ..files import fsync_tree
+from ..files import fsync_dir, fsync_tree
 from ..engine.tokenizer import TOKENIZER_FILES
 from . import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST, MMPROJ_PREFIX, Log, is_bundle, mmproj_filename, no_log, sha256_file
 from .checkpoint import Checkpoint, open_checkpoint, resolve_source
