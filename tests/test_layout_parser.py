@@ -258,6 +258,20 @@ def test_parallel_decoding_gives_the_same_blocks(rec: Recognizer, rec_parallel: 
     assert [p.markdown for p in three] == [p.markdown for p in one]
 
 
+def test_blocks_get_their_own_answers_whatever_order_they_finish_in(rec: Recognizer, tmp_path: Path, monkeypatch) -> None:
+    pages = [synthetic_page(5)]
+    in_order = DocumentParser(rec, StandIn(LAYOUT), options(tmp_path)).parse(pages)
+    answers = {b.text for b in in_order[0].blocks if b.task}
+    assert len(answers) > 1  # table and formula prompts answer differently from OCR here
+    decode_many = rec.decode_many
+
+    def reversed_finish(jobs):  # as with --parallel: the last block in flight may finish first
+        return reversed(list(decode_many(jobs)))
+
+    monkeypatch.setattr(rec, "decode_many", reversed_finish)
+    assert records(DocumentParser(rec, StandIn(LAYOUT), options(tmp_path)).parse(pages)) == records(in_order)
+
+
 # -- bad blocks -----------------------------------------------------------------------------------
 
 

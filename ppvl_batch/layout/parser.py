@@ -111,9 +111,10 @@ class _Job:
 
     page: int  # index in the parse() call
     block: Block
-    prepared: PreparedImage
-    prepare_seconds: float
+    prepared: PreparedImage | None  # dropped once encoded, and the embedding once decoded:
+    vision_seconds: float  # a batch of many pages holds only what is still to come
     encoded: EncodedPage | None = None
+    image_tokens: int = 0  # once decoded
     prompt_tokens: int = 0
     busy_seconds: float = 0.0  # its prefill + decode time
 
@@ -159,10 +160,9 @@ class DocumentParser:
             page_blocks.append(blocks)
 
         self._encode(jobs)
-        read = [j for j in jobs if j.encoded is not None]
-        decode_wall = self._decode(read)
+        decode_wall = self._decode([j for j in jobs if j.encoded is not None])
         # each page's share of the decoding wall time, by its blocks' own prefill + decode time
-        busy = sum(j.busy_seconds for j in read)
+        busy = sum(j.busy_seconds for j in jobs)
         return [
             self._page(page, blocks, [j for j in jobs if j.page == p], layout_seconds, decode_wall / busy if busy else 0.0)
             for p, (page, blocks) in enumerate(zip(pages, page_blocks))
@@ -237,16 +237,19 @@ class DocumentParser:
         if not jobs:
             return
         try:
-            for job, encoded in zip(jobs, self.rec.encode([j.prepared for j in jobs])):
-                job.encoded = encoded
-            return
+            encoded = self.rec.encode([j.prepared for j in jobs])
         except (RuntimeError, ValueError):
-            pass
-        for job in jobs:
-            try:
-                (job.encoded,) = self.rec.encode([job.prepared])
-            except (RuntimeError, ValueError) as e:
-                job.block.fail("recognition", f"vision encoder failed: {e}")
+            encoded = []
+            for job in jobs:
+                try:
+                    encoded += self.rec.encode([job.prepared])
+                except (RuntimeError, ValueError) as e:
+                    job.block.fail("recognition", f"vision encoder failed: {e}")
+                    encoded.append(None)
+        for job, page in zip(jobs, encoded):
+            job.encoded, job.prepared = page, None
+            if page is not None:
+                job.vision_seconds += page.embedding.seconds
 
     def _decode(self, jobs: list[_Job]) -> float:
         """Decode every encoded block, `parallel` at a time; returns the wall time."""
@@ -254,30 +257,30 @@ class DocumentParser:
         requests = ((j.encoded, self.rec.request(j.encoded, j.block.task, max_new_tokens=self.o.max_new_tokens)) for j in jobs)
         for index, outcome in self.rec.decode_many(requests):
             job = jobs[index]
+            job.encoded = None
             if isinstance(outcome, DecoderError):
                 job.block.fail("recognition", f"decoder failed: {outcome}")
                 continue
             job.block.text, job.block.format = finish_text(job.block.label, outcome.text, charts=self.o.charts)
             job.block.finish_reason = outcome.finish_reason
             job.block.output_tokens = outcome.output_tokens
+            job.image_tokens, job.prompt_tokens = outcome.image_tokens, outcome.prompt_tokens
             job.busy_seconds = outcome.prefill_seconds + outcome.decode_seconds
-            job.prompt_tokens = outcome.prompt_tokens
         return time.perf_counter() - started
 
     def _page(self, page: Image.Image, blocks: list[Block], own: list[_Job], layout_seconds: float, decode_scale: float) -> ParsedPage:
-        read = [j for j in own if j.encoded is not None]
         reasons = [b.finish_reason for b in blocks if b.finish_reason not in (None, "stop")]
         return ParsedPage(
             blocks=blocks,
             markdown=page_markdown(blocks, ignore=self.o.ignore_labels, formula_numbers=self.o.formula_numbers),
             width=page.width,
             height=page.height,
-            image_tokens=sum(j.encoded.image_tokens for j in read),  # type: ignore[union-attr]
-            prompt_tokens=sum(j.prompt_tokens for j in read),
+            image_tokens=sum(j.image_tokens for j in own),
+            prompt_tokens=sum(j.prompt_tokens for j in own),
             output_tokens=sum(b.output_tokens or 0 for b in blocks),
             layout_seconds=layout_seconds,
-            vision_seconds=sum(j.prepare_seconds + (j.encoded.embedding.seconds if j.encoded else 0.0) for j in own),
-            decode_seconds=decode_scale * sum(j.busy_seconds for j in read),
+            vision_seconds=sum(j.vision_seconds for j in own),
+            decode_seconds=decode_scale * sum(j.busy_seconds for j in own),
             finish_reason=reasons[0] if reasons else "stop",
             errors=sum(b.error is not None for b in blocks),
         )
