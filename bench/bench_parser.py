@@ -1,8 +1,8 @@
 """Layout mode (DocumentParser: one crop per block, each with its prompt) against whole-page mode,
 on a generated 12-block page (tools/layout_page.py: titles, paragraphs, a table, a formula).
 
-    python bench/bench_layout.py                       # the demo bundle, 2 pages
-    python bench/bench_layout.py --bundle B --pages 4 --parallel 1,4 --append
+    python bench/bench_parser.py                       # the demo bundle, 2 pages
+    python bench/bench_parser.py --bundle B --pages 4 --parallel 1,4 --append
 
 The layout detector is a stand-in that returns the page's known blocks (no detection cost: the
 detector is measured on its own); so this measures what the block pipeline adds or saves around
@@ -165,7 +165,7 @@ def main() -> None:
         f"### Layout mode vs whole-page mode ({time.strftime('%Y-%m-%d')}, bundle {args.bundle}, {args.pages} pages of 12 blocks)",
         "",
         f"{machine()}{', llama.cpp extra buffer types off (AMX crash)' if amx else ''}. "
-        f"Command: `python bench/bench_layout.py {' '.join(sys.argv[1:])}`",
+        f"Command: `python bench/bench_parser.py {' '.join(sys.argv[1:])}`",
         "",
         "| mode | parallel | s/page | CPU s/page | vision s | decode s | image tokens in | tokens out | CER |",
         "|---|---|---|---|---|---|---|---|---|",
