@@ -74,7 +74,7 @@ def make_bundle(size: str, quant: str) -> Path:
     sys.path.insert(0, str(ROOT / "tools"))
     import tiny_model
 
-    from ppvl_batch.convert import convert
+    from ppvl_batch.bundle.convert import convert
 
     sizes = tiny_model.full_sizes() if size == "full" else tiny_model.tiny_sizes()
     checkpoint = tiny_model.build_checkpoint(WORK / f"scan-checkpoint-{size}", sizes=sizes)
@@ -84,8 +84,8 @@ def make_bundle(size: str, quant: str) -> Path:
 
 def baseline(args: argparse.Namespace) -> None:
     """One page at a time through the same recognizer (run in its own process)."""
-    from ppvl_batch.inputs import collect
-    from ppvl_batch.pages import open_document
+    from ppvl_batch.documents.inputs import collect
+    from ppvl_batch.documents.pages import open_document
     from ppvl_batch.recognizer import Recognizer
 
     rec = Recognizer.load(args.bundle, quant=args.quant, threads=args.threads, max_pixels=args.max_pixels,

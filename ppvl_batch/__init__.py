@@ -1,17 +1,17 @@
 """ppvl-ocr: batch document OCR with PaddleOCR-VL (PyTorch vision encoder + llama.cpp decoder).
 
-Pipeline, one module per stage:
+The package, one line per layer (front-ends at the top; each imports only what is below it):
 
-    inputs.py              paths, folders, globs, stdin lists  ->  documents
-    pages.py               documents (PDF, images)             ->  page images (PIL)
-    engine/vision.py       page images                         ->  image embeddings (PyTorch)
-    engine/llama.py,       embeddings + prompt                 ->  text (llama.cpp, M-RoPE positions)
-      engine/generate.py
-    outputs.py             results                             ->  JSONL, Markdown, resume state
-
-engine/recognizer.py ties vision and decoder into the library API (imported as
-ppvl_batch.recognizer); convert.py builds model bundles; bundle.py reads them; cli.py is the
-command line on top; serve/ the server and its client; compare/ llama.cpp's own vision path.
+    cli/        the `ppvl-ocr` click commands, thin: convert, inspect, scan, serve, ask
+    batch/      documents -> records: planning and skipping, one page's work, journals, Markdown, executors
+    serve/      the OpenAI-compatible server (app, worker, request checks, images, metrics) and its client
+    engine/     one page in, text out: prompt, tokenizer, vision (PyTorch), llama.cpp decoding, Recognizer
+    layout/     layout detection: page -> blocks in reading order, their prompts and Markdown
+    bundle/     the model on disk: checkpoint reading, convert, the decoder GGUF, vision safetensors
+    documents/  paths -> page images: finding input files, opening PDFs and images, blank pages
+    compare/    llama.cpp's own vision path (mmproj), for tests and benchmarks only
+    errors.py   the error classes and the one exit-code table
+    config.py   settings from ppvl-ocr.toml and the environment
 """
 
 __version__ = "0.1.0"

@@ -31,7 +31,7 @@ def checkpoint_dirs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def bundle_dirs(checkpoint_dirs, tmp_path_factory) -> dict[str, Path]:
     """name -> bundle with F32 (default), F16, Q8_0 and Q4_K_M decoders."""
-    from ppvl_batch.convert import convert
+    from ppvl_batch.bundle.convert import convert
 
     root = tmp_path_factory.mktemp("bundles")
     return {name: convert(str(ckpt), root / name, TEST_QUANTS) for name, ckpt in checkpoint_dirs.items()}
@@ -52,7 +52,7 @@ def tiny_bundle(bundle_dirs) -> Path:
 def variant_dirs(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     """tokenizer variant -> (checkpoint, F32 bundle): 1.5 checkpoints whose tokenizers differ from
     the published one as fine-tuned checkpoints' do (tiny_model.TOKENIZER_VARIANTS)."""
-    from ppvl_batch.convert import convert
+    from ppvl_batch.bundle.convert import convert
 
     root = tmp_path_factory.mktemp("variants")
     out = {}

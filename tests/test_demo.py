@@ -1,7 +1,7 @@
 """The bundled demo model (issue 5) reads every sample_docs document within the CER bound.
 
 Greedy decoding is deterministic, so this is a plain assertion, not a statistical one. Pages are
-rendered the way the scanner renders them (ppvl_batch.pages)."""
+rendered the way the scanner renders them (ppvl_batch.documents.pages)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ppvl_batch.pages import open_document
+from ppvl_batch.documents.pages import open_document
 from train_demo import edit_distance  # tools/ (on the path through conftest): one CER for training and tests
 from ppvl_batch.recognizer import Recognizer
 

@@ -6,7 +6,7 @@ import io
 import os
 from pathlib import Path, PurePath
 
-from ppvl_batch.inputs import Document, collect, read_path_list
+from ppvl_batch.documents.inputs import InputFile, collect, read_path_list
 
 
 def touch(path: Path) -> Path:
@@ -112,7 +112,7 @@ def test_read_path_list_keeps_undecodable_bytes() -> None:
 
 def test_mirror_path_inside_and_outside_cwd(tmp_path: Path) -> None:
     cwd = tmp_path / "work"
-    inside = Document("x", cwd / "a" / "b.pdf")
-    outside = Document("y", tmp_path / "elsewhere" / "b.pdf")
+    inside = InputFile("x", cwd / "a" / "b.pdf")
+    outside = InputFile("y", tmp_path / "elsewhere" / "b.pdf")
     assert inside.mirror_path(cwd) == PurePath("a/b.pdf")
     assert outside.mirror_path(cwd) == PurePath("_abs", *(tmp_path / "elsewhere/b.pdf").parts[1:])

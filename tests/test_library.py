@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ppvl_batch.documents.pages import open_document
 from ppvl_batch.engine.vision import PreparedImage
-from ppvl_batch.pages import open_document
 from ppvl_batch.recognizer import Recognizer
 
 ORIENTATION = 0x0112

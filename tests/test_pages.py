@@ -12,7 +12,7 @@ import pytest
 from makedocs import make_pdf, make_zero_page_pdf, text_image
 from PIL import Image
 
-from ppvl_batch.pages import PageError, _os_error, PageRanges, file_sha256, open_document, to_rgb
+from ppvl_batch.documents.pages import PageError, _os_error, PageRanges, file_sha256, open_document, to_rgb
 
 MAX_PIXELS = 40_000
 

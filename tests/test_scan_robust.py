@@ -25,7 +25,7 @@ import ppvl_batch.batch.plan as plan_module
 from ppvl_batch.batch.local import Scan
 from ppvl_batch.batch.options import ScanOptions, Summary
 from ppvl_batch.batch.recorder import Recorder
-from ppvl_batch.blank import is_blank
+from ppvl_batch.documents.blank import is_blank
 
 ERROR_TYPES = {"missing", "unreadable", "empty", "unsupported", "corrupt", "truncated", "encrypted", "too_large",
                "recognition", "internal"}
@@ -134,7 +134,7 @@ def test_decoder_errors_of_any_type_fail_only_their_file(in_tmp: Path, fast_mode
 
 
 def test_pil_errors_raised_inside_pil_are_corrupt(tmp_path: Path) -> None:
-    from ppvl_batch.pages import classify_error
+    from ppvl_batch.documents.pages import classify_error
 
     try:
         Image.open(io.BytesIO(b"\x89PNG\r\n\x1a\n" + b"\0" * 4)).load()

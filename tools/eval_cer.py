@@ -6,7 +6,7 @@
 CER = total edit distance / total reference characters, over all pages of a set. Held-out pages
 come from a seed the trainer never draws from (new text: word combinations, pseudo-words,
 numbers, dates). sample_docs pages are rendered the way the scanner renders them
-(ppvl_batch.pages: PDFs at the zoom that fills max_pixels) and compared with X.gt.json.
+(ppvl_batch.documents.pages: PDFs at the zoom that fills max_pixels) and compared with X.gt.json.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ Reader = Callable[[list[Image.Image]], list[str]]
 def sample_doc_pages(root: Path, max_pixels: int) -> list[tuple[str, Image.Image, str]]:
     """(label, page image, ground truth) for every page of every document under root."""
     sys.path.insert(0, str(ROOT))
-    from ppvl_batch.pages import open_document
+    from ppvl_batch.documents.pages import open_document
 
     out = []
     for gt_path in sorted(root.rglob("*.gt.json")):

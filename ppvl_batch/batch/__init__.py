@@ -10,5 +10,7 @@
     recorder.py   the one writer: records, summary, progress, Markdown
     progress.py   messages and the progress bar on stderr
     local.py      the local executor: a rasterizer thread and the model thread
-    ray_executor.py  the Ray executor: the same plan, work and recorder over a cluster
+    session.py    the setup both executors share: writer, hash cache, recognizer, planner, recorder
+    ray_scan.py   the Ray executor: the same plan, work and recorder over a cluster
+    ray_executor.py  Ray Data underneath: the worker pool, retries, poison pages, the driver's dedup
 """

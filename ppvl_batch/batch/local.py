@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from ppvl_batch.inputs import Document
+from ppvl_batch.documents.inputs import InputFile
 
 from .options import ScanOptions, Summary
 from .plan import Page
@@ -63,7 +63,7 @@ class Scan:
             self._run_pipeline(session.documents)
         return self.summary
 
-    def _run_pipeline(self, documents: list[Document]) -> None:
+    def _run_pipeline(self, documents: list[InputFile]) -> None:
         o = self.options
         items: queue.Queue = queue.Queue(maxsize=max(o.prefetch, o.batch_size))
         rasterizer = threading.Thread(target=self._rasterize, args=(documents, items), name="rasterizer", daemon=True)
@@ -106,7 +106,7 @@ class Scan:
                 continue
         return False
 
-    def _rasterize(self, documents: list[Document], items: queue.Queue) -> None:
+    def _rasterize(self, documents: list[InputFile], items: queue.Queue) -> None:
         try:
             for doc in documents:
                 for item in self.planner.items(doc):

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ppvl_batch.errors import UsageError
-from ppvl_batch.inputs import Document, Inputs
-from ppvl_batch.pages import Document as OpenDocument
-from ppvl_batch.pages import PageError, classify_error, open_document
+from ppvl_batch.documents.inputs import InputFile, Inputs
+from ppvl_batch.documents.pages import OpenDocument
+from ppvl_batch.documents.pages import PageError, classify_error, open_document
 
 from .hashcache import HashCache
 from .journal import RecordWriter
@@ -28,7 +28,7 @@ from .records import checkpoint_key, settings_digest
 
 @dataclass
 class DocStart:
-    doc: Document
+    doc: InputFile
     sha256: str
     page_count: int
     numbers: list[int]  # the selected pages, including those skipped as done
@@ -38,7 +38,7 @@ class DocStart:
 
 @dataclass
 class Page:
-    doc: Document
+    doc: InputFile
     sha256: str
     number: int
     page_count: int
@@ -56,7 +56,7 @@ class CopyPage:
     """A page (or, number 0, a whole failed document) whose content was already recorded under
     `key` for another path, in this run or an earlier one: its record is copied, not re-read."""
 
-    doc: Document
+    doc: InputFile
     key: str
     number: int
 
@@ -68,7 +68,7 @@ class Skipped:
 
 @dataclass
 class DocFailed:
-    doc: Document
+    doc: InputFile
     sha256: str | None
     key: str
     error: PageError
@@ -136,7 +136,7 @@ class Planner:
         # sha256 -> page count of the files opened in this run (0: failed to open), for copies
         self._seen: dict[str, int] = {}
 
-    def items(self, doc: Document) -> Iterator[object]:
+    def items(self, doc: InputFile) -> Iterator[object]:
         """The items of one input file; the file is open only while they are being taken."""
         o = self.o
         started = time.monotonic()
@@ -171,7 +171,7 @@ class Planner:
         numbers = self.o.pages.select(count) if self.o.pages else range(1, count + 1)
         return count if all(self._skip(checkpoint_key(self.settings, sha, n)) for n in numbers) else None
 
-    def _failed_items(self, doc: Document, sha: str | None, error: PageError, seconds: float) -> Iterator[object]:
+    def _failed_items(self, doc: InputFile, sha: str | None, error: PageError, seconds: float) -> Iterator[object]:
         key = checkpoint_key(self.settings, sha or f"path:{doc.path}", 0)
         if sha is not None and self.writer.journal is not None and (self._skip(key) or sha in self._seen):
             yield self._skip_or_copy(doc, key, 0)
@@ -182,7 +182,7 @@ class Planner:
         if sha is not None:
             self._seen.setdefault(sha, 0)
 
-    def _skip_or_copy(self, doc: Document, key: str, number: int) -> object:
+    def _skip_or_copy(self, doc: InputFile, key: str, number: int) -> object:
         """A page recorded before: skipped when this path has its own record, else copied."""
         journal = self.writer.journal
         if journal is not None and (key, doc.source) in journal.sources and self._skip(key):
@@ -190,7 +190,7 @@ class Planner:
         return CopyPage(doc, key, number)
 
     def _page_items(
-        self, doc: Document, sha: str, page_count: int, document: OpenDocument | None
+        self, doc: InputFile, sha: str, page_count: int, document: OpenDocument | None
     ) -> Iterator[object]:
         o = self.o
         numbers = o.pages.select(page_count) if o.pages else list(range(1, page_count + 1))

@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ppvl_batch.bundle import MANIFEST
-from ppvl_batch.inputs import Document
-from ppvl_batch.pages import Document as OpenDocument
-from ppvl_batch.pages import PageError, classify_error, open_document
+from ppvl_batch.documents.inputs import InputFile
+from ppvl_batch.documents.pages import OpenDocument, PageError, classify_error, open_document
 
 from .options import ScanOptions, Summary
 from .plan import CopyPage, DocEnd, DocStart, Page, page_settings
@@ -90,7 +89,7 @@ class ScanWork:
             os._exit(1)  # test hook: a page that takes its worker down every time
         began = time.monotonic()
         document = self._document(unit.path)
-        doc = Document(unit.source, Path(unit.path))
+        doc = InputFile(unit.source, Path(unit.path))
         if isinstance(document, PageError):
             page = Page(doc, unit.sha256, unit.page, unit.pages, unit.key, error=document)
         else:

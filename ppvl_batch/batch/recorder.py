@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ppvl_batch.files import atomic_write
-from ppvl_batch.inputs import Document
+from ppvl_batch.documents.inputs import InputFile
 
 from .journal import RecordWriter
 from .markdown import render_markdown
@@ -61,7 +61,7 @@ class Recorder:
     def page(self, page: Page, result: Any) -> None:
         self.page_record(page.doc, self.work.page_record(page, result))
 
-    def page_record(self, doc: Document, record: Record) -> None:
+    def page_record(self, doc: InputFile, record: Record) -> None:
         """A page's record, made here or by a worker (PageWork.page_record): counted, written,
         kept for the document's Markdown."""
         s = self.summary

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ppvl_batch.errors import ExitCode, OutputError, PPVLError, UsageError
-from ppvl_batch.inputs import Document, collect
+from ppvl_batch.documents.inputs import InputFile, collect
 
 from .hashcache import HashCache
 from .journal import RecordWriter
@@ -26,7 +26,7 @@ from .work import PageWork
 
 @dataclass
 class Session:
-    documents: list[Document]
+    documents: list[InputFile]
     writer: RecordWriter
     recognizer: Any  # the Recognizer (lazy: weights load when a page first needs them)
     work: PageWork

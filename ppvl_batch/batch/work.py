@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ppvl_batch.blank import is_blank
-from ppvl_batch.pages import Document as OpenDocument
-from ppvl_batch.pages import PageError, classify_error
+from ppvl_batch.documents.blank import is_blank
+from ppvl_batch.documents.pages import OpenDocument
+from ppvl_batch.documents.pages import PageError, classify_error
 
 from .options import ScanOptions
 from .plan import CopyPage, DocFailed, Page

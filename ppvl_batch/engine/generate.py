@@ -162,20 +162,22 @@ def generate_many(decoder: TextDecoder, requests: Iterable[DecodeRequest]) -> It
     exhausted = False
     while True:
         for seq in range(decoder.n_seq):
-            if seq in active or exhausted:
-                continue
-            item = next(pending, None)
-            if item is None:
-                exhausted = True
-                break
-            index, request = item
-            started = time.perf_counter()
-            try:
-                n_prompt, logits = decoder.prefill(request.before_image, request.image, request.after_image, seq)
-            except DecoderError as exc:  # this page alone fails (e.g. too long for the context)
-                yield index, exc
-                continue
-            active[seq] = _Sequence(index, request, n_prompt, logits, time.perf_counter() - started, decoder.ctx_per_sequence)
+            # A free sequence takes the next page; one whose prefill fails hands the sequence on
+            # (a bare `continue` here once dropped every page after a failed one when nothing
+            # else was in flight).
+            while seq not in active and not exhausted:
+                item = next(pending, None)
+                if item is None:
+                    exhausted = True
+                    break
+                index, request = item
+                started = time.perf_counter()
+                try:
+                    n_prompt, logits = decoder.prefill(request.before_image, request.image, request.after_image, seq)
+                except DecoderError as exc:  # this page alone fails (e.g. too long for the context)
+                    yield index, exc
+                    continue
+                active[seq] = _Sequence(index, request, n_prompt, logits, time.perf_counter() - started, decoder.ctx_per_sequence)
         if not active:
             return
         step_tokens, step_seqs, step_pos = [], [], []

@@ -19,7 +19,7 @@ from typing import Any
 from PIL import Image
 
 from ..bundle import Bundle, resolve_model
-from ..pages import to_rgb
+from ..documents.pages import to_rgb
 from .detokenize import Detokenizer
 from .generate import DecodeRequest, Generation, RepetitionGuard, Sampling, generate, generate_many
 from .llama import DecoderError, TextDecoder

@@ -9,9 +9,7 @@ attends only to itself.
 
 from __future__ import annotations
 
-import json
 import math
-import struct
 import threading
 import time
 from collections.abc import Sequence
@@ -25,6 +23,8 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.nn import functional as F
+
+from ..bundle.safetensors_io import SafetensorsReader
 
 # Patch budget of one vision forward pass: bounds activation memory whatever the batch size.
 MAX_PATCHES_PER_FORWARD = 16384
@@ -282,43 +282,6 @@ class DequantScratch(threading.local):
         if self.buffer is None or self.buffer.numel() < numel or self.buffer.dtype != dtype or self.buffer.device != device:
             self.buffer = torch.empty(numel, dtype=dtype, device=device)
         return self.buffer[:numel].view(shape)
-
-
-class SafetensorsReader:
-    """Reads tensors (or some of their rows) of a .safetensors file with plain reads instead of a
-    memory map, so tensors converted on load (int8) do not leave their source pages mapped into
-    the process, where they would count towards its resident memory until the file is closed."""
-
-    DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-
-    def __init__(self, path: Path):
-        self.file = open(path, "rb")
-        (header_len,) = struct.unpack("<Q", self.file.read(8))
-        self.header = json.loads(self.file.read(header_len))
-        self.header.pop("__metadata__", None)
-        self.data_start = 8 + header_len
-
-    def keys(self) -> list[str]:
-        return list(self.header)
-
-    def get_tensor(self, name: str) -> torch.Tensor:
-        return self.get_rows(name, 0, self.header[name]["shape"][0] if self.header[name]["shape"] else 1)
-
-    def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        """Rows start..stop-1 along the first dimension."""
-        info = self.header[name]
-        dtype, shape = self.DTYPES[info["dtype"]], info["shape"]
-        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-        data = bytearray((stop - start) * row_bytes)
-        self.file.seek(self.data_start + info["data_offsets"][0] + start * row_bytes)
-        self.file.readinto(data)
-        return torch.frombuffer(data, dtype=dtype).reshape([stop - start, *shape[1:]] if shape else [])
-
-    def __enter__(self) -> SafetensorsReader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.file.close()
 
 
 def load_vision_tower(config: dict[str, Any], weights: Path, device: str = "cpu", dtype: str | None = None) -> VisionTower:

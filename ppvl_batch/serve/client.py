@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from ..errors import PPVLError, UsageError
-from ..pages import PageError, open_document
+from ..documents.pages import PageError, open_document
 
 if TYPE_CHECKING:
     from ..engine.recognizer import Recognizer

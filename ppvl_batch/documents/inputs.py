@@ -32,7 +32,7 @@ _GLOB_MAGIC = frozenset("*?[")
 
 
 @dataclass(frozen=True)
-class Document:
+class InputFile:
     """One input file. `source` is the path as the user gave it (or as found under a given folder)."""
 
     source: str
@@ -95,7 +95,7 @@ def _walk(folder: str, include_hidden: bool, visited: set[tuple[int, int]]) -> I
 
 @dataclass
 class Inputs:
-    documents: list[Document]
+    documents: list[InputFile]
     folders: list[Path]  # resolved folders that were walked: with the documents, the input tree
 
 
@@ -117,7 +117,7 @@ def collect(
         path = Path(os.path.realpath(source))
         if path not in seen:
             seen.add(path)
-            found.documents.append(Document(source=source, path=path))
+            found.documents.append(InputFile(source=source, path=path))
 
     def walk(folder: str) -> None:
         found.folders.append(Path(os.path.realpath(folder)))

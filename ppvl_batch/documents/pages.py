@@ -35,7 +35,7 @@ import numpy as np
 import pymupdf
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ppvl_batch.inputs import DOCUMENT_EXTENSIONS
+from ppvl_batch.documents.inputs import DOCUMENT_EXTENSIONS
 
 IMAGE_FORMATS = frozenset({"PNG", "JPEG", "MPO", "TIFF", "WEBP", "BMP", "DIB", "GIF"})
 # Formats whose files may hold several pages; the others (GIF, WebP, APNG animations) give their
@@ -184,7 +184,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-class Document(ABC):
+class OpenDocument(ABC):
     """An open document. `page_count` pages, rendered one at a time by `render(n)` (1-based)."""
 
     page_count: int
@@ -196,14 +196,14 @@ class Document(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
-    def __enter__(self) -> Document:
+    def __enter__(self) -> OpenDocument:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-class PdfDocument(Document):
+class PdfDocument(OpenDocument):
     def __init__(self, path: Path, password: str | None, dpi: float | None, max_pixels: int) -> None:
         pymupdf.TOOLS.reset_mupdf_warnings()
         try:
@@ -249,7 +249,7 @@ class PdfDocument(Document):
         self._doc.close()
 
 
-class ImageDocument(Document):
+class ImageDocument(OpenDocument):
     def __init__(self, path: Path, known_extension: bool) -> None:
         try:
             with warnings.catch_warnings():
@@ -289,7 +289,7 @@ class ImageDocument(Document):
 
 def open_document(
     path: Path, *, password: str | None = None, dpi: float | None = None, max_pixels: int
-) -> Document:
+) -> OpenDocument:
     """Open a PDF or image for rendering. PDFs render at `dpi`, or when None at the dpi that
     brings each page near `max_pixels`. Raises PageError for a document that cannot be used."""
     try:

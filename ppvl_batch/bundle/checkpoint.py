@@ -19,7 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError
+from ..errors import ModelError
 
 # Vision tensors the reference implementation never uses.
 _UNUSED = ("packing_position_embedding", "vision_model.head")
@@ -81,8 +81,8 @@ class Checkpoint:
     @cached_property
     def prompt_style(self) -> str:
         """`v1` ends the prompt with 'Assistant: ', `v1.5` with 'Assistant:\\n' (docs/design.md section 2)."""
-        from .engine.prompt import detect_prompt_style
-        from .engine.tokenizer import PromptTokenizer
+        from ..engine.prompt import detect_prompt_style
+        from ..engine.tokenizer import PromptTokenizer
 
         return detect_prompt_style(PromptTokenizer.load(self.path).render("OCR:"))
 

@@ -1,28 +1,52 @@
-"""Reading a model bundle (the folder `ppvl-ocr convert` writes; layout in convert.py)."""
+"""The model on disk: a bundle (the folder `ppvl-ocr convert` writes; its layout is in convert.py).
+
+This module reads one; the rest of the package writes one from a checkpoint:
+
+    checkpoint.py      a PaddleOCR-VL checkpoint folder (either layout) under canonical tensor names
+    convert.py         checkpoint -> bundle: tokenizer checks, vision weights, manifest, id, staging
+    vocab.py           the GGUF's vocabulary from the SentencePiece model and the added tokens
+    text_gguf.py       the decoder as a GGUF for llama.cpp, and llama.cpp's quantizer
+    safetensors_io.py  safetensors read and written one tensor at a time
+    inspection.py      what a bundle holds (`ppvl-ocr inspect`)
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError
+from ..errors import ModelError
 
 BUNDLE_FORMAT = "ppvl-bundle"
 # 2: the checkpoint's tokenizer files are in the bundle (prompts are tokenized by transformers)
 BUNDLE_FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+# llama.cpp's own vision tower (convert --mmproj, compare/mmproj.py); left out of the bundle id
+MMPROJ_PREFIX = "mmproj-"
+
+# Where convert and its parts say what they did (a line each)
+Log = Callable[[str], None]
 
 # The demo model shipped inside the package (issue 5): used when no model is configured.
-DEMO_BUNDLE = Path(__file__).parent / "demo"
+DEMO_BUNDLE = Path(__file__).parent.parent / "demo"
 
 GET_A_MODEL = (
     "convert the real model with `ppvl-ocr convert PaddlePaddle/PaddleOCR-VL -o BUNDLE` "
     "(download it first if this machine is offline) and pass --model BUNDLE"
 )
+
+
+def no_log(message: str) -> None:
+    pass
+
+
+def mmproj_filename(ftype: str = "F16") -> str:
+    return f"{MMPROJ_PREFIX}{ftype}.gguf"
 
 
 def sha256_file(path: Path) -> str:

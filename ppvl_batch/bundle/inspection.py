@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .bundle import Bundle
+from . import Bundle
 
 # GGUF tensor name prefix -> component
 _TEXT_COMPONENTS = (("token_embd.", "embeddings"), ("output.", "lm_head"), ("blk.", "decoder layers"), ("output_norm.", "decoder layers"))

@@ -1,0 +1,183 @@
+"""Layout mode (DocumentParser: one crop per block, each with its prompt) against whole-page mode,
+on a generated 12-block page (tools/layout_page.py: titles, paragraphs, a table, a formula).
+
+    python bench/bench_parser.py                       # the demo bundle, 2 pages
+    python bench/bench_parser.py --bundle B --pages 4 --parallel 1,4 --append
+
+The layout detector is a stand-in that returns the page's known blocks (no detection cost: the
+detector is measured on its own); so this measures what the block pipeline adds or saves around
+the same recognizer: crops, one vision pass over all blocks, blocks decoded `--parallel` at a
+time. Each row is one recognizer in this process, warmed up on one page first; seconds are wall
+time per page, the least of --repeats runs, and this process's CPU time (vision and decode
+seconds: the last run's). "CER" compares the text read with the text printed (the demo model reads the
+blocks at its own pixel limits; a random-weight bundle reads nothing). Whole-page rows at "same
+tokens" decode exactly as many tokens per page as layout mode did (EOS ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_engine import machine, report  # noqa: E402
+from layout_page import layout_page  # noqa: E402
+from train_demo import edit_distance  # noqa: E402
+
+
+class StandIn:
+    def __init__(self, regions_by_page):
+        self.regions_by_page = regions_by_page
+
+    def detect(self, images):
+        return [self.regions_by_page[id(image)] for image in images]
+
+
+def has_amx() -> bool:
+    try:
+        return "amx_int8" in open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+
+
+def without_extra_buffers() -> None:
+    """llama.cpp's AMX buffer type crashes the first decode of a Q8_0 model on this machine's Xeon
+    (llama-cpp-python 0.3.36); load models without the extra (repacking) buffer types."""
+    import llama_cpp
+
+    default = llama_cpp.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    llama_cpp.llama_model_default_params = params
+
+
+def cer(read: list[str], printed: list[str]) -> float:
+    return sum(edit_distance(a, b) for a, b in zip(read, printed)) / max(1, sum(len(b) for b in printed))
+
+
+def timed(fn, repeats: int):
+    """(result of the last call, least wall seconds, least CPU seconds of this process) over
+    `repeats` calls: the machine is shared, the least is the least disturbed."""
+    walls, cpus = [], []
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = fn()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return result, min(walls), min(cpus)
+
+
+def per_page(results, wall: float, cpu: float, decode: list[float], error_rate: float) -> dict:
+    """A row's numbers per page from ParsedPages or PageResults (same field names)."""
+    n = len(results)
+    return dict(
+        seconds=wall / n,
+        cpu=cpu / n,
+        tokens_in=sum(r.image_tokens for r in results) / n,
+        tokens_out=sum(r.output_tokens for r in results) / n,
+        vision=sum(r.vision_seconds for r in results) / n,
+        decode=sum(decode) / n,
+        cer=error_rate,
+        out_per_page=[r.output_tokens for r in results],
+    )
+
+
+def run_layout(rec, pages, limits, max_new_tokens, repeats) -> dict:
+    from ppvl_batch.layout.parser import DocumentParser, ParserOptions
+
+    detector = StandIn({id(p.image): p.regions for p in pages})
+    parser = DocumentParser(rec, detector, ParserOptions(min_pixels=limits[0], max_pixels=limits[1], max_new_tokens=max_new_tokens))
+    parser.parse([pages[0].image])  # warm-up
+    parsed, wall, cpu = timed(lambda: parser.parse([p.image for p in pages]), repeats)
+    read = [b.text for page in parsed for b in page.blocks]
+    printed = [r.text for p in pages for r in p.regions]
+    return per_page(parsed, wall, cpu, [p.decode_seconds for p in parsed], cer(read, printed))
+
+
+def run_whole(rec, pages, max_pixels, new_tokens, repeats) -> dict:
+    """Whole pages with the OCR prompt, as scan reads them (vision for the batch, then
+    decode_many); `new_tokens`: a list (exact count per page, EOS ignored) or an int (the cap)."""
+    images = [p.image for p in pages]
+    rec.encode([rec.preprocessor(images[0], max_pixels=max_pixels)])  # warm-up
+
+    def once():
+        encoded = rec.encode([rec.preprocessor(image, max_pixels=max_pixels) for image in images])
+        jobs = []
+        for i, page in enumerate(encoded):
+            exact = isinstance(new_tokens, list)
+            request = rec.request(page, "ocr", max_new_tokens=new_tokens[i] if exact else new_tokens)
+            request.ignore_eos = exact
+            jobs.append((page, request))
+        results = dict(rec.decode_many(jobs))
+        return [results[i] for i in range(len(pages))]
+
+    outcomes, wall, cpu = timed(once, repeats)
+    printed = ["\n".join(reg.text for reg in p.regions) for p in pages]
+    decode = [r.prefill_seconds + r.decode_seconds for r in outcomes]
+    return per_page(outcomes, wall, cpu, decode, cer([r.text for r in outcomes], printed))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", default="demo")
+    ap.add_argument("--pages", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=96, help="per block in layout mode")
+    ap.add_argument("--page-max-new-tokens", type=int, default=1024, help="per page in whole-page mode")
+    ap.add_argument("--parallel", default="1,4")
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per row; the least is kept")
+    ap.add_argument("--append", action="store_true", help="append the table to bench/RESULTS.md")
+    args = ap.parse_args()
+
+    from ppvl_batch.bundle import Bundle, resolve_model
+    from ppvl_batch.layout.blocks import BLOCK_MAX_PIXELS, BLOCK_MIN_PIXELS
+    from ppvl_batch.recognizer import Recognizer
+
+    amx = has_amx()
+    if amx:
+        without_extra_buffers()
+    pages = [layout_page(seed, titles={1: "1 Intro", 8: "2.1 Notes"}) for seed in range(args.pages)]
+    bundle = Bundle.open(resolve_model(args.bundle))
+    pre = bundle.preprocessor
+    bundle_limits = (int(pre["min_pixels"]), int(pre["max_pixels"]))
+    rows = []
+    for parallel in [int(p) for p in args.parallel.split(",")]:
+        with Recognizer.load(args.bundle, parallel=parallel, threads=args.threads) as rec:
+            for name, limits in (("layout, block limits", (BLOCK_MIN_PIXELS, BLOCK_MAX_PIXELS)),
+                                 (f"layout, bundle limits {bundle_limits[1]}", bundle_limits)):
+                result = run_layout(rec, pages, limits, args.max_new_tokens, args.repeats)
+                rows.append((f"{name}", parallel, result))
+            out = rows[-1][2]["out_per_page"]
+            for max_pixels in sorted({bundle_limits[1], BLOCK_MAX_PIXELS}):
+                rows.append((f"whole page, max {max_pixels}", parallel, run_whole(rec, pages, max_pixels, args.page_max_new_tokens, args.repeats)))
+                rows.append((f"whole page, max {max_pixels}, same tokens", parallel, run_whole(rec, pages, max_pixels, out, args.repeats)))
+
+    lines = [
+        f"### Layout mode vs whole-page mode ({time.strftime('%Y-%m-%d')}, bundle {args.bundle}, {args.pages} pages of 12 blocks)",
+        "",
+        f"{machine()}{', llama.cpp extra buffer types off (AMX crash)' if amx else ''}. "
+        f"Command: `python bench/bench_parser.py {' '.join(sys.argv[1:])}`",
+        "",
+        "| mode | parallel | s/page | CPU s/page | vision s | decode s | image tokens in | tokens out | CER |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, parallel, r in rows:
+        lines.append(f"| {name} | {parallel} | {r['seconds']:.2f} | {r['cpu']:.2f} | {r['vision']:.2f} | {r['decode']:.2f} | "
+                     f"{r['tokens_in']:.0f} | {r['tokens_out']:.0f} | {r['cer']:.3f} |")
+    if args.append:
+        report(lines)
+    else:
+        print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""`ppvl-ocr convert` and `ppvl-ocr inspect`: making and reading model bundles."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import exit_codes_help
+from .options import INTERRUPTED, MODEL, OK, OUTPUT, USAGE
+
+
+@click.command(epilog=exit_codes_help([OK, USAGE, MODEL, OUTPUT, INTERRUPTED]))
+@click.argument("source", metavar="CHECKPOINT")
+@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=True, dir_okay=True),
+              help="Bundle folder to create.")
+@click.option("--quant", "quants", multiple=True, metavar="NAME",
+              help="Decoder quantization: F32, F16, Q8_0, Q5_K_M, Q4_K_M (default), Q4_0. Repeat for several in one bundle.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle at OUTPUT (only once the new one is complete).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="Threads for quantization.")
+@click.option("--mmproj", is_flag=True,
+              help="Also write the vision tower as llama.cpp's mmproj GGUF (mmproj-F16.gguf), so llama.cpp can run the whole model for comparison.")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+def convert(source: str, output: str, quants: tuple[str, ...], overwrite: bool, threads: int | None, mmproj: bool,
+            quiet: bool) -> None:
+    """Convert a PaddleOCR-VL checkpoint into a model bundle.
+
+    CHECKPOINT is a local folder of the Hugging Face checkpoint (PaddleOCR-VL v1, 1.5 or 1.6,
+    as PaddlePaddle published it or as transformers saved it), or a hub id such as
+    PaddlePaddle/PaddleOCR-VL that is in the local Hugging Face cache (or downloadable).
+
+    The text decoder becomes a GGUF for llama.cpp (arch `paddleocr`), quantized in process; the
+    vision encoder and projector stay at the checkpoint's precision. Nothing is written to OUTPUT
+    until the bundle is complete.
+
+    \b
+    ppvl-ocr convert ./PaddleOCR-VL -o paddleocr-vl
+    ppvl-ocr convert ./PaddleOCR-VL-1.5 -o vl15 --quant Q4_K_M --quant Q8_0
+    """
+    from ..bundle.convert import convert as run_convert
+    from ..bundle.convert import parse_quants
+
+    names = parse_quants(quants)
+    say = (lambda m: None) if quiet else (lambda m: click.echo(f"ppvl-ocr: {m}", err=True))
+    run_convert(source, output, names, overwrite=overwrite, threads=threads, mmproj=mmproj, log=say,
+                progress=not quiet and sys.stderr.isatty())
+
+
+
+# ---------------------------------------------------------------------------------------------
+# inspect
+# ---------------------------------------------------------------------------------------------
+
+
+@click.command(epilog=exit_codes_help([OK, USAGE, MODEL]))
+@click.argument("bundle", metavar="BUNDLE", default="demo")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--verify", is_flag=True, help="Also check every file's sha256 against the manifest.")
+def inspect(bundle: str, as_json: bool, verify: bool) -> None:
+    """Show a bundle's architecture, parameters per component, files and precision.
+
+    BUNDLE defaults to the bundled demo model.
+    """
+    import orjson
+
+    from ..bundle import Bundle, resolve_model
+    from ..errors import ModelError
+    from ..bundle.inspection import describe, render_text
+
+    opened = Bundle.open(resolve_model(bundle))
+    info = describe(opened)
+    if verify:
+        bad = opened.verify()
+        info["verified"] = not bad
+        if bad:
+            raise ModelError(f"{opened.path}: sha256 mismatch in {', '.join(bad)}; convert the model again")
+    if as_json:
+        click.echo(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(render_text(info))

@@ -1,0 +1,6 @@
+"""Paths -> page images.
+
+    inputs.py   command-line paths, folders, globs, stdin lists -> InputFile (one found file each)
+    pages.py    an InputFile's path -> OpenDocument (PDF or image) -> RGB page images; PageError types
+    blank.py    is a page blank (no ink), judged from its pixels
+"""
