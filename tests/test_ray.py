@@ -103,6 +103,13 @@ def ray_workers() -> list[psutil.Process]:
     return found
 
 
+def no_workers_left(timeout: float = 30) -> None:
+    """Wait for the workers of earlier jobs to end (a job's actors go with its driver, in seconds),
+    so that the workers a test then finds are its own run's."""
+    _, alive = psutil.wait_procs(ray_workers(), timeout=timeout)
+    assert not alive, f"workers of an earlier job are still running: {alive}"
+
+
 def all_keys() -> int:
     return sum(PAGES.values())
 
@@ -130,6 +137,7 @@ def test_ray_records_equal_a_local_run(cluster: str, docs: Path, tiny_bundle: Pa
 def test_a_worker_killed_mid_run_is_replaced_and_every_page_recorded_once(
     cluster: str, docs: Path, tiny_bundle: Path, local_records, tmp_path: Path
 ) -> None:
+    no_workers_left()
     proc = scan_on_ray(tmp_path, docs, tiny_bundle, cluster, "--ray-pages-per-task", "1")
     wait_for_lines(tmp_path / "out.jsonl", 1, proc)
     workers = ray_workers()
@@ -148,6 +156,7 @@ def test_driver_killed_then_rerun_records_every_page_once_and_redoes_nothing(
     cluster: str, docs: Path, tiny_bundle: Path, local_records, tmp_path: Path
 ) -> None:
     out = tmp_path / "out.jsonl"
+    no_workers_left()
     proc = scan_on_ray(tmp_path, docs, tiny_bundle, cluster, "--ray-pages-per-task", "1")
     wait_for_lines(out, 3, proc)
     workers = ray_workers()
