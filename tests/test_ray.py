@@ -207,7 +207,7 @@ def test_a_worker_with_another_bundle_stops_the_job(
     proc = scan_on_ray(tmp_path, docs, tiny_bundle, cluster, env={TEST_HOOK_MODEL: str(bundle_dirs["v1-original"])})
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == ExitCode.MODEL, err
-    (line,) = [line for line in err.splitlines() if "error:" in line]
+    (line,) = [line for line in err.splitlines() if line.startswith("ppvl-ocr: error:")]  # ours: one line
     assert "has bundle/settings" in line and "the driver has" in line and "same bundle at the same path" in line
     assert records(tmp_path / "out.jsonl") == []
 

@@ -367,7 +367,7 @@ def _setup_error(exc: BaseException) -> Exception | None:
     return _SETUP_ERRORS[m.group(1)](m.group(2).strip()) if m and m.group(1) in _SETUP_ERRORS else None
 
 
-class _Signals:
+class Signals:
     """Ctrl-C and SIGTERM stop the run with KeyboardInterrupt at once (a page can take a minute),
     except inside a sink call, which finishes first (and the record is counted) so that the
     journal line or Markdown file is whole. (ray.init made SIGTERM a plain exit; this replaces that for the run.)"""
@@ -402,10 +402,18 @@ class _Signals:
         finally:
             self.in_sink = False
 
+    @contextlib.contextmanager
+    def whole(self) -> Iterator[None]:
+        """A sink call, then the stop a signal asked for during it."""
+        with self.sink_call():
+            yield
+        if self.stop:
+            raise KeyboardInterrupt
+
 
 class _Driver:
     def __init__(self, ray: Any, units: list[Unit], constructor: dict[str, Any], sink: Sink, options: RayOptions,
-                 progress: Callable[[Record], None] | None, say: Callable[[str], None], signals: _Signals) -> None:
+                 progress: Callable[[Record], None] | None, say: Callable[[str], None], signals: Signals) -> None:
         self.ray = ray
         self.constructor = constructor  # the _Worker's arguments
         self.say = say
@@ -527,7 +535,7 @@ def run_on_ray(
     # Ray prints cluster errors (a worker died...) on sys.stdout, which may be carrying our records,
     # until ray.shutdown has flushed its repeated-message counts. (Record writers hold the real
     # stdout's buffer from before the run.)
-    signals = _Signals()
+    signals = Signals()
     with contextlib.redirect_stdout(sys.stderr), connect(options.address) as connect_seconds, signals.installed():
         cpus = ray.cluster_resources().get("CPU", 0)
         low = options.workers[0] if isinstance(options.workers, tuple) else options.workers or 1

@@ -31,7 +31,7 @@ from ppvl_batch.documents.pages import OpenDocument, PageError, classify_error, 
 from .options import ScanOptions, Summary
 from .plan import CopyPage, DocEnd, DocStart, Page, page_settings
 from .progress import Progress
-from .ray_executor import CRASHED, RayOptions, Record, Unit, preflight, run_on_ray
+from .ray_executor import CRASHED, RayOptions, Record, Signals, Unit, preflight, run_on_ray
 from .records import make_record
 from .session import Session, finish_summary, open_session
 from .work import PageWork, needs_model
@@ -173,7 +173,9 @@ class RayScan:
             self.progress.start(started)
             interrupted = False
             try:
-                plan = self._plan(session)
+                signals = Signals()  # planning may take long (hashing): a signal stops it as it would the run
+                with signals.installed():
+                    plan = self._plan(session, signals)
                 interrupted = self._read(session, plan)
                 for item in plan.later:
                     session.recorder.item(item)  # a copy whose original was not recorded is left to the next run
@@ -182,25 +184,27 @@ class RayScan:
             finish_summary(self.summary, started, interrupted)
         return self.summary
 
-    def _plan(self, session: Session) -> _Planned:
+    def _plan(self, session: Session, signals: Signals) -> _Planned:
         """Every document's items: Page items become units, the rest is recorded now, except
         copies of files being read in this run, which wait for their originals."""
         plan = _Planned()
-        recorder = session.recorder
         for doc in session.documents:
             waiting = False
             for item in session.planner.items(doc):
                 if isinstance(item, Page):
                     plan.units.append(Unit(item.key, str(doc.path), doc.source, item.number, item.page_count, item.sha256))
                     plan.starts[doc.source] = start
-                elif isinstance(item, DocStart):
+                    continue
+                if isinstance(item, DocStart):
                     start = item
-                    recorder.item(item)
                 elif waiting or isinstance(item, CopyPage) and session.writer.status(item.key) is None:
                     waiting = True  # this copy and the rest of its document, after the run
                     plan.later.append(item)
-                elif not (isinstance(item, DocEnd) and doc.source in plan.starts):
-                    recorder.item(item)  # a document read on the workers ends when its last record is in
+                    continue
+                elif isinstance(item, DocEnd) and doc.source in plan.starts:
+                    continue  # a document read on the workers ends when its last record is in
+                with signals.whole():  # a record is written whole, then the signal stops the run
+                    session.recorder.item(item)
         return plan
 
     def _read(self, session: Session, plan: _Planned) -> bool:
