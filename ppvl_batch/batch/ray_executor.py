@@ -532,11 +532,14 @@ def run_on_ray(
         with contextlib.suppress(OSError):
             checks[path] = os.stat(path).st_size
     started = time.monotonic()
-    # Ray prints cluster errors (a worker died...) on sys.stdout, which may be carrying our records,
-    # until ray.shutdown has flushed its repeated-message counts. (Record writers hold the real
-    # stdout's buffer from before the run.)
+    # Ray prints cluster errors (a worker died..., with the worker's traceback) on sys.stdout, which
+    # may be carrying our records, until ray.shutdown has flushed its repeated-message counts.
+    # They go to stderr with -v; otherwise only to Ray's logs, and our one line says what happened.
+    # (Record writers hold the real stdout's buffer from before the run.)
     signals = Signals()
-    with contextlib.redirect_stdout(sys.stderr), connect(options.address) as connect_seconds, signals.installed():
+    verbose = logging.getLogger().isEnabledFor(logging.INFO)
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(sys.stderr if verbose else devnull), \
+            connect(options.address) as connect_seconds, signals.installed():
         cpus = ray.cluster_resources().get("CPU", 0)
         low = options.workers[0] if isinstance(options.workers, tuple) else options.workers or 1
         if options.address == "local" and cpus < low * options.cpus_per_worker:
