@@ -117,13 +117,24 @@ def all_keys() -> int:
 # ------------------------------------------------------------------------------------ scan --ray
 
 
-def test_ray_records_equal_a_local_run(cluster: str, docs: Path, tiny_bundle: Path, local_records, tmp_path: Path) -> None:
-    proc = scan_on_ray(tmp_path, docs, tiny_bundle, cluster, "--markdown", "md")
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
+def test_ray_records_equal_a_local_run(cluster: str, docs: Path, tiny_bundle: Path, local_records, tmp_path: Path,
+                                      monkeypatch) -> None:
+    # The driver runs in this process, so this holds for it only (not for its workers): the
+    # driver plans with the lazy recognizer and never loads weights.
+    from ppvl_batch.engine.recognizer import Recognizer
+
+    def no_weights(self) -> None:
+        raise AssertionError("the driver loaded the model's weights")
+
+    monkeypatch.setattr(Recognizer, "warm", no_weights)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["scan", str(docs), "-o", "out.jsonl", "--model", str(tiny_bundle), *SMALL,
+                                       "--max-new-tokens", "24", "--ray", cluster, "--ray-workers", "2",
+                                       "--markdown", "md", "--summary-json", "summary.json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
     got = records(tmp_path / "out.jsonl")
     assert {(r["key"], r["text"]) for r in got} == local_records and len(got) == all_keys()
-    assert out == "" and "3 files: 12 pages ok, 0 failed" in err
+    assert result.stdout == "" and "3 files: 12 pages ok, 0 failed" in result.stderr
     for name, pages in PAGES.items():  # each document's Markdown, written once its last page was in
         md = next((tmp_path / "md").rglob(f"{name}.md")).read_text()
         assert md.count("<!-- page") == pages
