@@ -39,6 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))  # this checkout's ppvl_batch, not whichever one is installed
 
 EMULATION = {
     "ATEN_CPU_CAPABILITY": "avx2",
@@ -150,21 +151,23 @@ def run_page(args, system: str) -> dict:
 
 def run_long(args, system: str) -> dict:
     """Child: VmRSS after each of `--long` small pages of four sizes in a row."""
+    import torch
     from bench_engine import page_image
 
-    from ppvl_batch.vision import ImagePreprocessor, VisionEncoder
+    from ppvl_batch.vision import ImagePreprocessor, VisionEncoder, resolve_precision
 
     config, weights, pre = source(args)
     encoder = VisionEncoder(load(system, config, weights), ImagePreprocessor(pre))
-    sizes = [(500, 650), (420, 600), (600, 480), (360, 520)]
+    sizes = [(300, 390), (250, 360), (360, 290), (220, 310)]  # 350-600 patches each
     rss, seconds = [status_mb("VmRSS")], []
     for i in range(args.long):
-        prepared = encoder.preprocessor(page_image(*sizes[i % len(sizes)]), min_pixels=28 * 28 * 4)
+        prepared = encoder.preprocessor(page_image(*sizes[i % len(sizes)]), min_pixels=28 * 28 * 4)  # kept at their size
         started = time.perf_counter()
         encoder.encode([prepared])
         seconds.append(time.perf_counter() - started)
         rss.append(status_mb("VmRSS"))
-    return {"rss_mb": rss, "seconds": seconds, "peak_rss_mb": status_mb("VmHWM")}
+    return {"rss_mb": rss, "seconds": seconds, "peak_rss_mb": status_mb("VmHWM"), "capability": torch.backends.cpu.get_cpu_capability(),
+            "precision": resolve_precision(system, "cpu").name}
 
 
 def run_sdpa(args) -> dict:
@@ -214,6 +217,8 @@ def child(args, mode: str, system: str = "") -> dict:
     if proc.returncode != 0:
         sys.exit(f"{mode} {system} failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if not args.native and result.get("capability") != "AVX2":
+        sys.exit(f"{mode} {system}: the emulation did not take (torch capability {result.get('capability')})")
     result["load"] = (load_before, os.getloadavg()[0])
     return result
 
@@ -273,8 +278,8 @@ def long_run(args) -> None:
     system = args.systems.split(",")[0]
     r = child(args, "long", system)
     rss = r["rss_mb"]
-    lines = header(args, f"VmRSS over {args.long} pages in a row ({system})", " ".join(sys.argv[1:])) + [
-        f"Pages of 500x650, 420x600, 600x480 and 360x520 in turn; load average {r['load'][0]:.1f}-{r['load'][1]:.1f}.",
+    lines = header(args, f"VmRSS over {args.long} pages in a row ({system}: {r['precision']})", " ".join(sys.argv[1:])) + [
+        f"Pages of 300x390, 250x360, 360x290 and 220x310 in turn; load average {r['load'][0]:.1f}-{r['load'][1]:.1f}.",
         f"VmRSS MB after loading {rss[0]:.0f}; after each page: {', '.join(f'{x:.0f}' for x in rss[1:])}. "
         f"Peak {r['peak_rss_mb']:.0f} MB; last 10 pages span {max(rss[-10:]) - min(rss[-10:]):.0f} MB. "
         f"Seconds per page median {statistics.median(r['seconds']):.2f}.",

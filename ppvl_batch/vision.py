@@ -229,15 +229,18 @@ class CompactLinear(nn.Module):
         int8 = weights == torch.int8
         stored = torch.empty(out_features, in_features, dtype=torch.int8 if int8 else torch.bfloat16)
         scale = torch.empty(out_features, 1, dtype=torch.float32) if int8 else None
-        for start in range(0, out_features, cls.ROWS_PER_READ):
-            stop = min(start + cls.ROWS_PER_READ, out_features)
-            rows = f.get_rows(f"{name}.weight", start, stop)
-            if scale is None:
-                stored[start:stop] = rows  # bf16 stays as is; fp32 is rounded to nearest
-            else:
-                rows = rows.float()
-                scale[start:stop] = rows.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny) / 127
-                stored[start:stop] = torch.round(rows / scale[start:stop]).to(torch.int8)
+        if stored.dtype == f.dtype(f"{name}.weight"):
+            f.read_into(f"{name}.weight", stored)  # bf16 kept as the file has it: no temporaries at all
+        else:
+            for start in range(0, out_features, cls.ROWS_PER_READ):
+                stop = min(start + cls.ROWS_PER_READ, out_features)
+                rows = f.get_rows(f"{name}.weight", start, stop)
+                if scale is None:
+                    stored[start:stop] = rows  # fp32 rounded to the nearest bf16
+                else:
+                    rows = rows.float()
+                    scale[start:stop] = rows.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny) / 127
+                    stored[start:stop] = torch.round(rows / scale[start:stop]).to(torch.int8)
         bias = f.get_tensor(f"{name}.bias").to(dtype) if f"{name}.bias" in f.header else None
         return cls(stored if int8 else stored.view(torch.int16), None if scale is None else scale.to(dtype), bias, scratch)
 
@@ -285,6 +288,17 @@ class SafetensorsReader:
 
     def keys(self) -> list[str]:
         return list(self.header)
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self.DTYPES[self.header[name]["dtype"]]
+
+    def read_into(self, name: str, out: torch.Tensor) -> None:
+        """Read the whole of `name` straight into `out`, a contiguous tensor of its dtype and shape."""
+        info = self.header[name]
+        if out.dtype != self.dtype(name) or list(out.shape) != info["shape"] or not out.is_contiguous():
+            raise ValueError(f"{name}: {info['dtype']} {info['shape']} cannot be read into {out.dtype} {list(out.shape)}")
+        self.file.seek(self.data_start + info["data_offsets"][0])
+        self.file.readinto(out.view(-1).view(torch.uint8).numpy())
 
     def get_tensor(self, name: str) -> torch.Tensor:
         return self.get_rows(name, 0, self.header[name]["shape"][0] if self.header[name]["shape"] else 1)

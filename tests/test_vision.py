@@ -48,6 +48,11 @@ def test_reader_matches_safetensors(tiny_bundle):
             assert torch.equal(ours.get_tensor(name), expected), name
             if expected.ndim == 2 and expected.shape[0] > 3:
                 assert torch.equal(ours.get_rows(name, 1, 3), expected[1:3]), name
+                into = torch.empty_like(expected)
+                ours.read_into(name, into)
+                assert torch.equal(into, expected), name
+                with pytest.raises(ValueError, match="cannot be read into"):
+                    ours.read_into(name, into.t())
 
 
 def linear_source(weight: torch.Tensor, bias: torch.Tensor):
@@ -55,6 +60,9 @@ def linear_source(weight: torch.Tensor, bias: torch.Tensor):
 
     class Source:
         header = {"l.weight": {"shape": list(weight.shape)}, "l.bias": {"shape": [weight.shape[0]]}}
+
+        def dtype(self, name):
+            return weight.dtype
 
         def get_rows(self, name, start, stop):
             return weight[start:stop]
