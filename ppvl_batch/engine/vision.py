@@ -42,18 +42,23 @@ PAD_BUDGET_FACTOR = 4
 class PreparedImage:
     """One page after smart_resize and patchify."""
 
-    pixel_values: np.ndarray  # [grid_h * grid_w, 3, 14, 14] float32, row-major over patches
-    grid_h: int  # patches per column (resized height / 14)
-    grid_w: int  # patches per row (resized width / 14)
+    pixel_values: np.ndarray  # [grid_h * grid_w, 3, patch, patch] float32, row-major over patches
+    grid_h: int  # patches per column (resized height / patch)
+    grid_w: int  # patches per row (resized width / patch)
     merge: int  # spatial merge (2): image tokens = (grid_h / merge) * (grid_w / merge)
 
     @property
+    def patch(self) -> int:
+        """Patch side in pixels (the preprocessor config's patch_size: 14 for PaddleOCR-VL)."""
+        return self.pixel_values.shape[-1]
+
+    @property
     def width(self) -> int:
-        return self.grid_w * 14
+        return self.grid_w * self.patch
 
     @property
     def height(self) -> int:
-        return self.grid_h * 14
+        return self.grid_h * self.patch
 
     @property
     def token_rows(self) -> int:
@@ -188,7 +193,7 @@ class VisionTower(nn.Module):
 
     @torch.inference_mode()
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        # pixel_values: [total patches, 3, 14, 14]; grid_thw: [n images, 3]
+        # pixel_values: [total patches, 3, patch, patch]; grid_thw: [n images, 3]
         hidden = self.visual(pixel_values=pixel_values.unsqueeze(0), grid_thw=grid_thw).last_hidden_state
         return self.projector(hidden, grid_thw)  # [total merged tokens, text hidden]
 
