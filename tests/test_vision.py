@@ -1,5 +1,6 @@
-"""Vision precision options: `--vision-dtype int8` (int8 weights in the linear layers) against the
-fp32 reference tower, and the safetensors reader it loads with."""
+"""Vision precision options against the fp32 reference tower: `--vision-dtype int8` (int8 weights in
+the linear layers), `auto` on a CPU without native bf16 (bf16 weights, fp32 compute), and the
+safetensors reader they load with."""
 
 from __future__ import annotations
 
@@ -10,16 +11,18 @@ from PIL import Image, ImageDraw
 from safetensors import safe_open
 
 from ppvl_batch.bundle import Bundle
+from ppvl_batch.bundle.safetensors_io import SafetensorsReader
+from ppvl_batch.errors import UsageError
+from ppvl_batch.recognizer import Recognizer
 from ppvl_batch.engine.vision import (
+    NATIVE_BF16_ENV,
+    CompactLinear,
     DequantScratch,
     ImagePreprocessor,
-    Int8Linear,
-    SafetensorsReader,
     VisionEncoder,
     load_vision_tower,
     resolve_precision,
 )
-from ppvl_batch.recognizer import Recognizer
 
 
 def page() -> Image.Image:
@@ -45,6 +48,29 @@ def test_reader_matches_safetensors(tiny_bundle):
             assert torch.equal(ours.get_tensor(name), expected), name
             if expected.ndim == 2 and expected.shape[0] > 3:
                 assert torch.equal(ours.get_rows(name, 1, 3), expected[1:3]), name
+                into = torch.empty_like(expected)
+                ours.read_into(name, into)
+                assert torch.equal(into, expected), name
+                with pytest.raises(ValueError, match="cannot be read into"):
+                    ours.read_into(name, into.t())
+
+
+def linear_source(weight: torch.Tensor, bias: torch.Tensor):
+    """The reader interface CompactLinear.from_file uses, over one layer `l`."""
+
+    class Source:
+        header = {"l.weight": {"shape": list(weight.shape)}, "l.bias": {"shape": [weight.shape[0]]}}
+
+        def dtype(self, name):
+            return weight.dtype
+
+        def get_rows(self, name, start, stop):
+            return weight[start:stop]
+
+        def get_tensor(self, name):
+            return bias
+
+    return Source()
 
 
 def test_int8_linear_error_is_bounded_by_half_a_step():
@@ -53,22 +79,32 @@ def test_int8_linear_error_is_bounded_by_half_a_step():
     linear = torch.nn.Linear(70, 300)
     linear.weight.data = weight
 
-    class Source:  # the reader interface Int8Linear.from_file uses
-        header = {"l.weight": {"shape": [300, 70]}, "l.bias": {"shape": [300]}}
-
-        def get_rows(self, name, start, stop):
-            return weight[start:stop]
-
-        def get_tensor(self, name):
-            return linear.bias.data
-
-    q = Int8Linear.from_file(Source(), "l", torch.float32, DequantScratch())
-    dequantized = q.qweight.float() * q.scale
+    q = CompactLinear.from_file(linear_source(weight, linear.bias.data), "l", torch.int8, torch.float32, DequantScratch())
+    dequantized = q.stored.float() * q.scale
     step = weight.abs().amax(1, keepdim=True) / 127
     assert ((dequantized - weight).abs() <= step / 2 + 1e-7).all()
-    assert q.qweight.dtype == torch.int8 and q.qweight.abs().max() == 127
+    assert q.weight_dtype == torch.int8 and q.stored.abs().max() == 127
     x = torch.randn(5, 70)
     assert torch.allclose(q(x), linear(x), atol=float(step.max()) * 70)
+
+
+def test_bf16_linear_is_fp32_compute_on_bf16_weights():
+    """bf16 weights (read in 64-row pieces, 300 rows: a partial last piece) widened into a shared
+    scratch give exactly fp32's F.linear on the bf16-rounded weights, in both layers sharing it,
+    and survive Module.to(float32), which would widen a bf16 buffer for good."""
+    torch.manual_seed(0)
+    scratch = DequantScratch()
+    weights = [torch.randn(300, 70), torch.randn(70, 300)]
+    biases = [torch.randn(300), torch.randn(70)]
+    layers = [CompactLinear.from_file(linear_source(w, b), "l", torch.bfloat16, torch.float32, scratch).to(torch.float32)
+              for w, b in zip(weights, biases)]
+    x = torch.randn(5, 70)
+    y = layers[1](layers[0](x))
+    rounded = [w.bfloat16().float() for w in weights]
+    assert torch.equal(y, torch.nn.functional.linear(torch.nn.functional.linear(x, rounded[0], biases[0]), rounded[1], biases[1]))
+    assert all(layer.weight_dtype == torch.bfloat16 and layer.stored.element_size() == 2 for layer in layers)
+    assert torch.equal(layers[0].stored.view(torch.bfloat16).float(), rounded[0])
+    assert not torch.equal(rounded[0], weights[0])  # the rounding is real, so the equality above is not vacuous
 
 
 def test_int8_tower_close_to_fp32(tiny_bundle):
@@ -80,23 +116,47 @@ def test_int8_tower_close_to_fp32(tiny_bundle):
     assert not np.array_equal(exact, int8)  # the option does change the weights
 
 
-def test_int8_keeps_only_int8_matrices(tiny_bundle):
+@pytest.mark.parametrize("dtype, weights", [("int8", torch.int8), ("auto", torch.bfloat16)])
+def test_compact_towers_keep_only_compact_matrices(tiny_bundle, monkeypatch, dtype, weights):
+    monkeypatch.setenv(NATIVE_BF16_ENV, "0")  # auto: bf16 weights, fp32 compute
     bundle = Bundle.open(tiny_bundle)
-    tower = load_vision_tower(bundle.config, bundle.vision_file, dtype="int8")
+    tower = load_vision_tower(bundle.config, bundle.vision_file, dtype=dtype)
     linears = [m for m in tower.modules() if isinstance(m, torch.nn.Linear)]
-    int8 = [m for m in tower.modules() if isinstance(m, Int8Linear)]
-    assert not linears and len(int8) == 6 * bundle.config["vision_config"]["num_hidden_layers"] + 2
-    assert all(m.qweight.dtype == torch.int8 for m in int8)
+    compact = [m for m in tower.modules() if isinstance(m, CompactLinear)]
+    assert not linears and len(compact) == 6 * bundle.config["vision_config"]["num_hidden_layers"] + 2
+    assert all(m.weight_dtype == weights and m.stored.element_size() == weights.itemsize for m in compact)
+    assert {p.dtype for p in tower.parameters()} == {torch.float32}  # everything else computes in fp32
 
 
-def test_precision_names_go_into_the_model_id(tiny_bundle):
-    native = resolve_precision("auto", "cpu").compute
-    assert resolve_precision("int8", "cpu").compute == native
+def test_auto_without_native_bf16_is_fp32_on_bf16_weights(bundle_dirs, monkeypatch):
+    """On a CPU without native bf16, `auto` keeps the linear weights in bf16 and computes in fp32:
+    on a bundle whose vision weights are bf16 (the original layout, as published) the embeddings
+    are fp32's exactly; on an fp32 bundle only the weights' rounding to bf16 differs."""
+    monkeypatch.setenv(NATIVE_BF16_ENV, "0")
+    bf16_file, fp32_file = Bundle.open(bundle_dirs["v1-original"]), Bundle.open(bundle_dirs["v15-transformers"])
+    assert {bf16_file.manifest["vision"]["dtype"], fp32_file.manifest["vision"]["dtype"]} == {"bfloat16", "float32"}
+    assert np.array_equal(embeddings(bf16_file, "auto"), embeddings(bf16_file, "fp32"))
+    exact, lean = embeddings(fp32_file, "fp32"), embeddings(fp32_file, "auto")
+    cos = (exact * lean).sum(1) / np.linalg.norm(exact, axis=1) / np.linalg.norm(lean, axis=1)
+    assert cos.min() > 0.9999 and not np.array_equal(exact, lean), cos.min()
+
+
+@pytest.mark.parametrize("native, auto, int8", [("0", "bf16-float32", "int8-float32"), ("1", "bfloat16", "int8-bfloat16")])
+def test_precision_names_go_into_the_model_id(tiny_bundle, monkeypatch, native, auto, int8):
+    monkeypatch.setenv(NATIVE_BF16_ENV, native)
     assert resolve_precision("fp32", "cpu").name == "float32"
-    with Recognizer.load(tiny_bundle, dtype="int8", lazy=True) as rec:
-        assert rec.model_id.endswith(f":vision-int8-{str(native).removeprefix('torch.')}")
+    assert resolve_precision("bf16", "cpu").name == "bfloat16"
+    for dtype, name in (("auto", auto), ("int8", int8), ("fp32", "float32")):
+        with Recognizer.load(tiny_bundle, dtype=dtype, lazy=True) as rec:
+            assert rec.model_id.endswith(f":vision-{name}"), rec.model_id
     with pytest.raises(ValueError, match="int8"):
         resolve_precision("fp8", "cpu")
+
+
+def test_native_bf16_override_rejects_other_values(monkeypatch):
+    monkeypatch.setenv(NATIVE_BF16_ENV, "no")
+    with pytest.raises(UsageError, match=f"{NATIVE_BF16_ENV} must be 0 or 1"):
+        resolve_precision("auto", "cpu")
 
 
 def test_scan_with_int8_vision_records_it(tmp_path):

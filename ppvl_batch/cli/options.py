@@ -23,7 +23,7 @@ def model_options(func: Callable) -> Callable:
                      help="Where the vision encoder runs. [env PPVL_DEVICE]"),
         click.option("--vision-dtype", envvar="PPVL_VISION_DTYPE", type=click.Choice(["auto", "fp32", "bf16", "int8"]), default="auto",
                      show_default=True, help="Vision precision; auto = bf16 where the CPU/GPU computes it natively (AVX512-BF16, AMX, CUDA), "
-                     "else fp32; int8 = auto with int8 weights (half the vision memory, see README). [env PPVL_VISION_DTYPE]"),
+                     "else fp32 compute on bf16-held weights (same numbers as fp32, half the memory); int8 = auto with int8 weights (see README). [env PPVL_VISION_DTYPE]"),
         click.option("--threads", envvar="PPVL_THREADS", type=click.IntRange(1), default=None,
                      help="CPU threads for vision and decoder (default: physical cores). [env PPVL_THREADS]"),
         click.option("--n-gpu-layers", envvar="PPVL_N_GPU_LAYERS", type=click.IntRange(0), default=0, show_default=True,

@@ -171,7 +171,7 @@ class Recognizer:
 
     def _max_image_tokens(self) -> int:
         limit = max(self.max_pixels, SPOTTING_MAX_PIXELS if self.bundle.prompt_style != "v1" else 0)
-        return limit // (28 * 28) + 1
+        return limit // self.preprocessor.factor**2 + 1
 
     # -- stage 1: vision ----------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ attends only to itself.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..bundle.safetensors_io import SafetensorsReader
+from ..errors import ModelError, UsageError
 
 # Patch budget of one vision forward pass: bounds activation memory whatever the batch size.
 MAX_PATCHES_PER_FORWARD = 16384
@@ -40,18 +42,23 @@ PAD_BUDGET_FACTOR = 4
 class PreparedImage:
     """One page after smart_resize and patchify."""
 
-    pixel_values: np.ndarray  # [grid_h * grid_w, 3, 14, 14] float32, row-major over patches
-    grid_h: int  # patches per column (resized height / 14)
-    grid_w: int  # patches per row (resized width / 14)
+    pixel_values: np.ndarray  # [grid_h * grid_w, 3, patch, patch] float32, row-major over patches
+    grid_h: int  # patches per column (resized height / patch)
+    grid_w: int  # patches per row (resized width / patch)
     merge: int  # spatial merge (2): image tokens = (grid_h / merge) * (grid_w / merge)
 
     @property
+    def patch(self) -> int:
+        """Patch side in pixels (the preprocessor config's patch_size: 14 for PaddleOCR-VL)."""
+        return self.pixel_values.shape[-1]
+
+    @property
     def width(self) -> int:
-        return self.grid_w * 14
+        return self.grid_w * self.patch
 
     @property
     def height(self) -> int:
-        return self.grid_h * 14
+        return self.grid_h * self.patch
 
     @property
     def token_rows(self) -> int:
@@ -186,14 +193,26 @@ class VisionTower(nn.Module):
 
     @torch.inference_mode()
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        # pixel_values: [total patches, 3, 14, 14]; grid_thw: [n images, 3]
+        # pixel_values: [total patches, 3, patch, patch]; grid_thw: [n images, 3]
         hidden = self.visual(pixel_values=pixel_values.unsqueeze(0), grid_thw=grid_thw).last_hidden_state
         return self.projector(hidden, grid_thw)  # [total merged tokens, text hidden]
+
+
+# 0 or 1: decide the vision precision as on a CPU without (with) native bf16, whatever this one
+# has. For benchmarks and tests that reproduce an AVX2-only machine on a newer one, together with
+# ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2 and MKL_ENABLE_INSTRUCTIONS=AVX2 (fp32 matmuls
+# are MKL's), which limit the kernels PyTorch calls (bench/bench_vision_cpu.py sets them all).
+NATIVE_BF16_ENV = "PPVL_CPU_NATIVE_BF16"
 
 
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: bf16 matmuls run at about twice the fp32 rate there; elsewhere
     PyTorch emulates bf16 and it is slower than fp32."""
+    override = os.environ.get(NATIVE_BF16_ENV)
+    if override is not None:
+        if override not in ("0", "1"):
+            raise UsageError(f"{NATIVE_BF16_ENV} must be 0 or 1, not {override!r}")
+        return override == "1"
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line for line in f if line.startswith("flags")), "").split()
@@ -203,75 +222,107 @@ def cpu_has_native_bf16() -> bool:
 
 
 VISION_DTYPES = ("auto", "fp32", "bf16", "int8")
+_SHORT_NAMES = {torch.int8: "int8", torch.bfloat16: "bf16"}
 
 
 @dataclass(frozen=True)
 class VisionPrecision:
-    """How the vision tower computes (`compute`) and whether its linear layers keep int8 weights."""
+    """How the vision tower computes (`compute`) and, when it differs, the dtype its linear
+    layers keep their weights in (`weights`: int8 or bf16, widened for each call)."""
 
     compute: torch.dtype
-    int8_weights: bool = False
+    weights: torch.dtype | None = None
 
     @property
     def name(self) -> str:
-        """What model ids record, e.g. `bfloat16` or `int8-bfloat16`."""
+        """What model ids record, e.g. `bfloat16`, `int8-bfloat16` or `bf16-float32`."""
         compute = str(self.compute).removeprefix("torch.")
-        return f"int8-{compute}" if self.int8_weights else compute
+        return f"{_SHORT_NAMES[self.weights]}-{compute}" if self.weights is not None else compute
 
 
 def resolve_precision(dtype: str | None, device: str) -> VisionPrecision:
     """`auto`: bf16 where the hardware computes it natively (CUDA with bf16, CPUs with AVX512-BF16
-    or AMX), fp32 elsewhere. fp32 is the reference's numerics (the parity tests use it). `int8`:
-    auto's compute dtype with int8 weights in the linear layers (half of bf16's memory)."""
+    or AMX); elsewhere on the CPU fp32 compute with the linear weights kept in bf16 (the published
+    checkpoints' own precision, so the numbers are fp32's with half its weight memory). `fp32`
+    (weights in fp32 too) is the reference's numerics (the parity tests use it). `int8`: auto's
+    compute dtype with int8 weights in the linear layers (half of bf16's memory)."""
     names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
     if dtype in (None, "auto", "int8"):
         if device.startswith("cuda"):
             native = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
         else:
             native = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-        return VisionPrecision(native, int8_weights=dtype == "int8")
+        if dtype == "int8":
+            return VisionPrecision(native, torch.int8)
+        # bf16-held weights are measured on the CPU only (bench/bench_vision_cpu.py).
+        lean = native == torch.float32 and device == "cpu"
+        return VisionPrecision(native, torch.bfloat16 if lean else None)
     if dtype not in names:
         raise ValueError(f"unknown vision dtype {dtype!r}; use one of {', '.join(VISION_DTYPES)}")
     return VisionPrecision(names[dtype])
 
 
-class Int8Linear(nn.Module):
-    """A Linear layer whose weight is kept as int8 with one scale per output channel and
-    expanded to the compute dtype for each call. Weight-only: activations keep the compute dtype,
-    so the matmul runs at bf16/fp32 speed, the weights take half of bf16's memory, and the only
-    error is the weight rounding (at most half a step of each row's max/127)."""
+class CompactLinear(nn.Module):
+    """A Linear layer whose weight is kept compactly and widened to the compute dtype for each
+    call, into a buffer all layers of a tower share. Weight-only: activations keep the compute
+    dtype, so the matmul runs at bf16/fp32 speed. Two forms:
+
+    - int8 with one scale per output channel: half of bf16's memory; the only error is the weight
+      rounding (at most half a step of each row's max/127).
+    - bf16 for fp32 compute: half of fp32's memory; exact when the file's weights are bf16 (the
+      published checkpoints), else the weights' rounding to bf16 is the only error.
+
+    bf16 weights are held as their int16 bit pattern: Module.to(dtype) converts every floating
+    buffer and would widen them back to fp32 for good."""
 
     ROWS_PER_READ = 64  # small temporaries: large ones fragment the heap into hundreds of MB
 
-    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, scratch: DequantScratch):
+    def __init__(self, stored: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None, scratch: DequantScratch):
         super().__init__()
-        self.register_buffer("qweight", qweight)  # [out, in] int8
-        self.register_buffer("scale", scale)  # [out, 1]
+        self.register_buffer("stored", stored)  # [out, in] int8, or int16 holding bf16 bits
+        self.register_buffer("scale", scale)  # [out, 1] for int8, else None
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.scratch = scratch
 
     @classmethod
-    def from_file(cls, f: SafetensorsReader, name: str, dtype: torch.dtype, scratch: DequantScratch) -> Int8Linear:
-        """Quantize `name`.weight from `f` a few rows at a time (never the whole float matrix)."""
+    def from_file(cls, f: SafetensorsReader, name: str, weights: torch.dtype, dtype: torch.dtype, scratch: DequantScratch) -> CompactLinear:
+        """Read `name`.weight from `f` a few rows at a time (never the whole float matrix) into
+        `weights` (int8 or bf16); `dtype`: the compute dtype."""
         out_features, in_features = f.header[f"{name}.weight"]["shape"]
-        qweight = torch.empty(out_features, in_features, dtype=torch.int8)
-        scale = torch.empty(out_features, 1, dtype=torch.float32)
-        for start in range(0, out_features, cls.ROWS_PER_READ):
-            stop = min(start + cls.ROWS_PER_READ, out_features)
-            rows = f.get_rows(f"{name}.weight", start, stop).float()
-            scale[start:stop] = rows.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny) / 127
-            qweight[start:stop] = torch.round(rows / scale[start:stop]).to(torch.int8)
+        int8 = weights == torch.int8
+        stored = torch.empty(out_features, in_features, dtype=torch.int8 if int8 else torch.bfloat16)
+        scale = torch.empty(out_features, 1, dtype=torch.float32) if int8 else None
+        if stored.dtype == f.dtype(f"{name}.weight"):
+            f.read_into(f"{name}.weight", stored)  # bf16 kept as the file has it: no temporaries at all
+        else:
+            for start in range(0, out_features, cls.ROWS_PER_READ):
+                stop = min(start + cls.ROWS_PER_READ, out_features)
+                rows = f.get_rows(f"{name}.weight", start, stop)
+                if scale is None:
+                    stored[start:stop] = rows  # fp32 rounded to the nearest bf16
+                else:
+                    rows = rows.float()
+                    scale[start:stop] = rows.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny) / 127
+                    stored[start:stop] = torch.round(rows / scale[start:stop]).to(torch.int8)
         bias = f.get_tensor(f"{name}.bias").to(dtype) if f"{name}.bias" in f.header else None
-        return cls(qweight, scale.to(dtype), bias, scratch)
+        return cls(stored if int8 else stored.view(torch.int16), None if scale is None else scale.to(dtype), bias, scratch)
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype the weight is kept in: int8 or bf16."""
+        return torch.int8 if self.scale is not None else torch.bfloat16
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.scratch.take(self.qweight.shape, x.dtype, x.device)
-        torch.mul(self.qweight, self.scale, out=weight)
+        weight = self.scratch.take(self.stored.shape, x.dtype, x.device)
+        if self.scale is None:
+            weight.copy_(self.stored.view(torch.bfloat16))
+        else:
+            torch.mul(self.stored, self.scale, out=weight)
         return F.linear(x, weight, self.bias)
 
 
 class DequantScratch(threading.local):
-    """One buffer, per thread, that every Int8Linear of a tower expands its weight into: a fresh
+    """One buffer, per thread, that every CompactLinear of a tower widens its weight into: a fresh
     float weight per call would add hundreds of MB of heap fragmentation over a page."""
 
     def __init__(self):
@@ -290,17 +341,15 @@ def load_vision_tower(config: dict[str, Any], weights: Path, device: str = "cpu"
     from transformers import PaddleOCRVLConfig
     from transformers.initialization import no_init_weights
 
-    from ..errors import ModelError
-
     cfg = PaddleOCRVLConfig(**config)
     precision = resolve_precision(dtype, device)
     with no_init_weights():  # the weights come from the file; random init would only cost time
         tower = VisionTower(cfg)
-    quantized: set[str] = set()
-    if precision.int8_weights:
+    compact: set[str] = set()
+    if precision.weights is not None:
         with SafetensorsReader(weights) as f:
-            quantized = _quantize_linears(tower, f, precision.compute)
-            done = {f"{name}.{part}" for name in quantized for part in ("weight", "bias")}
+            compact = _compact_linears(tower, f, precision)
+            done = {f"{name}.{part}" for name in compact for part in ("weight", "bias")}
             state = {name: f.get_tensor(name).to(precision.compute) for name in f.keys() if name not in done}
     else:
         # Tensors are converted to the compute dtype as they are read and then adopted by the
@@ -308,21 +357,22 @@ def load_vision_tower(config: dict[str, Any], weights: Path, device: str = "cpu"
         with safe_open(str(weights), framework="pt") as f:
             state = {name: f.get_tensor(name).to(precision.compute) for name in f.keys()}
     missing, unexpected = tower.load_state_dict(state, strict=False, assign=True)
-    missing = [name for name in missing if name.rpartition(".")[0] not in quantized]
+    missing = [name for name in missing if name.rpartition(".")[0] not in compact]
     if missing or unexpected:
         raise ModelError(f"{weights}: vision weights do not match the config (missing {missing[:2]}, unexpected {unexpected[:2]})")
     del state
     return tower.to(device=device, dtype=precision.compute).eval()
 
 
-def _quantize_linears(tower: VisionTower, f: SafetensorsReader, dtype: torch.dtype) -> set[str]:
+def _compact_linears(tower: VisionTower, f: SafetensorsReader, precision: VisionPrecision) -> set[str]:
     """Replace every nn.Linear (attention and MLP of each encoder layer, the projector: nearly
-    all of the tower's weights) by an Int8Linear read from `f`; returns their module names."""
+    all of the tower's weights) by a CompactLinear read from `f`; returns their module names."""
     names = [name for name, module in tower.named_modules() if isinstance(module, nn.Linear)]
     scratch = DequantScratch()
     for name in names:
         parent, _, child = name.rpartition(".")
-        tower.get_submodule(parent).register_module(child, Int8Linear.from_file(f, name, dtype, scratch))
+        layer = CompactLinear.from_file(f, name, precision.weights, precision.compute, scratch)
+        tower.get_submodule(parent).register_module(child, layer)
     return set(names)
 
 
