@@ -8,6 +8,7 @@ This module reads one; the rest of the package writes one from a checkpoint:
     text_gguf.py       the decoder as a GGUF for llama.cpp, and llama.cpp's quantizer
     safetensors_io.py  safetensors read and written one tensor at a time
     inspection.py      what a bundle holds (`ppvl-ocr inspect`)
+    layout_model.py    the optional layout model in `layout/` (convert --layout / --add-layout)
 """
 
 from __future__ import annotations
@@ -146,6 +147,16 @@ class Bundle:
         """The vision tower as llama.cpp's mmproj GGUF, when converted with --mmproj."""
         name = self.manifest["vision"].get("mmproj")
         return self.path / name if name else None
+
+    @property
+    def layout(self) -> dict[str, Any] | None:
+        """The manifest's layout entry (bundle/layout_model.py), or None without a layout model."""
+        return self.manifest.get("layout")
+
+    @property
+    def layout_dir(self) -> Path | None:
+        """The layout model's folder (LayoutDetector.load reads it), or None."""
+        return self.path / self.layout["dir"] if self.layout else None
 
     @cached_property
     def config(self) -> dict[str, Any]:

@@ -13,6 +13,8 @@ A bundle is a folder:
     text-<QUANT>.gguf        the ERNIE decoder for llama.cpp (arch `paddleocr`), one per quant
     mmproj-F16.gguf          optional (--mmproj): vision + projector as llama.cpp's own mmproj,
                              to compare our PyTorch vision with llama.cpp running the whole model
+    layout/                  optional (--layout): a PP-DocLayoutV2/V3 checkpoint for document
+                             parsing, as published (layout_model.py)
 
 The pieces: vocab.py (the GGUF's vocabulary), text_gguf.py (the decoder GGUF and quantization),
 safetensors_io.py (vision.safetensors), compare/mmproj.py (the optional mmproj GGUF); this module
@@ -46,6 +48,7 @@ from ..files import fsync_dir, fsync_tree
 from ..engine.tokenizer import TOKENIZER_FILES
 from . import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST, MMPROJ_PREFIX, Log, is_bundle, mmproj_filename, no_log, sha256_file
 from .checkpoint import Checkpoint, open_checkpoint, resolve_source
+from .layout_model import layout_hint, read_layout_source, write_layout
 from .safetensors_io import PendingTensor, write_safetensors
 from .text_gguf import DEFAULT_QUANT, QUANT_TYPES, quantize, write_text_gguf
 
@@ -213,16 +216,19 @@ def convert(
     overwrite: bool = False,
     threads: int | None = None,
     mmproj: bool = False,
+    layout: str | None = None,
     log: Log = no_log,
     progress: bool = False,
 ) -> Path:
     """Convert a PaddleOCR-VL checkpoint (folder or hub id) into a bundle at `out`; `mmproj` adds
-    the vision tower as llama.cpp's mmproj GGUF too."""
+    the vision tower as llama.cpp's mmproj GGUF too, `layout` a layout model (folder or hub id)."""
     quant_names = parse_quants(quants)
     out = Path(out)
     _check_destination(out, overwrite)
     ckpt = open_checkpoint(resolve_source(source))
     ckpt.tensor_names()  # fail on unreadable shards before any work
+    if layout is not None:
+        read_layout_source(layout)  # ... and on a wrong layout folder
     started = time.monotonic()
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -266,6 +272,12 @@ def convert(
             f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size}
             for f in sorted(stage.iterdir())
         }
+        layout_entry = None
+        if layout is not None:
+            layout_entry, layout_files = write_layout(layout, stage, ckpt.model_version, log)
+            files = dict(sorted({**files, **layout_files}.items()))
+        else:
+            log(layout_hint(ckpt.model_version, out))
         import gguf
         import llama_cpp
 
@@ -291,6 +303,7 @@ def convert(
                 "tied_output": "lm_head.weight" not in ckpt.tensor_names(),
             },
             "vision": {"file": "vision.safetensors", **vision_info},
+            **({"layout": layout_entry} if layout_entry else {}),
             "files": files,
         }
         # The manifest is written last: a folder without one is never taken for a bundle.
