@@ -58,6 +58,18 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def bundle_id(name: str, files: dict[str, dict[str, Any]], prompt_style: str) -> str:
+    """The bundle's id, which goes into every checkpoint key: it changes with anything that can
+    change an answer, i.e. the content of every file the model is loaded from (decoders,
+    tokenizer files, chat template, preprocessor config, config, vision weights), sorted by name,
+    and the prompt style. The mmproj GGUF is left out: ppvl-ocr never reads it. Bundles made
+    before this scheme keep the id in their manifest (it is read, never recomputed)."""
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "model"
+    covered = {n: files[n]["sha256"] for n in sorted(files) if not n.startswith(MMPROJ_PREFIX)}
+    digest = hashlib.sha256(json.dumps({"files": covered, "prompt_style": prompt_style}, sort_keys=True).encode())
+    return f"{slug}-{digest.hexdigest()[:8]}"
+
+
 def is_bundle(path: Path) -> bool:
     try:
         return json.loads((path / MANIFEST).read_text()).get("format") == BUNDLE_FORMAT

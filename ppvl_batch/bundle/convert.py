@@ -31,7 +31,6 @@ into place last, so an interrupted convert never leaves something that looks lik
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import math
 import os
@@ -46,7 +45,7 @@ from .. import __version__
 from ..errors import ModelError, OutputError, UsageError
 from ..files import fsync_dir, fsync_tree
 from ..engine.tokenizer import TOKENIZER_FILES
-from . import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST, MMPROJ_PREFIX, Log, is_bundle, mmproj_filename, no_log, sha256_file
+from . import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST, Log, bundle_id, is_bundle, mmproj_filename, no_log, sha256_file
 from .checkpoint import Checkpoint, open_checkpoint, resolve_source
 from .layout_model import layout_hint, read_layout_source, write_layout
 from .safetensors_io import PendingTensor, write_safetensors
@@ -194,18 +193,6 @@ def _check_destination(out: Path, overwrite: bool) -> None:
         return
     if any(out.iterdir()):
         raise OutputError(f"{out}: exists, is not empty and is not a bundle; refusing to overwrite it")
-
-
-def bundle_id(name: str, files: dict[str, dict[str, Any]], prompt_style: str) -> str:
-    """The bundle's id, which goes into every checkpoint key: it changes with anything that can
-    change an answer, i.e. the content of every file the model is loaded from (decoders,
-    tokenizer files, chat template, preprocessor config, config, vision weights), sorted by name,
-    and the prompt style. The mmproj GGUF is left out: ppvl-ocr never reads it. Bundles made
-    before this scheme keep the id in their manifest (it is read, never recomputed)."""
-    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "model"
-    covered = {n: files[n]["sha256"] for n in sorted(files) if not n.startswith(MMPROJ_PREFIX)}
-    digest = hashlib.sha256(json.dumps({"files": covered, "prompt_style": prompt_style}, sort_keys=True).encode())
-    return f"{slug}-{digest.hexdigest()[:8]}"
 
 
 def convert(

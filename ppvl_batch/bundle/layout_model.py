@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import ModelError, OutputError
 from ..files import atomic_write, fsync_dir, fsync_tree
-from . import MANIFEST, Bundle, Log, no_log, sha256_file
+from . import MANIFEST, Bundle, Log, bundle_id, no_log, sha256_file
 from .checkpoint import resolve_source
 
 LAYOUT_DIR = "layout"
@@ -97,8 +97,6 @@ def add_layout(bundle_path: str | Path, source: str, *, overwrite: bool = False,
     """Put a layout model into an existing bundle: its folder is staged beside the bundle's
     files and renamed into place, then the manifest (with the new id) replaces the old one in
     one rename; until then the bundle is the old one."""
-    from .convert import bundle_id
-
     bundle = Bundle.open(bundle_path)
     manifest = dict(bundle.manifest)
     if "layout" in manifest and not overwrite:
