@@ -33,6 +33,7 @@ from ppvl_batch.documents.inputs import InputFile, collect
 from .hashcache import HashCache
 from .journal import RecordWriter
 from .options import InternalError, ScanOptions, Summary
+from .layout_mode import layout_mode
 from .plan import Page, Planner, check_outside_inputs, page_settings
 from .progress import Progress
 from .recorder import Recorder
@@ -90,8 +91,9 @@ class Scan:
                 )
             rec = self._load_recognizer()
             try:
-                work = PageWork(rec, o)
-                settings = page_settings(o, rec.model_id)
+                layout = layout_mode(rec, o, self.cwd)
+                work = PageWork(rec, o, layout)
+                settings = page_settings(o, rec.model_id, layout.key_settings() if layout else None)
                 self.planner = Planner(o, writer, hashes, settings, rec.max_pixels, render=work.render)
                 self.recorder = Recorder(writer, work, self.summary, self.progress, settings, markdown_paths)
                 self.work = work

@@ -1,0 +1,78 @@
+"""Layout mode of a scan: pages read block by block through layout/parser.DocumentParser instead
+of whole (README, "Document parsing").
+
+It is on when the bundle has a layout model, unless --no-layout. The page stays the unit of a
+record and of resume; only the way a page's text is made changes, and the checkpoint key covers
+everything that changes it (`key_settings`).
+
+Image blocks are saved as PNG files: under `--images DIR` as DIR/<document path>_images/, else
+beside the document's Markdown as <markdown>/<document path>_images/; with neither option they
+are not saved (their blocks have `image: null`). A block's `image` is the file's path relative
+to the document's Markdown file, or, without --markdown, to the working directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ppvl_batch.documents.inputs import InputFile
+from ppvl_batch.errors import UsageError
+from ppvl_batch.layout.detector import LayoutDetector, RuledDetector
+from ppvl_batch.layout.markdown import default_images_dir
+from ppvl_batch.layout.parser import DocumentParser, ParserOptions
+from ppvl_batch.layout.postprocess import LayoutRules
+
+from .options import ScanOptions
+
+
+@dataclass(frozen=True)
+class LayoutMode:
+    detector: RuledDetector
+    options: ParserOptions  # images_dir / links_from are set per document (parser)
+    model_id: str  # the layout model's id (bundle manifest), in records and keys
+    images: Path | None  # --images
+    markdown: Path | None  # --markdown
+    cwd: Path
+
+    def key_settings(self) -> dict[str, Any]:
+        """What besides the recognizer changes a page's text in layout mode."""
+        return {"layout_model": self.model_id, "rules": self.detector.rules.settings(), **self.options.prompt_choices()}
+
+    def parser(self, recognizer: Any, doc: InputFile) -> DocumentParser:
+        """A parser that saves this document's image blocks where the module docstring says."""
+        mirror = doc.mirror_path(self.cwd)
+        markdown_file = self.markdown / f"{mirror}.md" if self.markdown else None
+        if self.images is not None:
+            images_dir: Path | None = default_images_dir(self.images / f"{mirror}.md")
+        else:
+            images_dir = default_images_dir(markdown_file) if markdown_file else None
+        links_from = markdown_file.parent if markdown_file else self.cwd
+        return DocumentParser(recognizer, self.detector, replace(self.options, images_dir=images_dir, links_from=links_from))
+
+
+def layout_mode(recognizer: Any, o: ScanOptions, cwd: Path) -> LayoutMode | None:
+    """The scan's layout mode from its options and the bundle, or None for whole pages. Options
+    that contradict the mode are a UsageError."""
+    bundle = recognizer.bundle
+    on = bundle.layout_dir is not None if o.layout is None else o.layout
+    if not on:
+        given = [name for name, value in (("--charts", o.charts), ("--seals", o.seals), ("--images", o.images),
+                                          ("--layout-threshold", o.layout_threshold)) if value]
+        if given:
+            why = "the bundle has no layout model" if bundle.layout_dir is None else "--no-layout is given"
+            raise UsageError(f"{', '.join(given)}: only for layout mode, and {why}")
+        return None
+    if bundle.layout_dir is None:
+        raise UsageError(f"--layout: {bundle.path} has no layout model; add one with `ppvl-ocr convert --add-layout LAYOUT {bundle.path}`")
+    if o.prompt is not None or o.task != "ocr":
+        raise UsageError("--task and --prompt are for whole pages: in layout mode each block is read with its label's prompt "
+                         "(use --no-layout)")
+    if o.seals and "seal" not in recognizer.tasks:
+        raise UsageError("--seals: this is a PaddleOCR-VL v1 bundle, which has no seal recognition")
+    detector = LayoutDetector.load(bundle.layout_dir, device=recognizer.device)
+    overrides = {} if o.layout_threshold is None else {"thresholds": {}, "default_threshold": o.layout_threshold}
+    rules = LayoutRules.for_version(detector.version, **overrides)
+    options = ParserOptions(charts=o.charts, seals=o.seals, max_new_tokens=o.max_new_tokens, merge_tables=o.merge_tables)
+    return LayoutMode(detector.with_rules(rules, o.batch_size), options, bundle.layout["id"], o.images, o.markdown, cwd)
