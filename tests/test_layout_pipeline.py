@@ -62,3 +62,42 @@ def test_rules_nothing_passes_leave_an_empty_page(tiny_bundle, layout_v3) -> Non
     with Recognizer.load(tiny_bundle, quant="F32", dtype="fp32", kv_type="f32") as rec:
         [result] = DocumentParser(rec, detector).parse([page(0)])
     assert (result.blocks, result.markdown, result.output_tokens) == ([], "", 0)
+
+
+def test_ask_layout_and_the_library_give_scans_page(layout_bundle, tmp_path, monkeypatch) -> None:
+    """One page three ways: `scan` (layout mode), `ask --layout`, DocumentParser.for_recognizer."""
+    import orjson
+    from click.testing import CliRunner
+
+    from ppvl_batch.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    torch.set_num_threads(1)
+    page(3).save(tmp_path / "p.png")
+    scanned = CliRunner().invoke(main, ["scan", "p.png", "-o", "out.jsonl", "--model", str(layout_bundle), "--max-new-tokens", "6"])
+    assert scanned.exit_code == 0, scanned.output
+    [record] = [orjson.loads(line) for line in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+    assert record["blocks"] and record["text"]
+
+    asked = CliRunner().invoke(main, ["ask", "-i", "p.png", "--layout", "--model", str(layout_bundle), "--max-tokens", "6"])
+    assert asked.exit_code == 0, asked.output
+    assert asked.stdout == record["text"] + "\n"
+
+    with Recognizer.load(layout_bundle, max_new_tokens=6) as rec:
+        [parsed] = DocumentParser.for_recognizer(rec, ParserOptions(max_new_tokens=6)).parse([Image.open(tmp_path / "p.png")])
+    assert [b.to_record() for b in parsed.blocks] == record["blocks"]
+    assert (parsed.markdown, parsed.output_tokens) == (record["text"], record["output_tokens"])
+
+
+def test_ask_layout_refuses_what_it_cannot_do(layout_bundle, tiny_bundle, tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from ppvl_batch.cli import main
+    from ppvl_batch.errors import ExitCode
+
+    page(0).save(tmp_path / "p.png")
+    image = str(tmp_path / "p.png")
+    served = CliRunner().invoke(main, ["ask", "-i", image, "--layout", "--server", "http://127.0.0.1:9"])
+    assert served.exit_code == ExitCode.USAGE and "--layout does not take --server" in served.stderr
+    bare = CliRunner().invoke(main, ["ask", "-i", image, "--layout", "--model", str(tiny_bundle)])
+    assert bare.exit_code == ExitCode.MODEL and "has no layout model" in bare.stderr

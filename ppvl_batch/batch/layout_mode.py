@@ -19,10 +19,9 @@ from typing import Any
 
 from ppvl_batch.documents.inputs import InputFile
 from ppvl_batch.errors import UsageError
-from ppvl_batch.layout.detector import LayoutDetector, RuledDetector
+from ppvl_batch.layout.detector import RuledDetector, bundle_detector
 from ppvl_batch.layout.markdown import default_images_dir
 from ppvl_batch.layout.parser import DocumentParser, ParserOptions
-from ppvl_batch.layout.postprocess import LayoutRules
 
 from .options import ScanOptions
 
@@ -71,8 +70,6 @@ def layout_mode(recognizer: Any, o: ScanOptions, cwd: Path) -> LayoutMode | None
                          "(use --no-layout)")
     if o.seals and "seal" not in recognizer.tasks:
         raise UsageError("--seals: this is a PaddleOCR-VL v1 bundle, which has no seal recognition")
-    detector = LayoutDetector.load(bundle.layout_dir, device=recognizer.device)
-    overrides = {} if o.layout_threshold is None else {"thresholds": {}, "default_threshold": o.layout_threshold}
-    rules = LayoutRules.for_version(detector.version, **overrides)
+    detector = bundle_detector(bundle, recognizer.device, o.layout_threshold, o.batch_size)
     options = ParserOptions(charts=o.charts, seals=o.seals, max_new_tokens=o.max_new_tokens, merge_tables=o.merge_tables)
-    return LayoutMode(detector.with_rules(rules, o.batch_size), options, bundle.layout["id"], o.images, o.markdown, cwd)
+    return LayoutMode(detector, options, bundle.layout["id"], o.images, o.markdown, cwd)

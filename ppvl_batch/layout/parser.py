@@ -2,6 +2,7 @@
 page's Markdown (docs/layout-text.md, "The parser").
 
     parser = DocumentParser(recognizer, detector, ParserOptions(images_dir=Path("doc_images")))
+    # or, with the bundle's own layout model: DocumentParser.for_recognizer(recognizer, options)
     [page] = parser.parse([Image.open("scan.png")])
     page.markdown, [b.to_record() for b in page.blocks], page.output_tokens
 
@@ -120,6 +121,15 @@ class _Job:
 
 
 class DocumentParser:
+    @classmethod
+    def for_recognizer(cls, recognizer: Recognizer, options: ParserOptions | None = None, *,
+                       threshold: float | None = None, batch_size: int = 8) -> DocumentParser:
+        """A parser with the recognizer's bundle's layout model (ModelError when it has none),
+        run on the recognizer's device: the same set-up as `scan` in layout mode."""
+        from .detector import bundle_detector
+
+        return cls(recognizer, bundle_detector(recognizer.bundle, recognizer.device, threshold, batch_size), options)
+
     def __init__(self, recognizer: Recognizer, detector: Detector, options: ParserOptions | None = None):
         self.rec = recognizer
         self.detector = detector
