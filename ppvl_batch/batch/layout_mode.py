@@ -54,17 +54,19 @@ class LayoutMode:
 def layout_mode(recognizer: Any, o: ScanOptions, cwd: Path) -> LayoutMode | None:
     """The scan's layout mode from its options and the bundle, or None for whole pages. Options
     that contradict the mode are a UsageError."""
-    bundle = recognizer.bundle
-    on = bundle.layout_dir is not None if o.layout is None else o.layout
+    bundle = getattr(recognizer, "bundle", None)  # a recognizer without one (a stand-in) reads whole pages
+    has_layout = bundle is not None and bundle.layout_dir is not None
+    on = has_layout if o.layout is None else o.layout
     if not on:
         given = [name for name, value in (("--charts", o.charts), ("--seals", o.seals), ("--images", o.images),
                                           ("--layout-threshold", o.layout_threshold)) if value]
         if given:
-            why = "the bundle has no layout model" if bundle.layout_dir is None else "--no-layout is given"
+            why = "--no-layout is given" if has_layout else "the bundle has no layout model"
             raise UsageError(f"{', '.join(given)}: only for layout mode, and {why}")
         return None
-    if bundle.layout_dir is None:
-        raise UsageError(f"--layout: {bundle.path} has no layout model; add one with `ppvl-ocr convert --add-layout LAYOUT {bundle.path}`")
+    if not has_layout:
+        where = getattr(bundle, "path", "the model")
+        raise UsageError(f"--layout: {where} has no layout model; add one with `ppvl-ocr convert --add-layout LAYOUT {where}`")
     if o.prompt is not None or o.task != "ocr":
         raise UsageError("--task and --prompt are for whole pages: in layout mode each block is read with its label's prompt "
                          "(use --no-layout)")
