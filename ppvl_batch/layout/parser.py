@@ -138,8 +138,6 @@ class DocumentParser:
             raise ValueError("seal recognition needs a PaddleOCR-VL 1.5 or later bundle")
         if self.o.min_pixels > self.o.max_pixels:
             raise ValueError(f"block min_pixels {self.o.min_pixels} is above max_pixels {self.o.max_pixels}")
-        pre = recognizer.preprocessor
-        self.factor = int(pre.config.get("patch_size", 14)) * pre.merge  # what smart_resize rounds to
 
     # -- the batch ----------------------------------------------------------------------------
 
@@ -229,8 +227,7 @@ class DocumentParser:
     def _prepare(self, p: int, page: Image.Image, block: Block, polygon) -> _Job | None:
         started = time.perf_counter()
         try:
-            image = block_input(page, block.label, block.bbox, polygon,
-                                min_pixels=self.o.min_pixels, max_pixels=self.o.max_pixels, factor=self.factor)
+            image = block_input(page, block.label, block.bbox, polygon)
         except CropError as e:
             block.fail("crop", str(e))
             return None
