@@ -41,6 +41,10 @@ Records (one JSON object per line, written and flushed page by page):
   seconds model key, and when they apply: blank (true: no ink, not read),
   warnings (e.g. "repaired: ..." for a damaged PDF), same_as (the file with
   the same content whose record this one copies).
+In layout mode (a bundle with a layout model, unless --no-layout) task is
+"layout", text is the page's Markdown, and records add layout_model and
+blocks (id order label bbox score task text format image finish_reason
+output_tokens error); the key also covers the layout model and its options.
 A document that cannot be opened gets one record with page null. Error types:
   missing unreadable empty unsupported corrupt truncated encrypted too_large
   recognition internal
