@@ -72,6 +72,11 @@ def test_layout_mode_records_resume_and_markdown(layout_bundle, tmp_path):
     assert all("blocks" not in r and "layout_model" not in r and r["task"] == "ocr" for r in pages)
     assert {r["key"] for r in pages}.isdisjoint(r["key"] for r in got)
 
+    # a layout option that changes the blocks (here the detection threshold) changes the keys too
+    stricter = scan(str(pdf), "-o", str(out), "--model", str(layout_bundle), "--layout-threshold", "0.5", *SMALL)
+    assert stricter.exit_code == 0 and "0 already done" in stricter.stderr, stricter.output
+    assert len({r["key"] for r in records(out)}) == 9
+
 
 def test_image_blocks_are_saved_and_linked(layout_bundle, tmp_path, monkeypatch):
     """The tiny model only finds `text`; relabel its blocks as images to see them saved."""
