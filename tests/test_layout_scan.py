@@ -128,10 +128,19 @@ def test_a_bad_block_fails_alone(layout_bundle, tmp_path, monkeypatch):
     assert sum(b["output_tokens"] is not None for r in got for b in r["blocks"]) == len(calls) - 1
 
 
-def test_options_that_contradict_the_mode(layout_bundle, tiny_bundle, tmp_path):
+def test_options_that_contradict_the_mode(layout_bundle, tiny_bundle, bundle_dirs, layout_v3_dir, tmp_path):
+    import shutil
+
+    from ppvl_batch.bundle.layout_model import add_layout
+
+    v1 = tmp_path / "v1-bundle"
+    shutil.copytree(bundle_dirs["v1-original"], v1)
+    add_layout(v1, str(layout_v3_dir))
     pdf = make_pdf(tmp_path / "d.pdf", pages=1)
     out = str(tmp_path / "o.jsonl")
     cases = [
+        ([str(pdf), "-o", out, "--model", str(v1), "--seals"], "v1 bundle, which has no seal recognition"),
+        ([str(pdf), "-o", out, "--model", str(tiny_bundle), "--layout-threshold", "0"], "only for layout mode"),
         ([str(pdf), "-o", out, "--model", str(tiny_bundle), "--layout"], "has no layout model"),
         ([str(pdf), "-o", out, "--model", str(tiny_bundle), "--charts"], "only for layout mode"),
         ([str(pdf), "-o", out, "--model", str(layout_bundle), "--no-layout", "--images", "x"], "only for layout mode"),

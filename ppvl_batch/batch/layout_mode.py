@@ -58,8 +58,8 @@ def layout_mode(recognizer: Any, o: ScanOptions, cwd: Path) -> LayoutMode | None
     has_layout = bundle is not None and bundle.layout_dir is not None
     on = has_layout if o.layout is None else o.layout
     if not on:
-        given = [name for name, value in (("--charts", o.charts), ("--seals", o.seals), ("--images", o.images),
-                                          ("--layout-threshold", o.layout_threshold)) if value]
+        given = [name for name, used in (("--charts", o.charts), ("--seals", o.seals), ("--images", o.images is not None),
+                                         ("--layout-threshold", o.layout_threshold is not None)) if used]
         if given:
             why = "--no-layout is given" if has_layout else "the bundle has no layout model"
             raise UsageError(f"{', '.join(given)}: only for layout mode, and {why}")
