@@ -3,6 +3,7 @@ with transformers in both published layouts, and bundles converted from them by 
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -59,4 +60,30 @@ def variant_dirs(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     for variant in tiny_model.TOKENIZER_VARIANTS:
         ckpt = tiny_model.build_checkpoint(root / f"{variant}-ckpt", seed=11, tokenizer_variant=variant)
         out[variant] = (ckpt, convert(str(ckpt), root / variant, ["F32"]))
+    return out
+
+
+@pytest.fixture(scope="session")
+def layout_v3_dir(tmp_path_factory) -> Path:
+    """A tiny PP-DocLayoutV3 checkpoint of the real class that finds `text` blocks (random
+    weights alone find nothing above the threshold)."""
+    import tiny_layout
+
+    return tiny_layout.build_layout_checkpoint(tmp_path_factory.mktemp("layout") / "v3", version="v3", seed=0, confident="text")
+
+
+@pytest.fixture(scope="session")
+def layout_bundle(tiny_bundle, layout_v3_dir, tmp_path_factory) -> Path:
+    """The tiny 1.5 bundle (F32 decoder only) with the tiny V3 layout model added."""
+    import shutil
+
+    from ppvl_batch.bundle.layout_model import add_layout
+
+    out = tmp_path_factory.mktemp("layout-bundle") / "bundle"
+    shutil.copytree(tiny_bundle, out, ignore=shutil.ignore_patterns("text-F16.gguf", "text-Q*.gguf"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"] = {n: f for n, f in manifest["files"].items() if (out / n).exists()}
+    manifest["text"]["quants"] = {"F32": "text-F32.gguf"}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    add_layout(out, str(layout_v3_dir))
     return out

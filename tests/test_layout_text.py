@@ -21,7 +21,6 @@ from ppvl_batch.layout.blocks import (
     block_input,
     crop_block,
     finish_text,
-    fit_crop,
     normalize_math,
     strip_math_delimiters,
     trim_to_ink,
@@ -182,49 +181,42 @@ def test_trim_to_ink_keeps_blank_and_tiny_ink_crops():
     assert trim_to_ink(speck) is speck
 
 
-def accepted(image: Image.Image) -> bool:
+def accepted(image: Image.Image, factor: int) -> bool:
     try:
-        smart_resize(image.height, image.width, factor=28, min_pixels=BLOCK_MIN_PIXELS, max_pixels=BLOCK_MAX_PIXELS)
+        smart_resize(image.height, image.width, factor=factor, min_pixels=BLOCK_MIN_PIXELS, max_pixels=BLOCK_MAX_PIXELS)
     except ValueError:
         return False
     return True
 
 
-@pytest.mark.parametrize("size", [(300, 200), (5, 5), (1, 1), (4000, 3000), (2000, 10), (10, 2000)])
-def test_fit_crop_keeps_what_smart_resize_takes(size):
-    crop = noise_page(*size)
-    assert accepted(crop) and fit_crop(crop) is crop
+@pytest.mark.parametrize("size", [(3000, 12), (12, 3000), (250, 1), (5601, 28)])
+def test_extreme_crops_are_padded_by_the_engines_preprocessor_at_the_block_limits(size):
+    """block_input leaves a strip as cut; the preprocessor (engine/vision.pad_aspect_ratio, its
+    patch and merge sizes from the bundle's config) takes it at the block limits by centring it
+    on white paper, and keeps it a strip rather than squashing it."""
+    from ppvl_batch.engine.vision import pad_aspect_ratio
 
-
-@pytest.mark.parametrize("size", [(3000, 10), (10, 3000), (250, 1), (1, 250), (20000, 40), (5601, 28)])
-def test_fit_crop_pads_an_extreme_aspect_ratio_to_the_least_accepted_shape(size):
-    crop = noise_page(*size, seed=1)
-    assert not accepted(crop)
-    fitted = fit_crop(crop)
-    assert accepted(fitted)
+    config = json.loads((Path(ppvl_batch.__file__).parent / "demo" / "preprocessor_config.json").read_text())
+    preprocessor = ImagePreprocessor(config)
+    page = noise_page(*size, seed=2)
+    strip = block_input(page, "text", (0, 0, *size))
+    assert np.array_equal(np.asarray(strip), np.asarray(page))  # no padding of our own
+    assert not accepted(strip, preprocessor.factor)  # smart_resize alone refuses it
+    padded = pad_aspect_ratio(strip, preprocessor.factor, BLOCK_MIN_PIXELS, BLOCK_MAX_PIXELS)
+    assert accepted(padded, preprocessor.factor)
     w, h = size
-    fw, fh = fitted.size
-    wide = w > h
-    assert (fw == w and fh > h) if wide else (fh == h and fw > w)
-    narrower = Image.new("RGB", (fw, fh - 1) if wide else (fw - 1, fh))
-    assert not accepted(narrower)  # one pixel less would be refused again
-    a = np.asarray(fitted)
-    x, y = (fw - w) // 2, (fh - h) // 2
-    assert np.array_equal(a[y : y + h, x : x + w], np.asarray(crop))  # centred, unchanged
+    x, y = (padded.width - w) // 2, (padded.height - h) // 2
+    a = np.asarray(padded)
+    assert np.array_equal(a[y : y + h, x : x + w], np.asarray(strip))  # centred, unchanged
     outside = np.ones(a.shape[:2], bool)
     outside[y : y + h, x : x + w] = False
     assert (a[outside] == 255).all()
-
-
-def test_padded_crop_goes_through_our_preprocessor_at_the_block_limits():
-    config = json.loads((Path(ppvl_batch.__file__).parent / "demo" / "preprocessor_config.json").read_text())
-    preprocessor = ImagePreprocessor(config)
-    strip = noise_page(3000, 12, seed=2)
-    with pytest.raises(ValueError, match="aspect ratio"):
-        preprocessor(strip, min_pixels=BLOCK_MIN_PIXELS, max_pixels=BLOCK_MAX_PIXELS)
-    prepared = preprocessor(fit_crop(strip), min_pixels=BLOCK_MIN_PIXELS, max_pixels=BLOCK_MAX_PIXELS)
-    assert BLOCK_MIN_PIXELS <= prepared.width * prepared.height <= BLOCK_MAX_PIXELS
-    assert prepared.width > 100 * prepared.height  # still a strip, not squashed to a square
+    prepared = preprocessor(strip, min_pixels=BLOCK_MIN_PIXELS, max_pixels=BLOCK_MAX_PIXELS)
+    side = preprocessor.config.get("patch_size", 14)
+    pixels = prepared.grid_h * prepared.grid_w * side * side
+    assert BLOCK_MIN_PIXELS <= pixels <= BLOCK_MAX_PIXELS
+    long_grid, short_grid = sorted((prepared.grid_h, prepared.grid_w), reverse=True)
+    assert long_grid > 20 * short_grid and (prepared.grid_w > prepared.grid_h) == (w > h)  # still a strip
 
 
 def test_block_input_trims_formulas_only():

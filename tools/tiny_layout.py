@@ -83,8 +83,10 @@ def preprocessor_config(version: str, side: int = 800) -> dict[str, Any]:
     }
 
 
-def make_model(version: str = "v2", size: str = "tiny", seed: int = 0):
-    """A random-weight PPDocLayoutV2/V3ForObjectDetection in eval mode."""
+def make_model(version: str = "v2", size: str = "tiny", seed: int = 0, confident: str | None = None):
+    """A random-weight PPDocLayoutV2/V3ForObjectDetection in eval mode. `confident`: a label
+    whose class bias is raised so that queries score far above the thresholds with it (random
+    weights alone find nothing; a test that needs blocks from a real detector uses this)."""
     import torch
     import transformers
 
@@ -95,13 +97,22 @@ def make_model(version: str = "v2", size: str = "tiny", seed: int = 0):
     torch.manual_seed(seed)
     config = config_cls(**_config_kwargs(version, size))
     config.architectures = [ARCHITECTURES[version]]
-    return model_cls(config).eval()
+    model = model_cls(config).eval()
+    if confident is not None:
+        decoder = model.model.decoder
+        # V2 has one class head per decoder layer, V3 one shared by all
+        head = decoder.class_embed[-1] if version == "v2" else decoder.class_embed
+        with torch.no_grad():
+            head.bias[LABELS.index(confident)] = 4.0
+    return model
 
 
-def build_layout_checkpoint(out_dir: str | Path, version: str = "v2", size: str = "tiny", seed: int = 0) -> Path:
+def build_layout_checkpoint(
+    out_dir: str | Path, version: str = "v2", size: str = "tiny", seed: int = 0, confident: str | None = None
+) -> Path:
     """Write config.json, model.safetensors and preprocessor_config.json into out_dir."""
     out_dir = Path(out_dir)
-    model = make_model(version, size, seed)
+    model = make_model(version, size, seed, confident)
     model.save_pretrained(out_dir)
     side = 128 if size == "tiny" else 800
     (out_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(version, side), indent=2))

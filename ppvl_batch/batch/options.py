@@ -39,6 +39,13 @@ class ScanOptions:
     log_interval: float = 60.0
     skip_blank: bool = True  # blank pages get an ok record without the model
     rehash: bool = False  # hash every file again instead of trusting the hash cache
+    # layout mode (layout_mode.py); layout None: on when the bundle has a layout model
+    layout: bool | None = None
+    charts: bool = False
+    seals: bool = False
+    images: Path | None = None
+    layout_threshold: float | None = None
+    merge_tables: bool = True
 
 
 class InternalError(PPVLError):

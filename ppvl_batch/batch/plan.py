@@ -44,6 +44,7 @@ class Page:
     page_count: int
     key: str
     prepared: Any = None  # the recognizer's PreparedImage, or None when `error` is set or blank
+    image: Any = None  # layout mode: the rendered page (PIL), until parsed
     error: PageError | None = None
     seconds: float = 0.0  # spent rendering and preparing
     blank: bool = False
@@ -85,7 +86,7 @@ def check_outside_inputs(found: Inputs, options: ScanOptions, markdown_targets: 
     outputs: list[tuple[str, Path]] = []
     if options.output != "-":
         outputs.append(("output", Path(options.output)))
-    for label, path in (("--state", options.state), ("--summary-json", options.summary_json)):
+    for label, path in (("--state", options.state), ("--summary-json", options.summary_json), ("--images", options.images)):
         if path is not None:
             outputs.append((label, path))
     outputs += [("--markdown", p) for p in markdown_targets]
@@ -99,19 +100,20 @@ def check_outside_inputs(found: Inputs, options: ScanOptions, markdown_targets: 
             raise UsageError(f"{label} {path} is one of the input files")
 
 
-def page_settings(o: ScanOptions, model_id: str) -> str:
-    """Digest of everything besides the file that changes a page's answer (checkpoint_key)."""
-    return settings_digest(
-        {
-            "model": model_id,
-            "task": o.task,
-            "prompt": o.prompt,
-            "min_pixels": o.min_pixels,
-            "max_pixels": o.max_pixels,
-            "dpi": o.dpi,
-            "max_new_tokens": o.max_new_tokens,
-        }
-    )
+def page_settings(o: ScanOptions, model_id: str, layout: dict[str, Any] | None = None) -> str:
+    """Digest of everything besides the file that changes a page's answer (checkpoint_key);
+    `layout`: layout mode's settings (LayoutMode.key_settings), absent in whole-page mode so that
+    whole-page keys stay what they were."""
+    settings = {
+        "model": model_id,
+        "task": o.task,
+        "prompt": o.prompt,
+        "min_pixels": o.min_pixels,
+        "max_pixels": o.max_pixels,
+        "dpi": o.dpi,
+        "max_new_tokens": o.max_new_tokens,
+    }
+    return settings_digest(settings if layout is None else {**settings, "layout": layout})
 
 
 class Planner:

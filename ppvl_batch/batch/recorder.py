@@ -119,4 +119,4 @@ class Recorder:
                     return  # no journal to read it from (stdout without --state)
                 record = self.writer.journal.record(key)
             records.append(record)
-        atomic_write(target, render_markdown(records).encode())
+        atomic_write(target, render_markdown(records, merge_tables=self.work.o.merge_tables).encode())

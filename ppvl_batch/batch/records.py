@@ -41,12 +41,15 @@ def make_record(
     blank: bool = False,
     size: tuple[int, int] | None = None,
     warnings: list[str] | tuple[str, ...] = (),
+    blocks: list[dict[str, Any]] | None = None,
+    layout_model: str | None = None,
 ) -> Record:
     """One JSONL record: a page read by the model (`result`, a recognizer PageResult), a blank
     page the model was spared (`blank`, `size` of the rendered page), or a page or document
     that failed (`error` = (type, message); `page` None when the whole document failed before
     its pages could be counted). `warnings` (e.g. a repaired PDF) and `blank` appear only when
-    set."""
+    set. In layout mode (`layout_model` given) every record has `blocks` (Block.to_record
+    entries; [] for a blank page, null for a failed one) and `layout_model`."""
     ok = error is None
     if blank:
         result = _Blank(*size) if size else _Blank()
@@ -69,6 +72,9 @@ def make_record(
         "model": model,
         "key": key,
     }
+    if layout_model is not None:
+        record["blocks"] = ([] if blank else blocks) if ok else None
+        record["layout_model"] = layout_model
     if blank:
         record["blank"] = True
     if warnings:

@@ -17,6 +17,7 @@ from ppvl_batch.documents.inputs import InputFile, collect
 
 from .hashcache import HashCache
 from .journal import RecordWriter
+from .layout_mode import layout_mode, wants_layout
 from .options import InternalError, ScanOptions, Summary
 from .plan import Planner, check_outside_inputs, page_settings
 from .progress import Progress
@@ -68,8 +69,12 @@ def open_session(
             )
         rec = load_recognizer()
         try:
-            work = PageWork(rec, o)
-            settings = page_settings(o, rec.model_id)
+            if not render and wants_layout(rec, o):
+                raise UsageError("--ray reads whole pages: layout mode runs on this machine only for now; "
+                                 "add --no-layout, or drop --ray")
+            layout = layout_mode(rec, o, cwd)
+            work = PageWork(rec, o, layout)
+            settings = page_settings(o, rec.model_id, layout.key_settings() if layout else None)
             planner = Planner(o, writer, hashes, settings, rec.max_pixels, render=work.render if render else None)
             recorder = Recorder(writer, work, summary, progress, settings, markdown_paths)
             yield Session(found.documents, writer, rec, work, settings, planner, recorder)

@@ -8,6 +8,7 @@ This module reads one; the rest of the package writes one from a checkpoint:
     text_gguf.py       the decoder as a GGUF for llama.cpp, and llama.cpp's quantizer
     safetensors_io.py  safetensors read and written one tensor at a time
     inspection.py      what a bundle holds (`ppvl-ocr inspect`)
+    layout_model.py    the optional layout model in `layout/` (convert --layout / --add-layout)
 """
 
 from __future__ import annotations
@@ -55,6 +56,18 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def bundle_id(name: str, files: dict[str, dict[str, Any]], prompt_style: str) -> str:
+    """The bundle's id, which goes into every checkpoint key: it changes with anything that can
+    change an answer, i.e. the content of every file the model is loaded from (decoders,
+    tokenizer files, chat template, preprocessor config, config, vision weights), sorted by name,
+    and the prompt style. The mmproj GGUF is left out: ppvl-ocr never reads it. Bundles made
+    before this scheme keep the id in their manifest (it is read, never recomputed)."""
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "model"
+    covered = {n: files[n]["sha256"] for n in sorted(files) if not n.startswith(MMPROJ_PREFIX)}
+    digest = hashlib.sha256(json.dumps({"files": covered, "prompt_style": prompt_style}, sort_keys=True).encode())
+    return f"{slug}-{digest.hexdigest()[:8]}"
 
 
 def is_bundle(path: Path) -> bool:
@@ -146,6 +159,16 @@ class Bundle:
         """The vision tower as llama.cpp's mmproj GGUF, when converted with --mmproj."""
         name = self.manifest["vision"].get("mmproj")
         return self.path / name if name else None
+
+    @property
+    def layout(self) -> dict[str, Any] | None:
+        """The manifest's layout entry (bundle/layout_model.py), or None without a layout model."""
+        return self.manifest.get("layout")
+
+    @property
+    def layout_dir(self) -> Path | None:
+        """The layout model's folder (LayoutDetector.load reads it), or None."""
+        return self.path / self.layout["dir"] if self.layout else None
 
     @cached_property
     def config(self) -> dict[str, Any]:

@@ -13,6 +13,8 @@ A bundle is a folder:
     text-<QUANT>.gguf        the ERNIE decoder for llama.cpp (arch `paddleocr`), one per quant
     mmproj-F16.gguf          optional (--mmproj): vision + projector as llama.cpp's own mmproj,
                              to compare our PyTorch vision with llama.cpp running the whole model
+    layout/                  optional (--layout): a PP-DocLayoutV2/V3 checkpoint for document
+                             parsing, as published (layout_model.py)
 
 The pieces: vocab.py (the GGUF's vocabulary), text_gguf.py (the decoder GGUF and quantization),
 safetensors_io.py (vision.safetensors), compare/mmproj.py (the optional mmproj GGUF); this module
@@ -29,7 +31,6 @@ into place last, so an interrupted convert never leaves something that looks lik
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import math
 import os
@@ -44,8 +45,9 @@ from .. import __version__
 from ..errors import ModelError, OutputError, UsageError
 from ..files import fsync_dir, fsync_tree
 from ..engine.tokenizer import TOKENIZER_FILES
-from . import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST, MMPROJ_PREFIX, Log, is_bundle, mmproj_filename, no_log, sha256_file
+from . import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST, Log, bundle_id, is_bundle, mmproj_filename, no_log, sha256_file
 from .checkpoint import Checkpoint, open_checkpoint, resolve_source
+from .layout_model import layout_hint, read_layout_source, write_layout
 from .safetensors_io import PendingTensor, write_safetensors
 from .text_gguf import DEFAULT_QUANT, QUANT_TYPES, quantize, write_text_gguf
 
@@ -193,18 +195,6 @@ def _check_destination(out: Path, overwrite: bool) -> None:
         raise OutputError(f"{out}: exists, is not empty and is not a bundle; refusing to overwrite it")
 
 
-def bundle_id(name: str, files: dict[str, dict[str, Any]], prompt_style: str) -> str:
-    """The bundle's id, which goes into every checkpoint key: it changes with anything that can
-    change an answer, i.e. the content of every file the model is loaded from (decoders,
-    tokenizer files, chat template, preprocessor config, config, vision weights), sorted by name,
-    and the prompt style. The mmproj GGUF is left out: ppvl-ocr never reads it. Bundles made
-    before this scheme keep the id in their manifest (it is read, never recomputed)."""
-    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "model"
-    covered = {n: files[n]["sha256"] for n in sorted(files) if not n.startswith(MMPROJ_PREFIX)}
-    digest = hashlib.sha256(json.dumps({"files": covered, "prompt_style": prompt_style}, sort_keys=True).encode())
-    return f"{slug}-{digest.hexdigest()[:8]}"
-
-
 def convert(
     source: str,
     out: str | Path,
@@ -213,16 +203,19 @@ def convert(
     overwrite: bool = False,
     threads: int | None = None,
     mmproj: bool = False,
+    layout: str | None = None,
     log: Log = no_log,
     progress: bool = False,
 ) -> Path:
     """Convert a PaddleOCR-VL checkpoint (folder or hub id) into a bundle at `out`; `mmproj` adds
-    the vision tower as llama.cpp's mmproj GGUF too."""
+    the vision tower as llama.cpp's mmproj GGUF too, `layout` a layout model (folder or hub id)."""
     quant_names = parse_quants(quants)
     out = Path(out)
     _check_destination(out, overwrite)
     ckpt = open_checkpoint(resolve_source(source))
     ckpt.tensor_names()  # fail on unreadable shards before any work
+    if layout is not None:
+        read_layout_source(layout)  # ... and on a wrong layout folder
     started = time.monotonic()
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -266,6 +259,12 @@ def convert(
             f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size}
             for f in sorted(stage.iterdir())
         }
+        layout_entry = None
+        if layout is not None:
+            layout_entry, layout_files = write_layout(layout, stage, ckpt.model_version, log)
+            files = dict(sorted({**files, **layout_files}.items()))
+        else:
+            log(layout_hint(ckpt.model_version, out))
         import gguf
         import llama_cpp
 
@@ -291,6 +290,7 @@ def convert(
                 "tied_output": "lm_head.weight" not in ckpt.tensor_names(),
             },
             "vision": {"file": "vision.safetensors", **vision_info},
+            **({"layout": layout_entry} if layout_entry else {}),
             "files": files,
         }
         # The manifest is written last: a folder without one is never taken for a bundle.

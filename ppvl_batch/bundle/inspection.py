@@ -75,6 +75,7 @@ def describe(bundle: Bundle) -> dict[str, Any]:
         "default_quant": bundle.default_quant,
         "vision_dtype": vision_dtype,
         "mmproj": bundle.manifest["vision"].get("mmproj"),
+        "layout": bundle.layout,
         "preprocessor": {k: bundle.preprocessor.get(k) for k in ("min_pixels", "max_pixels", "patch_size", "merge_size")},
         "text": text,
         "parameters": parameters,
@@ -105,6 +106,8 @@ def render_text(info: dict[str, Any]) -> str:
         f"tensor types {json.dumps(text['tensor_types'])}",
         f"vision          {info['vision_dtype']}, pixels {info['preprocessor']['min_pixels']}..{info['preprocessor']['max_pixels']}"
         + (f"; llama.cpp mmproj {info['mmproj']}" if info["mmproj"] else ""),
+        "layout          " + (f"PP-DocLayout{info['layout']['version'].upper()} in {info['layout']['dir']}/ ({info['layout']['id']})"
+                              if info["layout"] else "none (scan reads whole pages; convert --add-layout adds one)"),
         "",
         "parameters",
     ]

@@ -41,6 +41,10 @@ Records (one JSON object per line, written and flushed page by page):
   seconds model key, and when they apply: blank (true: no ink, not read),
   warnings (e.g. "repaired: ..." for a damaged PDF), same_as (the file with
   the same content whose record this one copies).
+In layout mode (a bundle with a layout model, unless --no-layout) task is
+"layout", text is the page's Markdown, and records add layout_model and
+blocks (id order label bbox score task text format image finish_reason
+output_tokens error); the key also covers the layout model and its options.
 A document that cannot be opened gets one record with page null. Error types:
   missing unreadable empty unsupported corrupt truncated encrypted too_large
   recognition internal worker_crashed (--ray)
@@ -136,6 +140,22 @@ The command line wins over the environment, which wins over the file.
 @click.option("--ray-task-retries", type=click.IntRange(0), default=3, show_default=True,
               envvar="PPVL_RAY_TASK_RETRIES", help="Tries after the first for a page whose worker dies; then the page "
                                                   "gets a worker_crashed error record. [env PPVL_RAY_TASK_RETRIES]")
+# -- layout mode (document parsing, README "Document parsing"; batch/layout_mode.py) --
+@click.option("--layout/--no-layout", "layout", default=None, envvar="PPVL_LAYOUT",
+              help="Read pages block by block with the bundle's layout model (default: when the bundle has one); "
+                   "--no-layout reads whole pages. [env PPVL_LAYOUT]")
+@click.option("--charts", is_flag=True, envvar="PPVL_CHARTS",
+              help="Layout mode: read chart blocks as tables (otherwise saved as images). [env PPVL_CHARTS]")
+@click.option("--seals", is_flag=True, envvar="PPVL_SEALS",
+              help="Layout mode: read seal blocks (1.5+ bundles; otherwise saved as images). [env PPVL_SEALS]")
+@click.option("--images", type=click.Path(file_okay=False, path_type=Path), envvar="PPVL_IMAGES", metavar="DIR",
+              help="Layout mode: save image blocks under DIR/<path>_images/ (default: beside the Markdown, "
+                   "<markdown>/<path>_images/; not saved without either). [env PPVL_IMAGES]")
+@click.option("--layout-threshold", type=click.FloatRange(0, 1), envvar="PPVL_LAYOUT_THRESHOLD",
+              help="Layout mode: one detection score threshold for every label (default: the pipeline's, "
+                   "0.3 for PP-DocLayoutV3, per label 0.4-0.5 for V2). [env PPVL_LAYOUT_THRESHOLD]")
+@click.option("--merge-tables/--no-merge-tables", default=True, show_default=True, envvar="PPVL_MERGE_TABLES",
+              help="Layout mode: join a table split over a page break in the Markdown. [env PPVL_MERGE_TABLES]")
 @model_options
 @click.pass_context
 def scan(ctx: click.Context, inputs: tuple[str, ...], **opts: Any) -> None:

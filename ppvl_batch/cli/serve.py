@@ -120,9 +120,13 @@ def serve(host: str, port: int, api_key: str | None, allow_files: Path | None, a
               help="Longest answer; a longer one is cut (a note on stderr). [env PPVL_MAX_TOKENS]")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600, show_default=True,
               metavar="SECONDS", help="How long to wait for the server.")
+@click.option("--layout", is_flag=True,
+              help="Parse the page(s) block by block with the bundle's layout model and print the Markdown, as "
+                   "`scan` makes a page's text in layout mode (--max-tokens per block; local only: the server "
+                   "reads whole pages).")
 @model_options
 def ask(images: tuple[Path, ...], page: int, text: str, server: str | None, api_key: str | None, stream: bool,
-        max_tokens: int, timeout: float, **model: Any) -> None:
+        max_tokens: int, timeout: float, layout: bool, **model: Any) -> None:
     """Read one page (or several) and print the answer on stdout.
 
     \b
@@ -136,6 +140,9 @@ def ask(images: tuple[Path, ...], page: int, text: str, server: str | None, api_
     """
     from ..serve.client import ask_local, ask_server, load_page
 
+    if layout:
+        _ask_layout(images, page, text, server, stream, max_tokens, model)
+        return
     if server:
         unused = f" (the model {model['model']} is not used: a server was given)" if model["model"] else ""
         click.echo(f"ppvl-ocr: asking the server at {server}{unused}", err=True)
@@ -159,3 +166,25 @@ def ask(images: tuple[Path, ...], page: int, text: str, server: str | None, api_
     if reply.finish_reason == "length":
         click.echo(f"ppvl-ocr: the answer was cut short (--max-tokens {max_tokens}, or a repetition loop)", err=True)
 
+
+
+def _ask_layout(images: tuple[Path, ...], page: int, text: str, server: str | None, stream: bool, max_tokens: int,
+                model: dict[str, Any]) -> None:
+    """ask --layout: the pages parsed in one batch, their Markdown on stdout (tables merged
+    across them), a line on stderr for each block that failed."""
+    from ..errors import UsageError
+    from ..layout.parser import DocumentParser, ParserOptions
+    from ..serve.client import load_page
+
+    refused = [name for name, given in (("--server", server), ("--stream", stream), ("--text", text != "OCR:")) if given]
+    if refused:
+        raise UsageError(f"--layout does not take {', '.join(refused)}: it runs the model here and each block gets its label's prompt")
+    pages = [load_page(path, page) for path in images]
+    with load_recognizer(**model, max_new_tokens=max_tokens) as rec:
+        parser = DocumentParser.for_recognizer(rec, ParserOptions(max_new_tokens=max_tokens))
+        parsed = parser.parse(pages)
+    for path, result in zip(images, parsed):
+        for block in result.blocks:
+            if block.error:
+                click.echo(f"ppvl-ocr: {path}: block {block.id} ({block.label}): {block.error['message']}", err=True)
+    click.echo(parser.markdown(parsed))

@@ -166,6 +166,10 @@ class Recognizer:
         return f"{self.bundle.id}:{self.quant}:vision-{self.vision_precision}{kv}"
 
     @property
+    def device(self) -> str:
+        return self._device
+
+    @property
     def tasks(self) -> tuple[str, ...]:
         return V1_TASKS if self.bundle.prompt_style == "v1" else tuple(TASKS)
 

@@ -1,21 +1,19 @@
 """Blocks to model inputs and back (docs/layout-text.md, "Crops" and "Answers").
 
-Inputs: a block is cut from the page image at full resolution as PaddleX cuts it, formula crops
-are trimmed to their ink, and a crop the vision preprocessor would refuse is padded with white
-until it takes it. Outputs: the model's answer for a block is cleaned up by the rules PaddleX
+Inputs: a block is cut from the page image at full resolution as PaddleX cuts it and formula
+crops are trimmed to their ink; a crop of an aspect ratio smart_resize refuses is padded with
+white by the engine's preprocessor itself (engine/vision.pad_aspect_ratio), at the block limits. Outputs: the model's answer for a block is cleaned up by the rules PaddleX
 applies per label (repetition cut, math delimiters, OTSL tables, chart tables).
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
-from transformers.models.paddleocr_vl.image_processing_pil_paddleocr_vl import smart_resize
 
 from .labels import FORMULA_LABELS, block_format
 from .otsl import chart_to_html, otsl_to_html
@@ -66,57 +64,16 @@ def trim_to_ink(crop: Image.Image) -> Image.Image:
     return crop.crop((x0, y0, x1, y1))
 
 
-def _accepted(width: int, height: int, min_pixels: int, max_pixels: int, factor: int) -> bool:
-    try:
-        smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
-    except ValueError:  # aspect ratio over smart_resize's limit
-        return False
-    return True
-
-
-def fit_crop(
-    crop: Image.Image, min_pixels: int = BLOCK_MIN_PIXELS, max_pixels: int = BLOCK_MAX_PIXELS, factor: int = 28
-) -> Image.Image:
-    """The crop as the vision preprocessor can take it: unchanged when smart_resize accepts its
-    shape (it scales small crops up and large ones down itself), otherwise centred on white
-    with the short side lengthened just enough for smart_resize to accept the aspect ratio.
-    Raises CropError when no shape fits (an empty crop)."""
-    w, h = crop.size
-    if w < 1 or h < 1:
-        raise CropError(f"empty crop ({w}x{h})")
-    if _accepted(w, h, min_pixels, max_pixels, factor):
-        return crop
-    wide = w > h
-    long_side, short = (w, h) if wide else (h, w)
-    # smart_resize refuses a ratio over 200 after rounding a side below `factor` up to it;
-    # start from the exact ratio and lengthen until its own check passes.
-    short = max(short, math.ceil(long_side / 200))
-    while not _accepted(*((long_side, short) if wide else (short, long_side)), min_pixels, max_pixels, factor):
-        short += 1
-        if short > long_side:
-            raise CropError(f"no padded shape of a {w}x{h} crop is accepted by the preprocessor")
-    size = (long_side, short) if wide else (short, long_side)
-    canvas = Image.new("RGB", size, (255, 255, 255))
-    canvas.paste(crop.convert("RGB"), ((size[0] - w) // 2, (size[1] - h) // 2))
-    return canvas
-
-
 def block_input(
     page: Image.Image,
     label: str,
     bbox: Sequence[float],
     polygon: Sequence[Sequence[float]] | None = None,
-    *,
-    min_pixels: int = BLOCK_MIN_PIXELS,
-    max_pixels: int = BLOCK_MAX_PIXELS,
-    factor: int = 28,
 ) -> Image.Image:
-    """The image the model reads for one block: crop, ink trim for formulas, fit. Raises
-    CropError for a block that cannot be read."""
+    """The image the model reads for one block: crop, ink trim for formulas. Raises CropError
+    for a block that cannot be read (no pixels)."""
     crop = crop_block(page, bbox, polygon)
-    if label in FORMULA_LABELS:
-        crop = trim_to_ink(crop)
-    return fit_crop(crop, min_pixels, max_pixels, factor)
+    return trim_to_ink(crop) if label in FORMULA_LABELS else crop
 
 
 # -- answers ------------------------------------------------------------------------------------

@@ -206,3 +206,29 @@ class LayoutDetector:
         rules = rules or LayoutRules.for_version(self.version)
         found = self.detect(images, rules.min_threshold(), batch_size)
         return [apply_rules(page, *image.size, self.version, rules) for image, page in zip(images, found)]
+
+    def with_rules(self, rules: LayoutRules | None = None, batch_size: int = 8) -> RuledDetector:
+        """This detector as DocumentParser takes it: `detect(pages)` gives the kept blocks."""
+        return RuledDetector(self, rules or LayoutRules.for_version(self.version), batch_size)
+
+
+def bundle_detector(bundle: Any, device: str = "cpu", threshold: float | None = None, batch_size: int = 8) -> RuledDetector:
+    """The layout model of a bundle (bundle.Bundle) with the pipeline's rules for it; `threshold`
+    replaces every label's threshold. What scan, ask --layout and DocumentParser.for_recognizer use."""
+    if bundle.layout_dir is None:
+        raise ModelError(f"{bundle.path}: has no layout model; add one with `ppvl-ocr convert --add-layout LAYOUT {bundle.path}`")
+    detector = LayoutDetector.load(bundle.layout_dir, device=device)
+    overrides = {} if threshold is None else {"thresholds": {}, "default_threshold": threshold}
+    return detector.with_rules(LayoutRules.for_version(detector.version, **overrides), batch_size)
+
+
+@dataclass(frozen=True)
+class RuledDetector:
+    """A LayoutDetector and the rules it is run with: the parser's Detector (layout/parser.py)."""
+
+    detector: LayoutDetector
+    rules: LayoutRules
+    batch_size: int = 8
+
+    def detect(self, images: Sequence[Image.Image]) -> list[list[LayoutBlock]]:
+        return self.detector.blocks(images, self.rules, self.batch_size)

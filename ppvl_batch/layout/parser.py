@@ -2,6 +2,7 @@
 page's Markdown (docs/layout-text.md, "The parser").
 
     parser = DocumentParser(recognizer, detector, ParserOptions(images_dir=Path("doc_images")))
+    # or, with the bundle's own layout model: DocumentParser.for_recognizer(recognizer, options)
     [page] = parser.parse([Image.open("scan.png")])
     page.markdown, [b.to_record() for b in page.blocks], page.output_tokens
 
@@ -120,6 +121,15 @@ class _Job:
 
 
 class DocumentParser:
+    @classmethod
+    def for_recognizer(cls, recognizer: Recognizer, options: ParserOptions | None = None, *,
+                       threshold: float | None = None, batch_size: int = 8) -> DocumentParser:
+        """A parser with the recognizer's bundle's layout model (ModelError when it has none),
+        run on the recognizer's device: the same set-up as `scan` in layout mode."""
+        from .detector import bundle_detector
+
+        return cls(recognizer, bundle_detector(recognizer.bundle, recognizer.device, threshold, batch_size), options)
+
     def __init__(self, recognizer: Recognizer, detector: Detector, options: ParserOptions | None = None):
         self.rec = recognizer
         self.detector = detector
@@ -128,8 +138,6 @@ class DocumentParser:
             raise ValueError("seal recognition needs a PaddleOCR-VL 1.5 or later bundle")
         if self.o.min_pixels > self.o.max_pixels:
             raise ValueError(f"block min_pixels {self.o.min_pixels} is above max_pixels {self.o.max_pixels}")
-        pre = recognizer.preprocessor
-        self.factor = int(pre.config.get("patch_size", 14)) * pre.merge  # what smart_resize rounds to
 
     # -- the batch ----------------------------------------------------------------------------
 
@@ -219,8 +227,7 @@ class DocumentParser:
     def _prepare(self, p: int, page: Image.Image, block: Block, polygon) -> _Job | None:
         started = time.perf_counter()
         try:
-            image = block_input(page, block.label, block.bbox, polygon,
-                                min_pixels=self.o.min_pixels, max_pixels=self.o.max_pixels, factor=self.factor)
+            image = block_input(page, block.label, block.bbox, polygon)
         except CropError as e:
             block.fail("crop", str(e))
             return None

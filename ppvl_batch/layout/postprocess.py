@@ -15,7 +15,7 @@ Pure Python + numpy: no torch here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -91,6 +91,13 @@ class LayoutRules:
 
     def threshold(self, label: str) -> float:
         return self.thresholds.get(label, self.default_threshold)
+
+    def settings(self) -> dict[str, object]:
+        """Every field as JSON values (sets sorted), for a checkpoint key."""
+        return {
+            name: sorted(value) if isinstance(value, frozenset) else dict(sorted(value.items())) if isinstance(value, Mapping) else value
+            for name, value in ((f.name, getattr(self, f.name)) for f in fields(self))
+        }
 
     def min_threshold(self) -> float:
         """The lowest threshold of any label: decode at this, then `apply` filters per label."""

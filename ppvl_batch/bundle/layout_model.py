@@ -1,0 +1,127 @@
+"""The layout model inside a bundle (document parsing, docs/layout-text.md).
+
+A bundle may hold a PP-DocLayoutV2 or V3 checkpoint in `layout/`, as published in transformers
+format (config.json, model.safetensors, preprocessor_config.json). Its files are listed in the
+manifest under `layout/NAME`, so the bundle id covers them, and the manifest's `layout` entry
+says which model it is:
+
+    "layout": {"dir": "layout", "version": "v3", "model_type": "pp_doclayout_v3",
+               "id": "<name>-<sha8>", "source": {"path": ..., "name": ...}}
+
+`id` is the layout model's own id (its files' sha256): records and checkpoint keys of layout
+mode carry it. Only the files are checked here; loading them is layout/detector.py's work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelError, OutputError
+from ..files import atomic_write, fsync_dir, fsync_tree
+from . import MANIFEST, Bundle, Log, bundle_id, no_log, sha256_file
+from .checkpoint import resolve_source
+
+LAYOUT_DIR = "layout"
+# What a published PP-DocLayout folder holds that the detector reads; the first two are required.
+LAYOUT_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
+# config.json model_type -> our name for the model
+LAYOUT_MODEL_TYPES = {"pp_doclayout_v2": "v2", "pp_doclayout_v3": "v3"}
+# The layout model each PaddleOCR-VL version was published with, and where to get it.
+PAIRED_LAYOUT = {"1": "v2", "1.5": "v3", "1.6": "v3"}
+LAYOUT_REPOS = {"v2": "PaddlePaddle/PP-DocLayoutV2_safetensors", "v3": "PaddlePaddle/PP-DocLayoutV3_safetensors"}
+
+
+def paired_version(model_version: str) -> str:
+    """The layout model version ("v2" / "v3") that pairs with a PaddleOCR-VL version."""
+    return PAIRED_LAYOUT.get(model_version, "v3")
+
+
+def layout_hint(model_version: str, bundle: str | Path) -> str:
+    """What convert says when no layout model was given."""
+    repo = LAYOUT_REPOS[paired_version(model_version)]
+    return (f"no layout model: scan reads whole pages. PaddleOCR-VL {model_version} pairs with "
+            f"PP-DocLayout{paired_version(model_version).upper()}; for document parsing run "
+            f"`hf download {repo} --local-dir LAYOUT` and `ppvl-ocr convert --add-layout LAYOUT {bundle}`")
+
+
+def read_layout_source(source: str) -> tuple[Path, str, str]:
+    """(folder, version, model_type) of a layout checkpoint given as a folder or cached hub id;
+    a folder that is not a PP-DocLayoutV2/V3 checkpoint is a ModelError naming what is wrong."""
+    folder = resolve_source(source)
+    config_file = folder / "config.json"
+    if not folder.is_dir() or not config_file.is_file():
+        raise ModelError(f"{source}: not a layout model folder (no config.json)")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelError(f"{config_file}: unreadable ({exc})") from exc
+    if model_type not in LAYOUT_MODEL_TYPES:
+        raise ModelError(f"{source}: model_type {model_type!r} is not a PP-DocLayoutV2/V3 model "
+                         f"(expected one of {', '.join(LAYOUT_MODEL_TYPES)})")
+    if not (folder / "model.safetensors").is_file():
+        raise ModelError(f"{source}: no model.safetensors (the transformers-format checkpoint, e.g. "
+                         f"{LAYOUT_REPOS[LAYOUT_MODEL_TYPES[model_type]]})")
+    return folder, LAYOUT_MODEL_TYPES[model_type], model_type
+
+
+def write_layout(source: str, root: Path, model_version: str, log: Log = no_log) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Copy the layout checkpoint into root/layout; returns the manifest's `layout` entry and the
+    files' entries (`layout/NAME` -> sha256, bytes)."""
+    folder, version, model_type = read_layout_source(source)
+    if version != paired_version(model_version):
+        log(f"warning: PaddleOCR-VL {model_version} was published with PP-DocLayout{paired_version(model_version).upper()}, "
+            f"not {version.upper()}; adding it anyway")
+    target = root / LAYOUT_DIR
+    target.mkdir()
+    for name in LAYOUT_FILES:
+        if (folder / name).is_file():
+            shutil.copyfile(folder / name, target / name)
+    fsync_tree(target)
+    files = {f"{LAYOUT_DIR}/{f.name}": {"sha256": sha256_file(f), "bytes": f.stat().st_size} for f in sorted(target.iterdir())}
+    digest = hashlib.sha256(json.dumps({n: files[n]["sha256"] for n in sorted(files)}).encode()).hexdigest()[:8]
+    entry = {
+        "dir": LAYOUT_DIR, "version": version, "model_type": model_type,
+        "id": f"{folder.resolve().name or 'layout'}-{digest}",
+        "source": {"path": str(folder.resolve()), "name": str(source)},
+    }
+    log(f"added layout model PP-DocLayout{version.upper()} ({entry['id']})")
+    return entry, files
+
+
+def add_layout(bundle_path: str | Path, source: str, *, overwrite: bool = False, log: Log = no_log) -> Bundle:
+    """Put a layout model into an existing bundle: its folder is staged beside the bundle's
+    files and renamed into place, then the manifest (with the new id) replaces the old one in
+    one rename; until then the bundle is the old one."""
+    bundle = Bundle.open(bundle_path)
+    manifest = dict(bundle.manifest)
+    if "layout" in manifest and not overwrite:
+        raise OutputError(f"{bundle.path}: already has a layout model ({manifest['layout']['id']}); "
+                          "pass --overwrite to replace it")
+    stage = bundle.path / f".{LAYOUT_DIR}.partial-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        entry, files = write_layout(source, stage, bundle.model_version, log)
+        old = bundle.path / f".{LAYOUT_DIR}.old-{os.getpid()}"
+        if (bundle.path / LAYOUT_DIR).exists():  # listed, or left unlisted by an interrupted add
+            os.rename(bundle.path / LAYOUT_DIR, old)
+        os.rename(stage / LAYOUT_DIR, bundle.path / LAYOUT_DIR)
+        fsync_dir(bundle.path)
+    except OSError as exc:
+        raise OutputError(f"{bundle.path}: cannot add the layout model ({exc.strerror or exc})") from exc
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    kept = {n: f for n, f in manifest["files"].items() if not n.startswith(f"{LAYOUT_DIR}/")}
+    manifest["files"] = dict(sorted({**kept, **files}.items()))
+    manifest["layout"] = entry
+    name = Path(manifest.get("source", {}).get("path", bundle.path.name)).name
+    manifest["id"] = bundle_id(name, manifest["files"], manifest.get("prompt_style", "?"))
+    atomic_write(bundle.path / MANIFEST, json.dumps(manifest, indent=2).encode())
+    shutil.rmtree(old, ignore_errors=True)
+    log(f"bundle id is now {manifest['id']}")
+    return Bundle.open(bundle.path)

@@ -1,0 +1,152 @@
+"""`ppvl-ocr scan` in layout mode on a synthetic PDF, with the tiny 1.5 bundle and a tiny
+PP-DocLayoutV3 (conftest `layout_bundle`): records with blocks, resume, a bad block, image
+files, --no-layout, keys of the two modes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import orjson
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from makedocs import make_pdf
+from ppvl_batch.cli import main
+from ppvl_batch.errors import ExitCode
+
+SMALL = ["--max-new-tokens", "4", "--dpi", "72"]
+BLOCK_FIELDS = {"id", "order", "label", "bbox", "score", "task", "text", "format", "image", "finish_reason",
+                "output_tokens", "error"}
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for name in [k for k in os.environ if k.startswith("PPVL_")]:
+        monkeypatch.delenv(name)
+    torch.set_num_threads(1)
+    return tmp_path
+
+
+def scan(*args: str):
+    return CliRunner().invoke(main, ["scan", *args])
+
+
+def records(path: Path) -> list[dict]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def test_layout_mode_records_resume_and_markdown(layout_bundle, tmp_path):
+    pdf = make_pdf(tmp_path / "docs" / "a.pdf", pages=3, size=(300, 400), label="Layout page")
+    out = tmp_path / "out.jsonl"
+    result = scan(str(pdf), "-o", str(out), "--model", str(layout_bundle), "--markdown", "md", *SMALL)
+    assert result.exit_code == 0, result.output
+    got = records(out)
+    assert [r["page"] for r in got] == [1, 2, 3]
+    layout_id = orjson.loads((layout_bundle / "manifest.json").read_bytes())["layout"]["id"]
+    for r in got:
+        assert r["status"] == "ok" and r["task"] == "layout" and r["layout_model"] == layout_id
+        assert r["blocks"], "the confident tiny model finds a block on every page"
+        for b in r["blocks"]:
+            assert set(b) == BLOCK_FIELDS and b["label"] == "text" and b["task"] == "ocr" and b["error"] is None
+            x0, y0, x1, y1 = b["bbox"]
+            assert 0 <= x0 < x1 <= r["width"] and 0 <= y0 < y1 <= r["height"]
+        assert r["output_tokens"] == sum(b["output_tokens"] for b in r["blocks"])
+        assert r["text"] == "\n\n".join(b["text"] for b in r["blocks"] if b["text"])
+    markdown = (tmp_path / "md" / "docs" / "a.pdf.md").read_text()
+    for r in got:
+        assert f"<!-- page {r['page']} -->\n\n{r['text'].strip()}\n" in markdown
+
+    again = scan(str(pdf), "-o", str(out), "--model", str(layout_bundle), "--markdown", "md", *SMALL)
+    assert again.exit_code == 0 and "3 already done" in again.stderr
+    assert records(out) == got
+
+    # whole pages: other keys, so every page is read again, and records without blocks
+    whole = scan(str(pdf), "-o", str(out), "--model", str(layout_bundle), "--no-layout", *SMALL)
+    assert whole.exit_code == 0, whole.output
+    pages = records(out)[3:]
+    assert [r["page"] for r in pages] == [1, 2, 3]
+    assert all("blocks" not in r and "layout_model" not in r and r["task"] == "ocr" for r in pages)
+    assert {r["key"] for r in pages}.isdisjoint(r["key"] for r in got)
+
+    # a layout option that changes the blocks (here the detection threshold) changes the keys too
+    stricter = scan(str(pdf), "-o", str(out), "--model", str(layout_bundle), "--layout-threshold", "0.5", *SMALL)
+    assert stricter.exit_code == 0 and "0 already done" in stricter.stderr, stricter.output
+    assert len({r["key"] for r in records(out)}) == 9
+
+
+def test_image_blocks_are_saved_and_linked(layout_bundle, tmp_path, monkeypatch):
+    """The tiny model only finds `text`; relabel its blocks as images to see them saved."""
+    from ppvl_batch.layout import detector as detector_module
+    from ppvl_batch.layout.postprocess import LayoutBlock
+
+    real = detector_module.LayoutDetector.blocks
+    monkeypatch.setattr(detector_module.LayoutDetector, "blocks", lambda self, images, rules=None, batch_size=8: [
+        [LayoutBlock("image", b.score, b.bbox, None) for b in page] for page in real(self, images, rules, batch_size)])
+    pdf = make_pdf(tmp_path / "b.pdf", pages=1, size=(300, 400))
+    out = tmp_path / "out.jsonl"
+    result = scan(str(pdf), "-o", str(out), "--model", str(layout_bundle), "--markdown", "md", *SMALL)
+    assert result.exit_code == 0, result.output
+    [r] = records(out)
+    [block] = r["blocks"]
+    assert (block["format"], block["task"], block["image"]) == ("image", None, "b.pdf_images/p0001_000_image.png")
+    saved = Image.open(tmp_path / "md" / block["image"])
+    x0, y0, x1, y1 = block["bbox"]
+    assert saved.size == (x1 - x0, y1 - y0)
+    assert f"![]({block['image']})" in (tmp_path / "md" / "b.pdf.md").read_text()
+    # --images elsewhere, no Markdown: the path is relative to the working directory
+    out2 = tmp_path / "out2.jsonl"
+    assert scan(str(pdf), "-o", str(out2), "--model", str(layout_bundle), "--images", "crops", *SMALL).exit_code == 0
+    [r2] = records(out2)
+    assert r2["blocks"][0]["image"] == "crops/b.pdf_images/p0001_000_image.png" and Path(r2["blocks"][0]["image"]).is_file()
+
+
+def test_a_bad_block_fails_alone(layout_bundle, tmp_path, monkeypatch):
+    from ppvl_batch.engine.vision import ImagePreprocessor
+
+    real = ImagePreprocessor.__call__
+    calls = []
+
+    def refuse_second(self, image, *args, **kwargs):
+        calls.append(image.size)
+        if len(calls) == 2:
+            raise ValueError("refused on purpose")
+        return real(self, image, *args, **kwargs)
+
+    monkeypatch.setattr(ImagePreprocessor, "__call__", refuse_second)
+    pdf = make_pdf(tmp_path / "c.pdf", pages=3, size=(300, 400))
+    out = tmp_path / "out.jsonl"
+    result = scan(str(pdf), "-o", str(out), "--model", str(layout_bundle), *SMALL)
+    assert result.exit_code == 0, result.output
+    got = records(out)
+    assert [r["status"] for r in got] == ["ok", "ok", "ok"]
+    errors = [b["error"] for r in got for b in r["blocks"] if b["error"]]
+    assert errors == [{"type": "recognition", "message": "preprocessing failed: refused on purpose"}]
+    assert sum(b["output_tokens"] is not None for r in got for b in r["blocks"]) == len(calls) - 1
+
+
+def test_options_that_contradict_the_mode(layout_bundle, tiny_bundle, bundle_dirs, layout_v3_dir, tmp_path):
+    import shutil
+
+    from ppvl_batch.bundle.layout_model import add_layout
+
+    v1 = tmp_path / "v1-bundle"
+    shutil.copytree(bundle_dirs["v1-original"], v1)
+    add_layout(v1, str(layout_v3_dir))
+    pdf = make_pdf(tmp_path / "d.pdf", pages=1)
+    out = str(tmp_path / "o.jsonl")
+    cases = [
+        ([str(pdf), "-o", out, "--model", str(v1), "--seals"], "v1 bundle, which has no seal recognition"),
+        ([str(pdf), "-o", out, "--model", str(tiny_bundle), "--layout-threshold", "0"], "only for layout mode"),
+        ([str(pdf), "-o", out, "--model", str(tiny_bundle), "--layout"], "has no layout model"),
+        ([str(pdf), "-o", out, "--model", str(tiny_bundle), "--charts"], "only for layout mode"),
+        ([str(pdf), "-o", out, "--model", str(layout_bundle), "--no-layout", "--images", "x"], "only for layout mode"),
+        ([str(pdf), "-o", out, "--model", str(layout_bundle), "--task", "table"], "--task and --prompt are for whole pages"),
+    ]
+    for args, message in cases:
+        result = scan(*args)
+        assert result.exit_code == ExitCode.USAGE and message in result.stderr, (args, result.output)
+        assert not Path(out).exists() or Path(out).read_bytes() == b""
