@@ -43,7 +43,8 @@ from bench_scan import PPVL, WORK, machine, make_bundle  # noqa: E402
 from makedocs import make_pdf  # noqa: E402
 from ray_toy import JsonlSink, ToyWork, crashed_record, make_units  # noqa: E402
 
-from ppvl_batch.batch.ray_executor import RayOptions, connect, run_on_ray  # noqa: E402
+from ppvl_batch.batch.ray_cluster import RayOptions, connect  # noqa: E402
+from ppvl_batch.batch.ray_executor import run_on_ray  # noqa: E402
 
 
 class RayProcesses:

@@ -26,10 +26,8 @@ from click.testing import CliRunner
 from makedocs import make_pdf
 from ray_toy import JsonlSink, ToyWork, crashed_record, make_units
 
-from ppvl_batch.batch.ray_executor import (
-    CRASHED, INSTALL_HINT, RayOptions, SharedPathMissing, WorkerLoadError, connect, limit_threads, parse_workers,
-    run_on_ray,
-)
+from ppvl_batch.batch.ray_cluster import INSTALL_HINT, RayOptions, connect, limit_threads, parse_workers
+from ppvl_batch.batch.ray_executor import CRASHED, SharedPathMissing, WorkerLoadError, run_on_ray
 from ppvl_batch.batch.ray_scan import TEST_HOOK_EXIT_ON, TEST_HOOK_MODEL
 from ppvl_batch.cli import main
 from ppvl_batch.errors import ExitCode, UsageError

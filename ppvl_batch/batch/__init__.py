@@ -13,4 +13,6 @@
     session.py    the setup both executors share: writer, hash cache, recognizer, planner, recorder
     ray_scan.py   the Ray executor: the same plan, work and recorder over a cluster
     ray_executor.py  Ray Data underneath: the worker pool, retries, poison pages, the driver's dedup
+    ray_cluster.py   reaching Ray: the --ray options, connecting, a worker's thread limits
+    layout_mode.py   scan in layout mode: the detector and parser behind PageWork
 """

@@ -31,7 +31,6 @@ import math
 import os
 import re
 import signal
-import socket
 import sys
 import threading
 import time
@@ -44,7 +43,8 @@ import orjson
 
 from ppvl_batch.errors import ModelError, UsageError
 
-INSTALL_HINT = "--ray needs Ray, which is not installed: pip install 'ppvl-batch[ray]'"
+from .ray_cluster import RayOptions, connect, import_ray, limit_threads
+
 CRASHED = "worker_crashed"
 
 Record = dict[str, Any]
@@ -92,10 +92,6 @@ class Sink(Protocol):
         ...
 
 
-class RayUnavailable(UsageError):
-    """Ray is not installed, or the cluster cannot be reached."""
-
-
 class SharedPathMissing(UsageError):
     """A worker's node does not see an input or the bundle at the driver's path."""
 
@@ -121,30 +117,6 @@ class WorkerSetupError(RuntimeError):
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(f"[{kind}] {message}")
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    address: str = "local"  # "local" (throwaway local Ray), "auto", HOST:PORT or ray://HOST:PORT
-    workers: int | tuple[int, int] | None = None  # fixed, or (min, max); None: as many as fit
-    cpus_per_worker: float = 1
-    gpus_per_worker: float = 0
-    pages_per_task: int = 2
-    task_retries: int = 3  # a page that kills its worker gets this many more tries, then its error record
-
-    def __post_init__(self) -> None:
-        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
-            raise UsageError("--cpus-per-worker must be above 0 and --gpus-per-worker at least 0")
-        if self.pages_per_task < 1 or self.task_retries < 0:
-            raise UsageError("--pages-per-task must be at least 1 and --task-retries at least 0")
-
-
-def parse_workers(text: str) -> int | tuple[int, int]:
-    """`N` or `MIN:MAX` (the --workers option)."""
-    m = re.fullmatch(r"\s*(\d+)\s*(?::\s*(\d+)\s*)?", text)
-    if not m or int(m.group(1)) < 1 or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
-        raise UsageError(f"--workers {text!r}: expected N or MIN:MAX with 1 <= MIN <= MAX")
-    return int(m.group(1)) if m.group(2) is None else (int(m.group(1)), int(m.group(2)))
 
 
 @dataclass
@@ -181,68 +153,6 @@ class RayRun:
         ]
 
 
-def import_ray() -> Any:
-    """Ray, imported only when --ray is given."""
-    try:
-        import ray
-        import ray.data  # noqa: F401  (ray without the [data] extra has no pyarrow)
-    except ImportError:
-        raise RayUnavailable(INSTALL_HINT) from None
-    return ray
-
-
-def _check_reachable(address: str) -> None:
-    """ray.init waits forever on a HOST:PORT where no Ray runs; a TCP probe says so at once."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise RayUnavailable(f"--ray {address!r}: expected local, auto, HOST:PORT or ray://HOST:PORT")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
-    except OSError as e:
-        raise RayUnavailable(f"cannot reach a Ray cluster at {address}: {e.strerror or e}") from None
-
-
-def preflight(address: str) -> None:
-    """Before any work: Ray is installed, and a HOST:PORT answers (a run that plans a large
-    archive first should not learn only then that the cluster is not there)."""
-    import_ray()
-    if address not in ("local", "auto"):
-        _check_reachable(address)
-
-
-@contextlib.contextmanager
-def connect(address: str, *, runtime_env: dict[str, Any] | None = None) -> Iterator[float]:
-    """Connect the driver to Ray for the duration of the block; yields the seconds it took. An
-    already connected Ray (tests, a notebook) is used as is and left connected."""
-    ray = import_ray()
-    if ray.is_initialized():
-        yield 0.0
-        return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # Worker output stays in Ray's logs; our own messages say what went wrong in one line.
-    common: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR, runtime_env=runtime_env)
-    started = time.monotonic()
-    if address == "local":
-        ray.init(address="local", include_dashboard=False, **common)
-    else:
-        target = os.environ.get("RAY_ADDRESS") if address == "auto" else address
-        if target and target != "auto":
-            _check_reachable(target)
-        if (target or address).startswith("ray://"):
-            try:
-                import grpc  # noqa: F401  (Ray Client's transport)
-            except ImportError:
-                raise RayUnavailable("ray:// addresses need Ray Client: pip install 'ray[client]'") from None
-        try:
-            ray.init(address=address, **common)
-        except ConnectionError as e:
-            raise RayUnavailable(f"cannot connect to Ray at {address}: {e}") from None
-    try:
-        yield time.monotonic() - started
-    finally:
-        ray.shutdown()
-
-
 # ------------------------------------------------------------------------------------------ worker
 
 
@@ -250,16 +160,6 @@ def _assigned_cpus() -> int:
     import ray
 
     return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
-
-
-def limit_threads(threads: int) -> None:
-    """Make torch and OpenMP use the CPUs Ray gave this worker, not the node's core count. The
-    environment covers libraries that read it when they start; torch, if loaded, is told directly."""
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[name] = str(threads)
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(threads)
 
 
 def _probe(path: str, size: int | None) -> bool:

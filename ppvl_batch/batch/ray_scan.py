@@ -31,7 +31,8 @@ from ppvl_batch.documents.pages import OpenDocument, PageError, classify_error, 
 from .options import ScanOptions, Summary
 from .plan import CopyPage, DocEnd, DocStart, Page, page_settings
 from .progress import Progress
-from .ray_executor import CRASHED, RayOptions, Record, Signals, Unit, preflight, run_on_ray
+from .ray_cluster import RayOptions, preflight
+from .ray_executor import CRASHED, Record, Signals, Unit, run_on_ray
 from .records import make_record
 from .session import Session, finish_summary, open_session
 from .work import PageWork, needs_model
@@ -190,6 +191,7 @@ class RayScan:
         plan = _Planned()
         for doc in session.documents:
             waiting = False
+            start: DocStart | None = None  # the planner yields a document's DocStart before its pages
             for item in session.planner.items(doc):
                 if isinstance(item, Page):
                     plan.units.append(Unit(item.key, str(doc.path), doc.source, item.number, item.page_count, item.sha256))

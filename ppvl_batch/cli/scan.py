@@ -215,7 +215,7 @@ def scan(ctx: click.Context, inputs: tuple[str, ...], **opts: Any) -> None:
     if ray["address"] is None:
         summary = Scan(options, load).run()
     else:  # Ray is imported only here
-        from ..batch.ray_executor import RayOptions, parse_workers
+        from ..batch.ray_cluster import RayOptions, parse_workers
         from ..batch.ray_scan import RayScan
 
         workers = parse_workers(ray["workers"]) if ray["workers"] else None
