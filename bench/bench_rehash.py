@@ -68,12 +68,12 @@ def write():
     json.dump({"io": {k: int(v) for k, v in io.items()}, "phases": phases}, open(target, "w"))
 
 atexit.register(write)
-import ppvl_batch.cli as cli, ppvl_batch.batch.local as local, ppvl_batch.batch.journal as journal, ppvl_batch.batch.hashcache as hashcache
+import ppvl_batch.cli.scan as cli_scan, ppvl_batch.cli as cli, ppvl_batch.batch.local as local, ppvl_batch.batch.session as session, ppvl_batch.batch.journal as journal, ppvl_batch.batch.hashcache as hashcache
 phases["imports"] = time.perf_counter() - started
-timed(local, "collect", "walk inputs")
+timed(session, "collect", "walk inputs")
 timed(journal.Journal, "open", "load journal")
 timed(hashcache.HashCache, "load", "load hash cache")
-timed(cli, "load_recognizer", "model (lazy)")
+timed(cli_scan, "load_recognizer", "model (lazy)")
 timed(local.Scan, "_run_pipeline", "plan and skip")
 sys.argv = ["ppvl-ocr", *sys.argv[2:]]
 cli.main()
