@@ -26,6 +26,7 @@ import argparse
 import ctypes
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -69,13 +70,55 @@ def with_perf_counters() -> None:
     llama_cpp.llama_init_from_model = init
 
 
-def load(bundle: Path, quant: str, threads: int, extra_bufts: bool):
+class BuftOverride(ctypes.Structure):  # llama_model_tensor_buft_override
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
+# The matrices a decode step multiplies by (not the embeddings, which it only gathers rows of).
+MATMUL_WEIGHTS = rb"blk\.[0-9]+\.(attn_(q|k|output)|ffn_(gate|up))\.weight"
+
+
+def with_cpu_repack_only() -> None:
+    """Put the matrices into ggml-cpu's CPU_REPACK buffer type by name, through the model's
+    tensor buffer overrides, while the extra buffer types (AMX first) stay off."""
+    lib = Path(llama_cpp.__file__).parent / "lib"
+    ggml = ctypes.CDLL(str(next(lib.glob("libggml.so"))))
+    for name, res, args in (
+        ("ggml_backend_dev_by_type", ctypes.c_void_p, [ctypes.c_int]),
+        ("ggml_backend_dev_backend_reg", ctypes.c_void_p, [ctypes.c_void_p]),
+        ("ggml_backend_reg_get_proc_address", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_char_p]),
+        ("ggml_backend_buft_name", ctypes.c_char_p, [ctypes.c_void_p]),
+    ):
+        getattr(ggml, name).restype, getattr(ggml, name).argtypes = res, args
+    llama_cpp.llama_backend_init()
+    cpu = ggml.ggml_backend_dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
+    address = ggml.ggml_backend_reg_get_proc_address(ggml.ggml_backend_dev_backend_reg(cpu), b"ggml_backend_dev_get_extra_bufts")
+    extra = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(address)(cpu)
+    names = {}
+    while extra[len(names)]:
+        names[ggml.ggml_backend_buft_name(extra[len(names)])] = extra[len(names)]
+    overrides = (BuftOverride * 2)(BuftOverride(MATMUL_WEIGHTS, names[b"CPU_REPACK"]), BuftOverride(None, None))
+    load_model = llama_cpp.llama_model_load_from_file
+
+    def load(path, params):
+        params.tensor_buft_overrides = ctypes.cast(overrides, ctypes.c_void_p)
+        return load_model(path, params)
+
+    load.overrides = overrides  # alive as long as the patch
+    llama_cpp.llama_model_load_from_file = load
+
+
+def load(bundle: Path, quant: str, threads: int, extra_bufts: str = "off"):
+    """extra_bufts: off (the engine's choice on AMX CPUs), on (all of llama.cpp's, AMX included),
+    repack (CPU_REPACK alone)."""
     from ppvl_batch.bundle import Bundle
     from ppvl_batch.engine import llama
     from ppvl_batch.recognizer import Recognizer
 
-    if extra_bufts:  # the engine keeps them off on AMX CPUs; this measures what that costs
+    if extra_bufts == "on":  # the engine keeps them off on AMX CPUs; this measures what that costs
         llama.cpu_has_llama_amx = lambda: False
+    elif extra_bufts == "repack":
+        with_cpu_repack_only()
     with_perf_counters()
     return Recognizer(Bundle.open(bundle), quant=quant, threads=threads)
 
@@ -161,10 +204,10 @@ def pieces(rec, tokens: list[int], repeats: int = 3) -> dict[str, float]:
         for t in tokens:
             watch.push(t)
 
-    def looped_guard():  # a tail that repeats a period of 7: the guard's worst case before it fires
-        watch = RepetitionGuard(min_repeats=10**6).watch()
+    def looped_guard():  # a tail repeating a period of 7, broken every 90 tokens: never quite a loop
+        watch = RepetitionGuard().watch()
         for i in range(n):
-            watch.push(tokens[i % 7])
+            watch.push(tokens[i % 7] if i % 90 else -1)
 
     def batch():
         real = llama_cpp.llama_decode
@@ -183,7 +226,7 @@ def pieces(rec, tokens: list[int], repeats: int = 3) -> dict[str, float]:
         "batch setup (decode_step without llama_decode)": per_token(batch),
         "detokenizer stream push": per_token(stream),
         "repetition guard": per_token(guard),
-        "repetition guard, looping tail": per_token(looped_guard),
+        "repetition guard, a tail that almost loops": per_token(looped_guard),
         "llama.cpp greedy llama_sampler_sample": per_token(lambda: [llama_cpp.llama_sampler_sample(sampler, decoder.ctx, -1) for _ in tokens]),
     }
     llama_cpp.llama_sampler_free(sampler)
@@ -196,7 +239,7 @@ def prompt_ids(n_vocab: int, n: int) -> list[int]:
 
 def child(args) -> None:
     """One loop with extra buffer types as chosen; prints JSON."""
-    rec = load(args.bundle, args.quant, args.threads, extra_bufts=args.child == "on")
+    rec = load(args.bundle, args.quant, args.threads, extra_bufts=args.child)
     prompt = prompt_ids(rec.decoder.n_vocab, args.prompt_tokens)
     runs = [run_llama(rec.decoder, prompt, args.new_tokens) for _ in range(args.rounds)]
     print(json.dumps({
@@ -208,20 +251,20 @@ def child(args) -> None:
 
 def extra_bufts_rows(args) -> list[str]:
     rows, tokens = [], {}
-    for mode in ("off", "on"):
+    for mode in ("off", "on", "repack"):
         cmd = [sys.executable, __file__, "--child", mode, "--bundle", str(args.bundle), "--quant", args.quant,
                "--threads", str(args.threads), "--rounds", "2", "--new-tokens", str(args.new_tokens),
                "--prompt-tokens", str(args.prompt_tokens)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or [""])[-1][:160]
-            rows.append(f"| {mode} | crashed (exit {proc.returncode}) {last} | - |")
+            how = f"killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else f"exit {proc.returncode}"
+            rows.append(f"| {mode} | crashed ({how}) | - |")
             continue
         result = json.loads(proc.stdout)
         tokens[mode] = result["tokens"]
         rows.append(f"| {mode} | {result['tok_s']:.1f} | {result['eval_ms']:.2f} |")
-    if len(tokens) == 2:
-        rows.append(f"\nSame tokens with and without: {tokens['on'] == tokens['off']}.")
+    same = [f"{mode}: {found == tokens.get('off')}" for mode, found in tokens.items() if mode != "off"]
+    rows.append(f"\nSame tokens as with them off: {', '.join(same) or '-'}.")
     return rows
 
 
@@ -236,7 +279,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--extra-bufts", action="store_true", help="also compare llama.cpp's extra buffer types off/on")
     parser.add_argument("--label", default="", help="a word for the report's heading (before/after a change)")
-    parser.add_argument("--child", choices=["on", "off"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["off", "on", "repack"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.bundle = args.bundle or build_bundle(args.work)
     if args.child:
@@ -244,7 +287,7 @@ def main() -> None:
         return
 
     load_before = os.getloadavg()
-    rec = load(args.bundle, args.quant, args.threads, extra_bufts=False)
+    rec = load(args.bundle, args.quant, args.threads)
     prompt = prompt_ids(rec.decoder.n_vocab, args.prompt_tokens)
     runs: dict[str, list[dict]] = {"ours": [], "llama.cpp": []}
     for i in range(args.rounds):
@@ -289,7 +332,7 @@ def main() -> None:
     if args.extra_bufts:
         lines += [
             "",
-            "llama.cpp's extra buffer types (CPU repack; AMX where the CPU has it), llama.cpp's loop in a child process:",
+            "llama.cpp's extra buffer types, llama.cpp's loop in a child process each: off (the engine on AMX CPUs), on (AMX, then CPU_REPACK), repack (CPU_REPACK alone, through tensor buffer overrides on the matrices):",
             "",
             "| extra buffer types | tok/s | ms inside llama_decode |",
             "|---|---|---|",
