@@ -209,6 +209,10 @@ def pieces(rec, tokens: list[int], repeats: int = 3) -> dict[str, float]:
         for i in range(n):
             watch.push(tokens[i % 7] if i % 90 else -1)
 
+    def copies():  # each dropped before the next, as the old loop did: the allocator reuses the block
+        for _ in tokens:
+            decoder.logits(0).copy()
+
     def batch():
         real = llama_cpp.llama_decode
         llama_cpp.llama_decode = lambda ctx, batch: 0  # everything of a step but llama.cpp's work
@@ -220,7 +224,7 @@ def pieces(rec, tokens: list[int], repeats: int = 3) -> dict[str, float]:
 
     sampler = llama_cpp.llama_sampler_init_greedy()
     results = {
-        "logits copy": per_token(lambda: [decoder.logits(0).copy() for _ in tokens]),
+        "logits copy (the old loop's, per token)": per_token(copies),
         "argmax (greedy pick_token) on a view": per_token(lambda: [pick_token(decoder.logits(0), Sampling(), rng) for _ in tokens]),
         "is_eog": per_token(lambda: [decoder.is_eog(t) for t in tokens]),
         "batch setup (decode_step without llama_decode)": per_token(batch),
