@@ -317,10 +317,11 @@ def main() -> None:
         return f"| {name} | {tok_s:.1f} | {wall:.2f} | {inside:.2f} | {outside:.3f} |"
 
     lines = [
-        f"### Decode loop: ours against llama.cpp's own{f' ({args.label})' if args.label else ''}, {args.quant}, {args.threads} threads",
+        f"### Decode loop: ours against llama.cpp's own{f' ({args.label})' if args.label else ''}, {args.quant}, {args.threads} thread{'s' if args.threads > 1 else ''}",
         "",
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {machine()}. Command: `python bench/bench_decode_loop.py"
-        f"{' --extra-bufts' if args.extra_bufts else ''}{f' --label {args.label}' if args.label else ''}` "
+        f" --threads {args.threads} --rounds {args.rounds}{' --extra-bufts' if args.extra_bufts else ''}"
+        f"{f' --label {args.label}' if args.label else ''}` "
         f"({args.prompt_tokens}-token prompt, {args.new_tokens} greedy tokens, n_ctx {rec.decoder.n_ctx}, "
         f"f16 KV cache, flash attention off, extra buffer types off, medians of {args.rounds} alternating rounds). "
         f"Load average {load_before[0]:.1f} before, {load_after[0]:.1f} after. Both loops picked the same tokens.",
