@@ -7,6 +7,7 @@ stop string or a repetition loop, streaming only the text no later token can cha
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -42,24 +43,41 @@ class Generation:
 class RepetitionGuard:
     """Detects a generated tail that repeats one short period over and over (docs/design.md section 6:
     the model can loop on a line or a digit forever). Stops only on long, certain loops so that
-    legitimate repeats (table rows, "0000") are left alone."""
+    legitimate repeats (table rows, "0000") are left alone: a period p counts once the last
+    max(min_repeats, min_span / p) periods are all alike."""
 
     def __init__(self, max_period: int = 64, min_repeats: int = 8, min_span: int = 96):
         self.max_period = max_period
         self.min_repeats = min_repeats
         self.min_span = min_span
 
-    def looping(self, tokens: Sequence[int]) -> bool:
-        n = len(tokens)
-        for period in range(1, self.max_period + 1):
-            repeats = max(self.min_repeats, -(-self.min_span // period))
-            span = period * repeats
-            if span > n:
-                break
-            tail = tokens[n - span :]
-            if all(tail[i] == tail[i + period] for i in range(span - period)):
-                return True
-        return False
+    def watch(self) -> LoopWatch:
+        """A watch over one answer's tokens."""
+        return LoopWatch(self)
+
+
+class LoopWatch:
+    """One answer's repetition check, fed a token at a time at a cost per token that does not
+    grow with the answer: for each period p it keeps how many tokens in a row, up to the newest,
+    equal the token p before them. The tail repeats period p as the guard asks once that run
+    covers the span but its first period."""
+
+    def __init__(self, guard: RepetitionGuard):
+        periods = range(1, guard.max_period + 1)
+        self.need = [max(guard.min_repeats, -(-guard.min_span // p)) * p - p for p in periods]
+        self.runs = [0] * guard.max_period
+        self.recent: deque[int] = deque(maxlen=guard.max_period)  # recent[p - 1]: the token p back
+
+    def push(self, token: int) -> bool:
+        """Adds the newest token; whether the answer now ends in a loop."""
+        looping = False
+        runs, need = self.runs, self.need
+        for k, previous in enumerate(self.recent):
+            run = runs[k] + 1 if previous == token else 0
+            runs[k] = run
+            looping = looping or run >= need[k]
+        self.recent.appendleft(token)
+        return looping
 
 
 @dataclass
@@ -85,17 +103,24 @@ class _Sequence:
         self.index = index
         self.request = request
         self.n_prompt = n_prompt
-        self.logits = logits
         self.prefill_seconds = prefill_seconds
         self.budget = min(request.max_new_tokens, capacity - n_prompt)
         image = request.image
         self.next_pos = len(request.before_image) + max(image.rows, image.cols) + len(request.after_image)
         self.rng = np.random.default_rng(request.sampling.seed)
         self.out: list[int] = []
+        self.loops = request.repetition_guard.watch() if request.repetition_guard is not None else None
         # The answer's text, streamed: only text no later token can change is handed out.
         self.text = request.detokenizer.stream(request.stop) if request.detokenizer is not None else None
         self.finish = "length"
         self.started: float | None = None  # first decode step: other pages' prefills do not count
+        self.pick(logits)
+
+    def pick(self, logits: np.ndarray) -> None:
+        """Chooses the next token from `logits` at once, while they are valid: they may be a view
+        into llama.cpp's buffer, which the next llama_decode (another page's prefill) overwrites.
+        Reading them in place saves a copy of the whole vocabulary per token."""
+        self.chosen = pick_token(logits, self.request.sampling, self.rng)
 
     def next_token(self, decoder: TextDecoder) -> int | None:
         """The token to feed next, or None when the page is finished."""
@@ -104,7 +129,7 @@ class _Sequence:
             self.started = time.perf_counter()
         if len(self.out) >= self.budget:
             return None
-        token = pick_token(self.logits, request.sampling, self.rng)
+        token = self.chosen
         if decoder.is_eog(token) and not request.ignore_eos:
             self.finish = "stop"
             return None
@@ -118,7 +143,7 @@ class _Sequence:
                 return None
             if self.text.stopped:
                 return None
-        if request.repetition_guard is not None and request.repetition_guard.looping(self.out):
+        if self.loops is not None and self.loops.push(token):
             self.finish = "repetition"
             return None
         if len(self.out) >= self.budget:
@@ -194,7 +219,7 @@ def generate_many(decoder: TextDecoder, requests: Iterable[DecodeRequest]) -> It
         if step_tokens:
             decoder.decode_step(step_tokens, step_pos, step_seqs)
             for row, seq in enumerate(step_seqs):
-                active[seq].logits = decoder.logits(row).copy()
+                active[seq].pick(decoder.logits(row))
 
 
 def pick_token(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:

@@ -129,6 +129,17 @@ class TextDecoder:
         # seq_id arrays for llama_batch rows, one per sequence, kept alive with the decoder
         self._seq_id_values = [(ctypes.c_int32 * 1)(s) for s in range(n_seq)]
         self._seq_arrays = [ctypes.cast(a, ctypes.POINTER(ctypes.c_int32)) for a in self._seq_id_values]
+        # The decode step's batch, made once: a step fills in its rows instead of building five
+        # ctypes arrays and a batch per token (bench/bench_decode_loop.py).
+        self._step_token = (ctypes.c_int32 * n_seq)()
+        self._step_pos = (ctypes.c_int32 * n_seq)()
+        self._step_seq = (ctypes.POINTER(ctypes.c_int32) * n_seq)()
+        self._step_one = (ctypes.c_int32 * n_seq)(*[1] * n_seq)
+        self._step_want = (ctypes.c_int8 * n_seq)(*[1] * n_seq)
+        self._step_batch = llama_cpp.llama_batch(
+            n_tokens=0, token=self._step_token, embd=None, pos=self._step_pos,
+            n_seq_id=self._step_one, seq_id=self._step_seq, logits=self._step_want,
+        )
 
     # -- batches ------------------------------------------------------------------------------
 
@@ -147,6 +158,9 @@ class TextDecoder:
             seq_id=(ctypes.POINTER(ctypes.c_int32) * n)(*seq_arrays),
             logits=want,
         )
+        self._run(batch)
+
+    def _run(self, batch: llama_cpp.llama_batch) -> None:
         rc = llama_cpp.llama_decode(self.ctx, batch)
         if rc == 1:
             raise DecoderError(f"context full ({self.n_ctx} tokens); raise --ctx-size")
@@ -216,7 +230,15 @@ class TextDecoder:
         """One llama_decode of one token per row (`tokens[i]` at `positions[i]` of sequence
         `seqs[i]`), with the logits of every row wanted (`logits(row)`)."""
         n = len(tokens)
-        self._submit(n, _int_array(positions), seqs, tokens=_int_array(tokens), logits=range(n))
+        if n > self.n_seq:  # more rows than sequences (bench_decode.py: consecutive tokens of one page)
+            self._submit(n, _int_array(positions), seqs, tokens=_int_array(tokens), logits=range(n))
+            return
+        self._step_token[:n] = tokens
+        self._step_pos[:n] = positions
+        for row, seq in enumerate(seqs):
+            self._step_seq[row] = self._seq_arrays[seq]
+        self._step_batch.n_tokens = n
+        self._run(self._step_batch)
 
     def is_eog(self, token: int) -> bool:
         """Whether the token ends a generation (</s> and the vocabulary's other end tokens)."""
