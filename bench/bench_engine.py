@@ -138,14 +138,29 @@ def run_hf(checkpoint: Path, dtype: str, new_tokens: int, threads: int | None) -
     }
 
 
+def cpu_flags() -> str:
+    """The CPU features our speed depends on (a speed claim holds only for these)."""
+    flags: set[str] = set()
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    wanted = ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "sha_ni"]
+    return " ".join(f for f in wanted if f in flags) or "?"
+
+
 def machine() -> str:
+    """CPU model, count, flags and the load average now (a shared machine skews timings)."""
+    import os
+
     try:
         model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         model = platform.processor()
-    import os
-
-    return f"{model}, {os.cpu_count()} CPUs, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
+    capability = os.environ.get("ATEN_CPU_CAPABILITY")
+    emulated = f" (emulating {capability}: ATEN_CPU_CAPABILITY)" if capability else ""
+    return (f"{model}, {os.cpu_count()} CPUs, flags {cpu_flags()}{emulated}, load average {os.getloadavg()[0]:.1f}, "
+            f"{platform.system()} {platform.machine()}, Python {platform.python_version()}")
 
 
 def report(lines: list[str]) -> None:

@@ -38,7 +38,6 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]  # this checkout, the toy work, bench helpers
 
-from bench_rehash import cpu_flags  # noqa: E402
 from bench_scan import PPVL, WORK, machine, make_bundle  # noqa: E402
 from makedocs import make_pdf  # noqa: E402
 from ray_toy import JsonlSink, ToyWork, crashed_record, make_units  # noqa: E402
@@ -156,7 +155,7 @@ def folder(pages: int) -> Path:
 def report(title: str, command: str, header: str, rows: list[str], notes: list[str]) -> None:
     load = os.getloadavg()[0]
     lines = [f"\n## {title}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n",
-             f"Machine: {machine()}; CPU flags: {cpu_flags()}; load average {load:.1f} at the end (shared machine).",
+             f"Machine: {machine()}; load average {load:.1f} at the end.",
              f"Command: `{command}`\n", header, *rows, "", *notes]
     text = "\n".join(lines) + "\n"
     print(text)

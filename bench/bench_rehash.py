@@ -80,16 +80,6 @@ cli.main()
 """
 
 
-def cpu_flags() -> str:
-    flags = set()
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    wanted = ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "sha_ni"]
-    return " ".join(f for f in wanted if f in flags) or "?"
-
-
 def make_archive(folder: Path, files: int, kb: int) -> tuple[list[tuple[str, str]], int]:
     """`files` JPEGs of `kb` KiB each in folders of 100; returns [(source, sha256)], total bytes.
     Each is one noise image padded after its end marker with bytes of its own (still a valid
@@ -204,7 +194,7 @@ def main() -> None:
     lines = [
         f"## scan re-run over an unchanged archive (bench_rehash.py), {stamp}",
         "",
-        f"Machine: {machine()}; CPU flags: {cpu_flags()}.",
+        f"Machine: {machine()}.",
         f"Archive: {len(files)} JPEG files, {total / 1e9:.2f} GB, every page already in the journal; "
         f"{cache_note}, program files re-read first (by the same command on a one-file archive). "
         "`wall`: the whole `ppvl-ocr scan` process; the phases inside it (seconds) are: imports of "
