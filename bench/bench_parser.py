@@ -38,28 +38,6 @@ class StandIn:
         return [self.regions_by_page[id(image)] for image in images]
 
 
-def has_amx() -> bool:
-    try:
-        return "amx_int8" in open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-
-
-def without_extra_buffers() -> None:
-    """llama.cpp's AMX buffer type crashes the first decode of a Q8_0 model on this machine's Xeon
-    (llama-cpp-python 0.3.36); load models without the extra (repacking) buffer types."""
-    import llama_cpp
-
-    default = llama_cpp.llama_model_default_params
-
-    def params():
-        p = default()
-        p.use_extra_bufts = False
-        return p
-
-    llama_cpp.llama_model_default_params = params
-
-
 def cer(read: list[str], printed: list[str]) -> float:
     return sum(edit_distance(a, b) for a, b in zip(read, printed)) / max(1, sum(len(b) for b in printed))
 
@@ -114,7 +92,8 @@ def run_whole(rec, pages, max_pixels, new_tokens, repeats) -> dict:
         jobs = []
         for i, page in enumerate(encoded):
             exact = isinstance(new_tokens, list)
-            request = rec.request(page, "ocr", max_new_tokens=new_tokens[i] if exact else new_tokens)
+            # Exact counts: the repetition guard would cut a random model's loops short.
+            request = rec.request(page, "ocr", max_new_tokens=new_tokens[i] if exact else new_tokens, repetition_guard=not exact)
             request.ignore_eos = exact
             jobs.append((page, request))
         results = dict(rec.decode_many(jobs))
@@ -142,9 +121,6 @@ def main() -> None:
     from ppvl_batch.layout.blocks import BLOCK_MAX_PIXELS, BLOCK_MIN_PIXELS
     from ppvl_batch.recognizer import Recognizer
 
-    amx = has_amx()
-    if amx:
-        without_extra_buffers()
     pages = [layout_page(seed, titles={1: "1 Intro", 8: "2.1 Notes"}) for seed in range(args.pages)]
     bundle = Bundle.open(resolve_model(args.bundle))
     pre = bundle.preprocessor
@@ -152,8 +128,9 @@ def main() -> None:
     rows = []
     for parallel in [int(p) for p in args.parallel.split(",")]:
         with Recognizer.load(args.bundle, parallel=parallel, threads=args.threads) as rec:
-            for name, limits in (("layout, block limits", (BLOCK_MIN_PIXELS, BLOCK_MAX_PIXELS)),
-                                 (f"layout, bundle limits {bundle_limits[1]}", bundle_limits)):
+            limit_rows = {(BLOCK_MIN_PIXELS, BLOCK_MAX_PIXELS): "layout, block limits"}
+            limit_rows.setdefault(bundle_limits, f"layout, bundle limits {bundle_limits[1]}")
+            for limits, name in limit_rows.items():
                 result = run_layout(rec, pages, limits, args.max_new_tokens, args.repeats)
                 rows.append((f"{name}", parallel, result))
             out = rows[-1][2]["out_per_page"]
@@ -164,7 +141,7 @@ def main() -> None:
     lines = [
         f"### Layout mode vs whole-page mode ({time.strftime('%Y-%m-%d')}, bundle {args.bundle}, {args.pages} pages of 12 blocks)",
         "",
-        f"{machine()}{', llama.cpp extra buffer types off (AMX crash)' if amx else ''}. "
+        f"{machine()}. "
         f"Command: `python bench/bench_parser.py {' '.join(sys.argv[1:])}`",
         "",
         "| mode | parallel | s/page | CPU s/page | vision s | decode s | image tokens in | tokens out | CER |",

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -31,6 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "work"
 PPVL = str(Path(sys.executable).with_name("ppvl-ocr"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_engine import machine  # noqa: E402
 
 # (name, pages, page size in points): a mix of lengths and shapes
 DOCS = [
@@ -116,20 +117,6 @@ def measured(command: list[str]) -> tuple[subprocess.CompletedProcess, float, fl
     if result.returncode != 0:
         raise SystemExit(f"{command[:3]} failed ({result.returncode}):\n{result.stderr[-2000:]}")
     return result, info["wall"], info["rss"] / 1024
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import psutil
-
-    return f"{cpu}, {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, {platform.system()} {platform.release()}"
 
 
 def main() -> None:
