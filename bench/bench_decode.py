@@ -77,10 +77,12 @@ def main() -> None:
         costs = [(n, step_ms(rec.decoder, n, False, p0), step_ms(rec.decoder, n, True, p0)) for n in levels]
         costs += [(int(n), None, step_ms(rec.decoder, int(n), True, p0, steps=4)) for n in args.one_page_sizes.split(",") if n]
     base = rows[0][1]
+    options = (f" --parallel {args.parallel}" if args.parallel != "1,2,4,8" else "") + (
+        f' --one-page-sizes "{args.one_page_sizes}"' if args.one_page_sizes != "16,32,64,128" else "")
     lines = [
         f"### Decoding several pages together ({args.quant}, {encoded.image_tokens} image tokens, {args.new_tokens} tokens per page)",
         "",
-        f"{time.strftime('%Y-%m-%d')}, {machine()}. Command: `python bench/bench_decode.py --quant {args.quant} --new-tokens {args.new_tokens}{f' --parallel {args.parallel}' if args.parallel != '1,2,4,8' else ''}{f' --one-page-sizes "{args.one_page_sizes}"' if args.one_page_sizes != '16,32,64,128' else ''}`. Peak RSS {peak_rss_mb():.0f} MB.",
+        f"{time.strftime('%Y-%m-%d')}, {machine()}. Command: `python bench/bench_decode.py --quant {args.quant} --new-tokens {args.new_tokens}{options}`. Peak RSS {peak_rss_mb():.0f} MB.",
         "",
         "| pages in flight | aggregate decode tok/s | x single | prefill s per page |",
         "|---|---|---|---|",
