@@ -152,10 +152,14 @@ def crafted(detector: LayoutDetector, case: str) -> LayoutDetector:
 
 
 def reference_detections(detector: LayoutDetector, processor: type, images, threshold: float):
-    """transformers: forward on its own preprocessing, then its post_process_object_detection."""
+    """transformers: forward on its own preprocessing, then its post_process_object_detection.
+    The forward is the model's own: a copy without our hooks (V3's decoder masks are computed)."""
     pixels = reference_pixels(images, detector.preprocessing.height, detector.preprocessing.width)
+    model = copy.deepcopy(detector.model)
+    for module in model.modules():
+        module._forward_pre_hooks.clear()
     with torch.inference_mode():
-        out = detector.model(pixel_values=pixels)
+        out = model(pixel_values=pixels)
     state = _ProcessorState(processor, detector.preprocessing.height)
     # V3's is wrapped in an OpenCV check, for the polygon step that the state above stubs out
     post_process = processor.post_process_object_detection
@@ -171,6 +175,23 @@ def reference_detections(detector: LayoutDetector, processor: type, images, thre
 def ours(detector: LayoutDetector, images, threshold: float, batch_size: int = 8):
     return [[(d.label, d.score, d.box, d.order) for d in page]
             for page in detector.detect(images, threshold, batch_size=batch_size)]
+
+
+def test_v3_skips_the_decoders_polygon_masks(detectors):
+    """Our V3 forward makes 1 x 1 masks instead of the (6 layers x 300 queries x H/4 x W/4) ones
+    nobody reads; the rest of the output is bit-identical (test_detection_equals_transformers)."""
+    detector = detectors["v3"]
+    pixels = detector.preprocess(pages()[:1])
+    with torch.inference_mode():
+        ours_out = detector.model(pixel_values=pixels)
+        model = copy.deepcopy(detector.model)
+        for module in model.modules():
+            module._forward_pre_hooks.clear()
+        full = model(pixel_values=pixels)
+    assert ours_out.out_masks.shape[-2:] == (1, 1)
+    assert full.out_masks.shape[-1] > 1
+    for name in ("logits", "pred_boxes", "order_logits"):
+        assert torch.equal(getattr(ours_out, name), getattr(full, name))
 
 
 @pytest.mark.parametrize("version", VERSIONS)

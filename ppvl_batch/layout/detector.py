@@ -147,6 +147,8 @@ class LayoutDetector:
         self.preprocessing = preprocessing
         self.device = device
         self.labels = tuple(model.config.id2label[i] for i in range(len(model.config.id2label)))
+        if version == "v3":
+            self.model.model.decoder.register_forward_pre_hook(_without_decoder_masks, with_kwargs=True)
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu") -> LayoutDetector:
@@ -210,6 +212,17 @@ class LayoutDetector:
     def with_rules(self, rules: LayoutRules | None = None, batch_size: int = 8) -> RuledDetector:
         """This detector as DocumentParser takes it: `detect(pages)` gives the kept blocks."""
         return RuledDetector(self, rules or LayoutRules.for_version(self.version), batch_size)
+
+
+def _without_decoder_masks(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """PP-DocLayoutV3's decoder multiplies every layer's queries with the mask features into
+    polygon masks, (batch, 6 layers, 300 queries, 200, 200) floats: 0.6 GB per page with the copy
+    that stacks them, used for nothing but the masks themselves (no box, score or order depends on
+    them), and we take boxes. A 1 x 1 slice of the features makes those masks 1 x 1; the encoder's
+    mask-enhanced reference points, which do need the features, are computed before this."""
+    if kwargs.get("mask_feat") is not None:
+        kwargs = {**kwargs, "mask_feat": kwargs["mask_feat"][:, :, :1, :1]}
+    return args, kwargs
 
 
 def bundle_detector(bundle: Any, device: str = "cpu", threshold: float | None = None, batch_size: int = 8) -> RuledDetector:
