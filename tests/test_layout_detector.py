@@ -172,7 +172,7 @@ def reference_detections(detector: LayoutDetector, processor: type, images, thre
     ]
 
 
-def ours(detector: LayoutDetector, images, threshold: float, batch_size: int = 8):
+def ours(detector: LayoutDetector, images, threshold: float, batch_size: int | None = 8):
     return [[(d.label, d.score, d.box, d.order) for d in page]
             for page in detector.detect(images, threshold, batch_size=batch_size)]
 
@@ -206,11 +206,12 @@ def test_detection_equals_transformers(version, case, detectors, reference_proce
     else:
         threshold = LayoutRules.for_version(version).min_threshold()
     expected = reference_detections(detector, reference_processors[version], images, threshold)
-    detections = detector.detect(images, threshold)
+    detections = detector.detect(images, threshold, batch_size=len(images))  # one forward, as the reference's
     got = [[(d.label, d.score, d.box, d.order) for d in page] for page in detections]
     assert got == expected
     # ... also one page per forward pass (another batch is other float rounding: compare with
     # transformers run the same way)
+    assert ours(detector, images, threshold, batch_size=None) == ours(detector, images, threshold, batch_size=1)  # the CPU's
     assert ours(detector, images, threshold, batch_size=1) == [
         reference_detections(detector, reference_processors[version], [im], threshold)[0] for im in images]
 

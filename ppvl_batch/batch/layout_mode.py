@@ -81,6 +81,6 @@ def layout_mode(recognizer: Any, o: ScanOptions, cwd: Path) -> LayoutMode | None
                          "(use --no-layout)")
     if o.seals and "seal" not in recognizer.tasks:
         raise UsageError("--seals: this is a PaddleOCR-VL v1 bundle, which has no seal recognition")
-    detector = bundle_detector(bundle, recognizer.device, o.layout_threshold, o.batch_size)
+    detector = bundle_detector(bundle, recognizer.device, o.layout_threshold)
     options = ParserOptions(charts=o.charts, seals=o.seals, max_new_tokens=o.max_new_tokens, merge_tables=o.merge_tables)
     return LayoutMode(detector, options, bundle.layout["id"], o.images, o.markdown, cwd)

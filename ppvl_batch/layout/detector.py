@@ -38,6 +38,11 @@ MODEL_TYPES = {
     "pp_doclayout_v3": ("v3", "PPDocLayoutV3ForObjectDetection"),
 }
 
+# Pages per detection forward pass. One 800 x 800 page holds about 0.5 GB of activations at its
+# peak (full-size V3; V2 0.3 GB), so a batch of n holds n times that; on the CPU a batch is no
+# faster per page (bench/RESULTS.md, layout detection), so pages go one at a time there.
+DETECTION_BATCH = {"cpu": 1, "gpu": 8}
+
 # Published preprocessor_config.json values, used where a folder has no such file.
 DEFAULT_PREPROCESSOR: dict[str, Any] = {
     "size": {"height": 800, "width": 800}, "resample": 3, "do_rescale": True,
@@ -189,9 +194,10 @@ class LayoutDetector:
         """Pages -> (B, 3, H, W) float32 on the detector's device (resized on the CPU)."""
         return torch.stack([self.preprocessing(image) for image in images]).to(self.device)
 
-    def detect(self, images: Sequence[Image.Image], threshold: float, batch_size: int = 8) -> list[list[Detection]]:
+    def detect(self, images: Sequence[Image.Image], threshold: float, batch_size: int | None = None) -> list[list[Detection]]:
         """Per page, what transformers' forward + post_process_object_detection(threshold) gives,
-        `batch_size` pages per forward pass."""
+        `batch_size` pages per forward pass (default: the device's, see DETECTION_BATCH)."""
+        batch_size = batch_size or DETECTION_BATCH["cpu" if self.device == "cpu" else "gpu"]
         pages: list[list[Detection]] = []
         for start in range(0, len(images), batch_size):
             batch = images[start:start + batch_size]
@@ -202,14 +208,14 @@ class LayoutDetector:
         return pages
 
     def blocks(self, images: Sequence[Image.Image], rules: LayoutRules | None = None,
-               batch_size: int = 8) -> list[list[LayoutBlock]]:
+               batch_size: int | None = None) -> list[list[LayoutBlock]]:
         """Per page, the layout blocks after PaddleX's rules (the pipeline's defaults for this
         model unless `rules` is given); decoded at the lowest threshold of any label."""
         rules = rules or LayoutRules.for_version(self.version)
         found = self.detect(images, rules.min_threshold(), batch_size)
         return [apply_rules(page, *image.size, self.version, rules) for image, page in zip(images, found)]
 
-    def with_rules(self, rules: LayoutRules | None = None, batch_size: int = 8) -> RuledDetector:
+    def with_rules(self, rules: LayoutRules | None = None, batch_size: int | None = None) -> RuledDetector:
         """This detector as DocumentParser takes it: `detect(pages)` gives the kept blocks."""
         return RuledDetector(self, rules or LayoutRules.for_version(self.version), batch_size)
 
@@ -225,7 +231,8 @@ def _without_decoder_masks(module: torch.nn.Module, args: tuple, kwargs: dict) -
     return args, kwargs
 
 
-def bundle_detector(bundle: Any, device: str = "cpu", threshold: float | None = None, batch_size: int = 8) -> RuledDetector:
+def bundle_detector(bundle: Any, device: str = "cpu", threshold: float | None = None,
+                    batch_size: int | None = None) -> RuledDetector:
     """The layout model of a bundle (bundle.Bundle) with the pipeline's rules for it; `threshold`
     replaces every label's threshold. What scan, ask --layout and DocumentParser.for_recognizer use."""
     if bundle.layout_dir is None:
@@ -241,7 +248,7 @@ class RuledDetector:
 
     detector: LayoutDetector
     rules: LayoutRules
-    batch_size: int = 8
+    batch_size: int | None = None  # pages per forward pass; None: the device's default
 
     def detect(self, images: Sequence[Image.Image]) -> list[list[LayoutBlock]]:
         return self.detector.blocks(images, self.rules, self.batch_size)

@@ -123,7 +123,7 @@ class _Job:
 class DocumentParser:
     @classmethod
     def for_recognizer(cls, recognizer: Recognizer, options: ParserOptions | None = None, *,
-                       threshold: float | None = None, batch_size: int = 8) -> DocumentParser:
+                       threshold: float | None = None, batch_size: int | None = None) -> DocumentParser:
         """A parser with the recognizer's bundle's layout model (ModelError when it has none),
         run on the recognizer's device: the same set-up as `scan` in layout mode."""
         from .detector import bundle_detector
