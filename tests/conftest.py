@@ -72,18 +72,33 @@ def layout_v3_dir(tmp_path_factory) -> Path:
     return tiny_layout.build_layout_checkpoint(tmp_path_factory.mktemp("layout") / "v3", version="v3", seed=0, confident="text")
 
 
-@pytest.fixture(scope="session")
-def layout_bundle(tiny_bundle, layout_v3_dir, tmp_path_factory) -> Path:
-    """The tiny 1.5 bundle (F32 decoder only) with the tiny V3 layout model added."""
+def _with_layout(tiny_bundle: Path, layout_dir: Path, out: Path) -> Path:
+    """A copy of the tiny 1.5 bundle (F32 decoder only) at `out`, with the layout model added."""
     import shutil
 
     from ppvl_batch.bundle.layout_model import add_layout
 
-    out = tmp_path_factory.mktemp("layout-bundle") / "bundle"
     shutil.copytree(tiny_bundle, out, ignore=shutil.ignore_patterns("text-F16.gguf", "text-Q*.gguf"))
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["files"] = {n: f for n, f in manifest["files"].items() if (out / n).exists()}
     manifest["text"]["quants"] = {"F32": "text-F32.gguf"}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    add_layout(out, str(layout_v3_dir))
+    add_layout(out, str(layout_dir))
     return out
+
+
+@pytest.fixture(scope="session")
+def layout_bundle(tiny_bundle, layout_v3_dir, tmp_path_factory) -> Path:
+    """The tiny 1.5 bundle (F32 decoder only) with the tiny V3 layout model added."""
+    return _with_layout(tiny_bundle, layout_v3_dir, tmp_path_factory.mktemp("layout-bundle") / "bundle")
+
+
+@pytest.fixture(scope="session")
+def image_layout_bundle(tiny_bundle, tmp_path_factory) -> Path:
+    """As layout_bundle, with a tiny V3 that finds `image` blocks instead: image files saved by the
+    real parser wherever it runs (a Ray worker too, which no monkeypatch reaches)."""
+    import tiny_layout
+
+    root = tmp_path_factory.mktemp("image-layout")
+    layout = tiny_layout.build_layout_checkpoint(root / "v3", version="v3", seed=0, confident="image")
+    return _with_layout(tiny_bundle, layout, root / "bundle")

@@ -145,7 +145,6 @@ def test_options_that_contradict_the_mode(layout_bundle, tiny_bundle, bundle_dir
         ([str(pdf), "-o", out, "--model", str(tiny_bundle), "--charts"], "only for layout mode"),
         ([str(pdf), "-o", out, "--model", str(layout_bundle), "--no-layout", "--images", "x"], "only for layout mode"),
         ([str(pdf), "-o", out, "--model", str(layout_bundle), "--task", "table"], "--task and --prompt are for whole pages"),
-        ([str(pdf), "-o", out, "--model", str(layout_bundle), "--ray", "local"], "--ray reads whole pages"),
     ]
     for args, message in cases:
         result = scan(*args)

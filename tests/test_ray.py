@@ -1,6 +1,7 @@
 """`ppvl-ocr scan --ray` on a real local Ray with 2 workers and the tiny bundle: the records of a
 local run, a worker killed mid-run, the driver killed and run again, a page that kills its
-worker every time, a worker with another bundle, Ray missing or unreachable, Ctrl-C. Then the
+worker every time, a worker with another bundle, Ray missing or unreachable, Ctrl-C; layout mode
+(records, Markdown and image files of a local run, a page that kills its worker). Then the
 executor's own mechanics (ppvl_batch.batch.ray_executor) with the toy page work of ray_toy.py:
 setup errors and a page work that raises.
 
@@ -209,11 +210,15 @@ def test_a_page_that_kills_its_worker_every_time_becomes_one_error_record(
     assert summary["ray"]["crashed"] == 1 and summary["exit_code"] == 1
 
 
+@pytest.mark.parametrize("case", ["another bundle", "no layout model"])
 def test_a_worker_with_another_bundle_stops_the_job(
-    cluster: str, docs: Path, tiny_bundle: Path, bundle_dirs, tmp_path: Path
+    cluster: str, docs: Path, tiny_bundle: Path, layout_bundle: Path, bundle_dirs, tmp_path: Path, case: str
 ) -> None:
-    # The hook makes the workers load another bundle at "the same path": a node whose copy differs.
-    proc = scan_on_ray(tmp_path, docs, tiny_bundle, cluster, env={TEST_HOOK_MODEL: str(bundle_dirs["v1-original"])})
+    # The hook makes the workers load another bundle at "the same path": a node whose copy differs
+    # (in layout mode: a node whose copy lacks the layout model, which --layout asks for).
+    driver, worker, extra = {"another bundle": (tiny_bundle, bundle_dirs["v1-original"], []),
+                             "no layout model": (layout_bundle, tiny_bundle, ["--layout"])}[case]
+    proc = scan_on_ray(tmp_path, docs, driver, cluster, *extra, env={TEST_HOOK_MODEL: str(worker)})
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == ExitCode.MODEL, err
     (line,) = [line for line in err.splitlines() if line.startswith("ppvl-ocr: error:")]  # ours: one line
@@ -261,6 +266,55 @@ def _group(pid: int) -> int | None:
         return os.getpgid(pid)
     except OSError:
         return None
+
+
+@pytest.mark.parametrize("label", ["text", "image"])
+def test_layout_mode_on_ray_gives_a_local_runs_records_markdown_and_images(
+    cluster: str, layout_bundle: Path, image_layout_bundle: Path, tmp_path: Path, monkeypatch, label: str
+) -> None:
+    # Each tiny layout model finds one block a page, all of one label (the same box for every
+    # query): text blocks are read by the worker's decoder, image blocks saved by the worker.
+    bundle = {"text": layout_bundle, "image": image_layout_bundle}[label]
+    # The documents lie under the driver's working directory and the output folder is relative
+    # to it: a worker, which runs in another one, must mirror and save as the driver would.
+    monkeypatch.chdir(tmp_path)
+    make_pdf(tmp_path / "docs" / "a.pdf", pages=2, size=(300, 400), label="a")
+    make_pdf(tmp_path / "docs" / "b.pdf", pages=1, size=(300, 400), label="b")
+    scan = ["scan", "docs", "--model", str(bundle), "--max-new-tokens", "4", "--dpi", "72", "-q"]
+    # One thread, as each worker has: the detector's float sums, hence the blocks' scores, alike.
+    local = CliRunner().invoke(main, [*scan, "-o", "local.jsonl", "--markdown", "md-local", "--threads", "1"],
+                               catch_exceptions=False)
+    assert local.exit_code == 0, local.stderr
+    # b.pdf's page, alone in the second task, kills its worker: with no retries, one restart.
+    monkeypatch.setenv(TEST_HOOK_EXIT_ON, "b.pdf:1")  # read by the driver (this process), carried to the workers
+    on_ray = CliRunner().invoke(main, [*scan, "-o", "ray.jsonl", "--markdown", "md-ray", "--ray", cluster,
+                                       "--ray-workers", "1", "--ray-task-retries", "0"], catch_exceptions=False)
+    assert on_ray.exit_code == ExitCode.PAGES_FAILED, on_ray.stderr
+
+    def by_key(path: Path) -> dict[str, dict]:
+        return {r["key"]: {k: v for k, v in r.items() if k != "seconds"} for r in records(path)}
+
+    want, got = by_key(tmp_path / "local.jsonl"), by_key(tmp_path / "ray.jsonl")
+    (crashed,) = [r for r in got.values() if r["status"] == "error"]
+    read = want.pop(crashed["key"])
+    assert (crashed["source"], crashed["error"]["type"], crashed["blocks"]) == ("docs/b.pdf", CRASHED, None)
+    # a crashed page's record is one of this run's: layout mode's task and layout model
+    same = ("task", "layout_model", "model", "sha256")
+    assert {k: crashed[k] for k in same} == {k: read[k] for k in same} and read["task"] == "layout"
+    del got[crashed["key"]]
+    assert got == want and len(got) == 2
+    blocks = [b for r in got.values() for b in r["blocks"]]
+    assert {b["label"] for b in blocks} == {label}
+
+    def files(root: Path) -> dict[Path, bytes]:
+        return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    made, expected = files(tmp_path / "md-ray"), files(tmp_path / "md-local")
+    assert Path("docs/b.pdf.md") in made  # saying that its page failed
+    assert {p: data for p, data in made.items() if "b.pdf" not in str(p)} == \
+        {p: data for p, data in expected.items() if "b.pdf" not in str(p)}
+    images = {Path("docs") / b["image"] for b in blocks if b["image"]}  # links are relative to the Markdown
+    assert images == {p for p in made if p.suffix == ".png"} and bool(images) == (label == "image")
 
 
 # ------------------------------------------------------------------- executor mechanics (toy work)

@@ -33,7 +33,7 @@ class LayoutMode:
     model_id: str  # the layout model's id (bundle manifest), in records and keys
     images: Path | None  # --images
     markdown: Path | None  # --markdown
-    cwd: Path
+    cwd: Path  # the scan's working directory: the two folders above are relative to it, as are mirror paths
 
     def key_settings(self) -> dict[str, Any]:
         """What besides the recognizer changes a page's text in layout mode."""
@@ -42,9 +42,10 @@ class LayoutMode:
     def parser(self, recognizer: Any, doc: InputFile) -> DocumentParser:
         """A parser that saves this document's image blocks where the module docstring says."""
         mirror = doc.mirror_path(self.cwd)
-        markdown_file = self.markdown / f"{mirror}.md" if self.markdown else None
+        # Joined to cwd, not left relative: a Ray worker runs in another working directory.
+        markdown_file = self.cwd / self.markdown / f"{mirror}.md" if self.markdown else None
         if self.images is not None:
-            images_dir: Path | None = default_images_dir(self.images / f"{mirror}.md")
+            images_dir: Path | None = default_images_dir(self.cwd / self.images / f"{mirror}.md")
         else:
             images_dir = default_images_dir(markdown_file) if markdown_file else None
         links_from = markdown_file.parent if markdown_file else self.cwd

@@ -5,9 +5,11 @@ by a pool of Ray workers (ray_executor.run_on_ray).
                             lazy recognizer: no weights), plan every document without rendering,
                             record what needs no model (skipped, copied, failed documents) at
                             once, and turn each Page item into a Unit
-    workers                 ScanWork: load the bundle once with the CPUs Ray gave them, open each
-                            unit's file from the shared path, render, prepare, one vision batch
-                            per task, decode, and return each page's record (PageWork.page_record)
+    workers                 ScanWork: load the bundle once with the CPUs Ray gave them (and its
+                            layout model in layout mode), open each unit's file from the shared
+                            path, render, prepare, one vision batch per task, decode (in layout
+                            mode: parse the task's pages, saving image blocks where a local scan
+                            would), and return each page's record (PageWork.page_record)
     driver                  record each returned record once (by key), a document's Markdown
                             when its last page is in; then the copies of files identical to one
                             read in this run (their originals are recorded by then)
@@ -27,9 +29,11 @@ from typing import Any, TextIO
 from ppvl_batch.bundle import MANIFEST
 from ppvl_batch.documents.inputs import InputFile
 from ppvl_batch.documents.pages import OpenDocument, PageError, classify_error, open_document
+from ppvl_batch.errors import UsageError
 
+from .layout_mode import layout_mode
 from .options import ScanOptions, Summary
-from .plan import CopyPage, DocEnd, DocStart, Page, page_settings
+from .plan import CopyPage, DocEnd, DocStart, Page
 from .progress import Progress
 from .ray_cluster import RayOptions, preflight
 from .ray_executor import CRASHED, Record, Signals, Unit, run_on_ray
@@ -43,10 +47,10 @@ TEST_HOOK_EXIT_ON = "PPVL_TEST_HOOK_WORKER_EXIT_ON"  # FILE_NAME:PAGE: the worke
 TEST_HOOK_MODEL = "PPVL_TEST_HOOK_WORKER_MODEL"  # a bundle path the workers load instead of the driver's
 
 
-def fingerprint(recognizer: Any, options: ScanOptions) -> str:
+def fingerprint(work: PageWork) -> str:
     """What a worker must have to write records under the driver's keys: model id and the digest
-    of the settings that change a page's answer."""
-    return f"{recognizer.model_id} settings {page_settings(options, recognizer.model_id)}"
+    of the settings that change a page's answer (layout mode's included)."""
+    return f"{work.rec.model_id} settings {work.settings}"
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class WorkerSettings:
     bundle: str  # absolute: the same path on every node
     recognizer: dict[str, Any]  # Recognizer.load options (Recognizer.load_options), threads replaced
     options: ScanOptions
+    cwd: str  # the driver's, resolved: layout mode's output folders and mirror paths are relative to it
     exit_on: str | None = None  # TEST_HOOK_EXIT_ON
 
 
@@ -67,11 +72,18 @@ class ScanWork:
 
         self.s = settings
         self.rec = Recognizer.load(settings.bundle, **{**settings.recognizer, "threads": threads})
-        self.work = PageWork(self.rec, settings.options)
-        self._open: tuple[str, OpenDocument | PageError] | None = None  # the file of the last unit
+        try:
+            layout = layout_mode(self.rec, settings.options, Path(settings.cwd))
+        except UsageError:
+            # The driver's options passed with its bundle, so this one differs (no layout model, no
+            # seal task): no layout mode, and the fingerprint check stops the job with both sides.
+            layout = None
+        self.work = PageWork(self.rec, settings.options, layout)
+        # The file of the last unit; its one InputFile lets layout mode parse its pages together.
+        self._open: tuple[InputFile, OpenDocument | PageError] | None = None
 
     def fingerprint(self) -> str:
-        return fingerprint(self.rec, self.s.options)
+        return fingerprint(self.work)
 
     def run(self, units: list[Unit]) -> list[Record]:
         """The task's pages: rendered one by one (each file opened once for consecutive pages),
@@ -89,8 +101,7 @@ class ScanWork:
         if self.s.exit_on == f"{Path(unit.path).name}:{unit.page}":
             os._exit(1)  # test hook: a page that takes its worker down every time
         began = time.monotonic()
-        document = self._document(unit.path)
-        doc = InputFile(unit.source, Path(unit.path))
+        doc, document = self._document(unit)
         if isinstance(document, PageError):
             page = Page(doc, unit.sha256, unit.page, unit.pages, unit.key, error=document)
         else:
@@ -99,18 +110,19 @@ class ScanWork:
         page.seconds = time.monotonic() - began
         return page
 
-    def _document(self, path: str) -> OpenDocument | PageError:
-        if self._open is None or self._open[0] != path:
+    def _document(self, unit: Unit) -> tuple[InputFile, OpenDocument | PageError]:
+        doc = InputFile(unit.source, Path(unit.path))
+        if self._open is None or self._open[0] != doc:
             self._close()
             o = self.s.options
             try:
                 opened: OpenDocument | PageError = open_document(
-                    Path(path), password=o.password, dpi=o.dpi, max_pixels=self.rec.max_pixels
+                    Path(unit.path), password=o.password, dpi=o.dpi, max_pixels=self.rec.max_pixels
                 )
             except Exception as e:  # changed or gone since the driver planned it: this page fails alone
                 opened = classify_error(e, "cannot open")
-            self._open = (path, opened)
-        return self._open[1]
+            self._open = (doc, opened)
+        return self._open
 
     def _close(self) -> None:
         if self._open is not None and not isinstance(self._open[1], PageError):
@@ -125,11 +137,18 @@ class CrashedRecord:
     task: str
     prompt: str | None
     model: str
+    layout_model: str | None
+
+    @classmethod
+    def of(cls, work: PageWork) -> CrashedRecord:
+        """The fields every record of `work`'s run has."""
+        return cls(work.task, work.o.prompt, work.rec.model_id, work.layout_model)
 
     def __call__(self, unit: Unit, message: str) -> Record:
         return make_record(
             source=unit.source, sha256=unit.sha256, page=unit.page, page_count=unit.pages, task=self.task,
             prompt=self.prompt, model=self.model, key=unit.key, seconds=0.0, error=(CRASHED, message),
+            layout_model=self.layout_model,
         )
 
 
@@ -217,12 +236,13 @@ class RayScan:
         hooked = os.environ.get(TEST_HOOK_MODEL)
         bundle = Path(hooked or rec.bundle.path).resolve()
         # The input list stays here: it may be a million paths, and workers get theirs per unit.
-        settings = WorkerSettings(str(bundle), rec.load_options(), replace(o, inputs=[]), os.environ.get(TEST_HOOK_EXIT_ON))
-        crashed = CrashedRecord(o.task, o.prompt, rec.model_id)
+        settings = WorkerSettings(str(bundle), rec.load_options(), replace(o, inputs=[]), str(session.cwd),
+                                  os.environ.get(TEST_HOOK_EXIT_ON))
         manifest = Path(rec.bundle.path).resolve() / MANIFEST
         run = run_on_ray(
-            plan.units, ScanWork, settings, fingerprint(rec, o), _Sink(session, plan), crashed, self.ray,
-            probes={str(manifest): manifest.stat().st_size}, say=self.progress.say,
+            plan.units, ScanWork, settings, fingerprint(session.work), _Sink(session, plan),
+            CrashedRecord.of(session.work), self.ray, probes={str(manifest): manifest.stat().st_size},
+            say=self.progress.say,
         )
         self.summary.ray = {
             "address": self.ray.address, "connect_seconds": round(run.connect_seconds, 3),

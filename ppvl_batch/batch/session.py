@@ -17,9 +17,9 @@ from ppvl_batch.documents.inputs import InputFile, collect
 
 from .hashcache import HashCache
 from .journal import RecordWriter
-from .layout_mode import layout_mode, wants_layout
+from .layout_mode import layout_mode
 from .options import InternalError, ScanOptions, Summary
-from .plan import Planner, check_outside_inputs, page_settings
+from .plan import Planner, check_outside_inputs
 from .progress import Progress
 from .recorder import Recorder
 from .work import PageWork
@@ -28,10 +28,10 @@ from .work import PageWork
 @dataclass
 class Session:
     documents: list[InputFile]
+    cwd: Path  # resolved: outputs mirror the documents' paths relative to it (InputFile.mirror_path)
     writer: RecordWriter
     recognizer: Any  # the Recognizer (lazy: weights load when a page first needs them)
-    work: PageWork
-    settings: str  # page_settings digest: part of every key
+    work: PageWork  # its `settings` digest is part of every key
     planner: Planner
     recorder: Recorder
 
@@ -69,15 +69,10 @@ def open_session(
             )
         rec = load_recognizer()
         try:
-            if not render and wants_layout(rec, o):
-                raise UsageError("--ray reads whole pages: layout mode runs on this machine only for now; "
-                                 "add --no-layout, or drop --ray")
-            layout = layout_mode(rec, o, cwd)
-            work = PageWork(rec, o, layout)
-            settings = page_settings(o, rec.model_id, layout.key_settings() if layout else None)
-            planner = Planner(o, writer, hashes, settings, rec.max_pixels, render=work.render if render else None)
-            recorder = Recorder(writer, work, summary, progress, settings, markdown_paths)
-            yield Session(found.documents, writer, rec, work, settings, planner, recorder)
+            work = PageWork(rec, o, layout_mode(rec, o, cwd))
+            planner = Planner(o, writer, hashes, work.settings, rec.max_pixels, render=work.render if render else None)
+            recorder = Recorder(writer, work, summary, progress, work.settings, markdown_paths)
+            yield Session(found.documents, cwd, writer, rec, work, planner, recorder)
         finally:
             rec.close()
             summary.files_hashed = hashes.hashed

@@ -20,7 +20,7 @@ from ppvl_batch.documents.pages import PageError, classify_error
 
 from .layout_mode import LayoutMode
 from .options import ScanOptions
-from .plan import CopyPage, DocFailed, Page
+from .plan import CopyPage, DocFailed, Page, page_settings
 from .records import Record, make_record
 
 
@@ -32,6 +32,9 @@ class PageWork:
         self.o = options
         self.layout = layout
         self.task = "layout" if layout else options.task  # the records' `task`
+        self.layout_model = layout.model_id if layout else None  # the records' `layout_model`
+        # page_settings digest: part of every key, and what a Ray worker must compute as well
+        self.settings = page_settings(options, recognizer.model_id, layout.key_settings() if layout else None)
 
     def render(self, document: OpenDocument, page: Page) -> None:
         """Render and prepare one page, or set its error; blank pages are not prepared."""
@@ -116,7 +119,7 @@ class PageWork:
         common = dict(
             source=page.doc.source, sha256=page.sha256, page=page.number, page_count=page.page_count,
             task=self.task, prompt=o.prompt, model=self.rec.model_id, key=page.key, warnings=page.warnings,
-            layout_model=self.layout.model_id if self.layout else None,
+            layout_model=self.layout_model,
         )
         if page.error is None and isinstance(result, Exception):  # DecoderError
             page.error = PageError("recognition", f"decoder failed: {result}")
@@ -133,7 +136,7 @@ class PageWork:
         return make_record(
             source=item.doc.source, sha256=item.sha256, page=None, page_count=None, task=self.task, prompt=o.prompt,
             model=self.rec.model_id, key=item.key, seconds=item.seconds, error=(item.error.type, item.error.message),
-            layout_model=self.layout.model_id if self.layout else None,
+            layout_model=self.layout_model,
         )
 
 

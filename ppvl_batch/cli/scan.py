@@ -125,7 +125,8 @@ The command line wins over the environment, which wins over the file.
 @click.option("--ray", "ray_address", envvar="PPVL_RAY", metavar="ADDRESS",
               help="Read the pages on a Ray cluster: `auto` (the cluster of this machine, or RAY_ADDRESS), `local` "
                    "(a throwaway Ray on this machine) or HOST:PORT. Needs pip install 'ppvl-batch[ray]'; the bundle "
-                   "and the inputs must be at the same path on every node. [env PPVL_RAY]")
+                   "and the inputs must be at the same path on every node, and in layout mode the --markdown or "
+                   "--images folder too (the workers save the image blocks). [env PPVL_RAY]")
 @click.option("--ray-workers", envvar="PPVL_RAY_WORKERS", metavar="N|MIN:MAX",
               help="Workers, fixed or autoscaling (default: as many as the cluster's CPUs fit). [env PPVL_RAY_WORKERS]")
 @click.option("--ray-cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=1, show_default=True,
@@ -179,8 +180,9 @@ def scan(ctx: click.Context, inputs: tuple[str, ...], **opts: Any) -> None:
     Pages are rendered ahead of the model in a background thread and read through one model for
     the whole run. A summary goes to stderr at the end. Ctrl-C or SIGTERM finishes the page in
     flight and exits with 130 (press again to stop at once); re-running resumes. With --ray the
-    pages are read by Ray workers instead, with the same records (README, "Running on a Ray
-    cluster"); Ctrl-C then stops at once.
+    pages are read by Ray workers instead, whole or in layout mode, with the same records
+    (README, "Running on a Ray cluster"); Ctrl-C then stops at once, and the pages the workers
+    were reading are read again by the next run.
     """
     import warnings
 
