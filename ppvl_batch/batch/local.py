@@ -164,8 +164,10 @@ class Scan:
         for index, outcome in self.work.decode([encoded[id(p)] for p in jobs]):
             outcomes[id(jobs[index])] = outcome
             record_ready()
-            if self.stop.is_set():
-                return  # pages still in flight are dropped: the next run does them
+            # Pages still in flight are dropped (the next run does them); in layout mode `encode`
+            # has parsed the whole batch already, so all of it is recorded.
+            if self.stop.is_set() and self.work.layout is None:
+                return
 
 
 def _restore_signal_handlers(handlers: dict[int, Any]) -> None:
