@@ -72,25 +72,25 @@ def layout_v3_dir(tmp_path_factory) -> Path:
     return tiny_layout.build_layout_checkpoint(tmp_path_factory.mktemp("layout") / "v3", version="v3", seed=0, confident="text")
 
 
-def _with_layout(tiny_bundle: Path, layout_dir: Path, out: Path) -> Path:
-    """A copy of the tiny 1.5 bundle (F32 decoder only) at `out`, with the layout model added."""
+def bundle_with_layout(bundle: Path, layout: Path, out: Path) -> Path:
+    """A copy of `bundle` at `out` with its F32 decoder only and the layout model `layout` added."""
     import shutil
 
     from ppvl_batch.bundle.layout_model import add_layout
 
-    shutil.copytree(tiny_bundle, out, ignore=shutil.ignore_patterns("text-F16.gguf", "text-Q*.gguf"))
+    shutil.copytree(bundle, out, ignore=shutil.ignore_patterns("text-F16.gguf", "text-Q*.gguf"))
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["files"] = {n: f for n, f in manifest["files"].items() if (out / n).exists()}
     manifest["text"]["quants"] = {"F32": "text-F32.gguf"}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    add_layout(out, str(layout_dir))
+    add_layout(out, str(layout))
     return out
 
 
 @pytest.fixture(scope="session")
 def layout_bundle(tiny_bundle, layout_v3_dir, tmp_path_factory) -> Path:
     """The tiny 1.5 bundle (F32 decoder only) with the tiny V3 layout model added."""
-    return _with_layout(tiny_bundle, layout_v3_dir, tmp_path_factory.mktemp("layout-bundle") / "bundle")
+    return bundle_with_layout(tiny_bundle, layout_v3_dir, tmp_path_factory.mktemp("layout-bundle") / "bundle")
 
 
 @pytest.fixture(scope="session")
@@ -101,4 +101,15 @@ def image_layout_bundle(tiny_bundle, tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("image-layout")
     layout = tiny_layout.build_layout_checkpoint(root / "v3", version="v3", seed=0, confident="image")
-    return _with_layout(tiny_bundle, layout, root / "bundle")
+    return bundle_with_layout(tiny_bundle, layout, root / "bundle")
+
+
+@pytest.fixture(scope="session")
+def layout_v2_bundle(bundle_dirs, tmp_path_factory) -> Path:
+    """The tiny v1 bundle (F32 decoder only) with a tiny PP-DocLayoutV2, the pair PaddleOCR-VL v1
+    was published with. Its model finds display formulas, which go to the formula prompt."""
+    import tiny_layout
+
+    root = tmp_path_factory.mktemp("layout-v2")
+    layout = tiny_layout.build_layout_checkpoint(root / "PP-DocLayoutV2", version="v2", seed=0, confident="display_formula")
+    return bundle_with_layout(bundle_dirs["v1-original"], layout, root / "bundle")

@@ -54,6 +54,21 @@ def text_image(size: tuple[int, int] = (96, 64), text: str = "Hi", mode: str = "
     return image.convert(mode)
 
 
+def shapes_image(size: tuple[int, int], seed: int) -> Image.Image:
+    """Coloured rectangles at random on a paper of a random colour: content (not blank) that
+    differs with the seed, enough that even a random-weight model answers differently."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", size, tuple(int(c) for c in rng.integers(0, 256, 3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x, y = (int(v) for v in rng.integers(0, min(size) - 20, 2))
+        fill = tuple(int(c) for c in rng.integers(0, 200, 3))
+        draw.rectangle([x, y, x + int(rng.integers(10, 200)), y + int(rng.integers(5, 60))], fill=fill)
+    return image
+
+
 def empty_scan(seed: int, size: tuple[int, int] = (850, 1100), faint_line: bool = False) -> Image.Image:
     """What a scanner makes of an empty page: off-white paper with fibre texture, a slight
     gradient of light, dust specks, JPEG noise; with `faint_line`, one faint pencil line."""

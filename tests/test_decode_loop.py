@@ -99,3 +99,15 @@ def test_a_step_with_more_rows_than_sequences_equals_single_steps(tiny_bundle):
         decoder.decode_step(tokens, [start, start + 1, start + 2], [0, 0, 0])
         together = decoder.logits(2).copy()
     np.testing.assert_allclose(together, single, rtol=1e-4, atol=1e-4 * np.abs(single).max())
+
+
+def test_a_prompt_beyond_the_context_asked_for_goes_in_batches_llama_cpp_takes(tiny_bundle):
+    """llama.cpp pads a context up to a multiple of 256 but lowers its batch to the context asked
+    for: a prompt between the two sizes fits, and must go in batches of the lowered size (a
+    larger batch fails an assertion in llama.cpp that aborts the process)."""
+    with Recognizer.load(tiny_bundle, quant="F32", dtype="fp32", kv_type="f32", n_ctx=100) as rec:
+        [encoded] = rec.encode([page(0)])
+        before, after = rec.prompt_ids("ocr")
+        decoder = rec.decoder
+        assert decoder.n_batch == 100 < len(before) + encoded.image_tokens + len(after) < decoder.ctx_per_sequence
+        assert rec.decode(encoded, "ocr", max_new_tokens=4).output_tokens >= 1

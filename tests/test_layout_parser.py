@@ -321,9 +321,8 @@ def test_a_bad_block_gets_an_error_entry_and_the_rest_is_read(rec: Recognizer, t
 
 def test_a_block_too_long_for_the_context_fails_alone(tiny_bundle, tmp_path: Path) -> None:
     page = synthetic_page()
-    # 512 tokens per sequence (llama.cpp rounds up to a multiple of 256; not below 512, where it
-    # would shrink its batch under the decoder's): the title (~ 144 image tokens) fits, the table
-    # (~ 250) too, a 900 x 570 text block (over 640) does not
+    # 512 tokens per sequence, asked for (the parser leaves a given context as it is): the title
+    # (~ 144 image tokens) fits, the table (~ 250) too, a 900 x 570 text block (over 640) does not
     layout = [LAYOUT[0], Box("text", 0.9, (50, 170, 950, 740)), LAYOUT[3]]
     with Recognizer.load(tiny_bundle, quant="F32", dtype="fp32", kv_type="f32", n_ctx=512) as small:
         assert small.decoder.ctx_per_sequence == 512
@@ -331,6 +330,20 @@ def test_a_block_too_long_for_the_context_fails_alone(tiny_bundle, tmp_path: Pat
     assert [(b.error or {}).get("type") for b in parsed.blocks] == [None, "recognition", None]
     assert parsed.blocks[1].error["message"].startswith("decoder failed: page needs")
     assert parsed.blocks[0].output_tokens and parsed.blocks[2].output_tokens
+
+
+def test_the_context_holds_blocks_above_the_pages_max_pixels(bundle_dirs, tmp_path: Path) -> None:
+    """The recognizer's context is sized by its max_pixels (v1: nothing more; 1.5 also covers
+    spotting's larger budget); blocks have their own limits, so the parser makes room for them
+    (here in a decoder already loaded): a block larger than a small max_pixels is read, not
+    failed for its prompt's length."""
+    layout = [Box("text", 0.9, (50, 170, 950, 740))]  # over 640 image tokens
+    with Recognizer.load(bundle_dirs["v1-original"], min_pixels=784, max_pixels=3136, max_new_tokens=4) as rec:
+        before = rec.decoder.ctx_per_sequence
+        [parsed] = DocumentParser(rec, StandIn(layout), options(tmp_path)).parse([synthetic_page()])
+        assert before < 640 < BLOCK_MAX_PIXELS // 28**2 < rec.decoder.ctx_per_sequence
+    [block] = parsed.blocks
+    assert block.error is None and block.output_tokens
 
 
 # -- options ----------------------------------------------------------------------------------------

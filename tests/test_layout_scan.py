@@ -150,3 +150,34 @@ def test_options_that_contradict_the_mode(layout_bundle, tiny_bundle, bundle_dir
         result = scan(*args)
         assert result.exit_code == ExitCode.USAGE and message in result.stderr, (args, result.output)
         assert not Path(out).exists() or Path(out).read_bytes() == b""
+
+
+def test_a_pp_doclayout_v2_bundle_end_to_end(layout_v2_bundle, tmp_path):
+    """The v1 pairing (conftest `layout_v2_bundle`) through the CLI: the blocks are V2's, under
+    V2's rules, on the page as rendered; its model finds display formulas, which are read with
+    the formula prompt, kept as LaTeX and shown as display math."""
+    from ppvl_batch.bundle import Bundle
+    from ppvl_batch.documents.pages import open_document
+    from ppvl_batch.layout.detector import bundle_detector
+
+    layout = orjson.loads((layout_v2_bundle / "manifest.json").read_bytes())["layout"]
+    assert layout["version"] == "v2" and layout["id"].startswith("PP-DocLayoutV2-")
+    pdf = make_pdf(tmp_path / "v2.pdf", pages=2, size=(300, 400))
+    out = tmp_path / "out.jsonl"
+    # one thread: ~30 blocks a page, and on busy shared cores llama.cpp's threads wait on each other at every step
+    result = scan(str(pdf), "-o", str(out), "--model", str(layout_v2_bundle), "--markdown", "md", "--threads", "1", *SMALL)
+    assert result.exit_code == 0, result.output
+    got = records(out)
+    with open_document(pdf, dpi=72, max_pixels=300 * 400) as doc:  # as scan renders it
+        expected = bundle_detector(Bundle.open(layout_v2_bundle)).detect([doc.render(n).convert("RGB") for n in (1, 2)])
+    assert all(expected), "the confident tiny V2 finds blocks on every page"
+    assert [[(b["label"], tuple(b["bbox"]), b["order"]) for b in r["blocks"]] for r in got] == [
+        [(b.label, b.bbox, b.order) for b in page] for page in expected]
+    for r in got:
+        assert r["status"] == "ok" and r["task"] == "layout" and r["layout_model"] == layout["id"]
+        for b in r["blocks"]:
+            assert (b["label"], b["task"], b["format"], b["error"]) == ("display_formula", "formula", "latex", None)
+            assert b["output_tokens"] >= 1
+        assert r["text"] == "\n\n".join(f"$$\n{b['text'].strip()}\n$$" for b in r["blocks"] if b["text"].strip())
+    markdown = (tmp_path / "md" / "v2.pdf.md").read_text()
+    assert all(r["text"] in markdown for r in got)

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import orjson
 import pytest
 from click.testing import CliRunner
-from makedocs import make_pdf, make_zero_page_pdf, text_image
+from makedocs import make_pdf, make_zero_page_pdf, shapes_image, text_image
 
 from ppvl_batch.cli import main
 from ppvl_batch.batch.journal import Lock
@@ -233,11 +233,24 @@ def _wait_for_lines(path: Path, count: int, proc: subprocess.Popen, timeout: flo
     raise AssertionError(f"{path} did not reach {count} lines")
 
 
-def test_sigterm_then_kill_9_then_resume_gives_every_page_once(in_tmp: Path, fast_model: Path) -> None:
+# Mode -> the bundle fixture that reads that way, for the tests that must hold in either mode:
+# whole pages, or block by block (conftest `layout_bundle`, a layout model that finds a block a page).
+MODES = {"whole-page": "tiny_bundle", "layout": "layout_bundle"}
+
+
+def untimed(record: dict) -> dict:
+    """A record without its time, the one field that differs between equal runs."""
+    return {k: v for k, v in record.items() if k != "seconds"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sigterm_then_kill_9_then_resume_gives_every_page_once(in_tmp: Path, fast_model: Path, mode: str, request) -> None:
+    model = request.getfixturevalue(MODES[mode])
     make_pdf(in_tmp / "docs/book.pdf", pages=14)
     make_pdf(in_tmp / "docs/note.pdf", pages=2)
     out = in_tmp / "out.jsonl"
-    command = [PPVL, "scan", "docs", "-o", str(out), "--model", str(fast_model), "--batch-size", "1", *SMALL]
+    args = ["docs", "-o", str(out), "--markdown", "md", "--batch-size", "1"]
+    command = [PPVL, "scan", *args, "--model", str(model), *SMALL]
 
     # SIGTERM: the page in flight is finished, exit 130 with a resume hint
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -254,16 +267,27 @@ def test_sigterm_then_kill_9_then_resume_gives_every_page_once(in_tmp: Path, fas
     _wait_for_lines(out, len(after_term) + 2, proc)
     proc.kill()
     proc.wait()
+    done = out.read_bytes().count(b"\n")  # whole records; the kill may have torn one more
     with open(out, "ab") as f:
         f.write(b'{"source":"docs/book.pdf","sha256":"12')
     assert Path(str(out) + ".lock").exists()  # left behind by the killed run
 
-    result = scan("docs", "-o", str(out), "--batch-size", "1", model=fast_model)
+    result = scan(*args, "--summary-json", "sum.json", model=model)
     assert result.exit_code == 0, result.stderr
     final = records(out)
     counts = Counter(pages_of(final))
     assert counts == Counter({**{("docs/book.pdf", p): 1 for p in range(1, 15)}, ("docs/note.pdf", 1): 1, ("docs/note.pdf", 2): 1})
     assert final[: len(after_term)] == after_term
+    # the pages recorded before the kill were skipped, not read again
+    summary = orjson.loads(Path("sum.json").read_bytes())
+    assert (summary["pages_done_before"], summary["pages_ok"]) == (done, 16 - done)
+
+    # the same records (but their time) and Markdown as one run that nothing interrupted
+    assert scan("docs", "-o", "calm.jsonl", "--markdown", "calm", "--batch-size", "1", model=model).exit_code == 0
+    assert [untimed(r) for r in final] == [untimed(r) for r in records("calm.jsonl")]
+    for name in ("book.pdf.md", "note.pdf.md"):
+        assert Path("md/docs", name).read_text() == Path("calm/docs", name).read_text()
+    assert Path("md/docs/book.pdf.md").read_text().count("<!-- page ") == 14
 
 
 def test_lock_held_by_another_run(in_tmp: Path, fast_model: Path) -> None:
@@ -462,24 +486,37 @@ proc = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PI
 sys.stderr.buffer.write(proc.stderr)
 lines = proc.stdout.splitlines()
 records = sum(line.startswith(b'{"source":') and line.endswith(b'}') for line in lines)
-print(proc.returncode, len(lines), records, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+blocks = min((line.count(b'"label":') for line in lines), default=0)  # the fewest on a page
+print(proc.returncode, len(lines), records, blocks, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 """
 
 
-def test_memory_stays_flat_over_a_long_pdf(in_tmp: Path, tiny_bundle: Path) -> None:
-    """Peak RSS scanning 300 pages is within a few MB of scanning 5 (each in a fresh process);
-    stdout carries only records."""
+@pytest.mark.parametrize("bundle, long_pages, blocks, extra", [
+    ("tiny_bundle", 300, 0, []),
+    # ~30 blocks a page (conftest `layout_v2_bundle`), each crop >= 1.3 MB as the vision encoder
+    # takes it, so fewer pages hold far more. A page at a time: 120 crops of a 4-page batch at
+    # once leave the allocator's high-water mark creeping up for a few dozen pages.
+    ("layout_v2_bundle", 12, 20, ["--batch-size", "1"]),
+], ids=["whole-page", "layout"])
+def test_memory_stays_flat_over_a_long_pdf(in_tmp: Path, bundle: str, long_pages: int, blocks: int, extra: list[str],
+                                           request) -> None:
+    """Peak RSS scanning a long PDF is within a few MB of scanning 5 pages (each in a fresh
+    process); stdout carries only records. One thread: on busy shared cores llama.cpp's threads
+    wait on each other at every step."""
+    model = request.getfixturevalue(bundle)
     make_pdf(in_tmp / "short.pdf", pages=5, size=(300, 300))
-    make_pdf(in_tmp / "long.pdf", pages=300, size=(300, 300))
+    make_pdf(in_tmp / "long.pdf", pages=long_pages, size=(300, 300))
     peaks = {}
-    for name, pages in [("short.pdf", 5), ("long.pdf", 300)]:
-        command = [sys.executable, "-c", MEASURE, PPVL, "scan", name, "-o", "-", "--model", str(tiny_bundle),
-                   "--dpi", "72", "--min-pixels", "784", "--max-pixels", "3136", "--max-new-tokens", "1"]
+    for name, pages in [("short.pdf", 5), ("long.pdf", long_pages)]:
+        command = [sys.executable, "-c", MEASURE, PPVL, "scan", name, "-o", "-", "--model", str(model), "--threads", "1",
+                   "--dpi", "72", "--min-pixels", "784", "--max-pixels", "3136", "--max-new-tokens", "1", *extra]
         run = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        rc, count, good, peak_kib = map(int, run.stdout.split())
+        rc, count, good, fewest, peak_kib = map(int, run.stdout.split())
         assert (rc, count, good) == (0, pages, pages), run.stderr
+        assert fewest >= blocks, run.stdout
         peaks[name] = peak_kib / 1024
-    # A 300x300 pt page at 72 dpi is 264 KB of pixels: holding all pages would add ~80 MB.
+    # A 300x300 pt page at 72 dpi is 264 KB of pixels: holding 300 would add ~80 MB, holding the
+    # block crops of 7 layout pages ~280 MB.
     assert peaks["long.pdf"] - peaks["short.pdf"] < 25, peaks
 
 
@@ -611,14 +648,22 @@ def test_ctrl_c_stops_with_130_and_whole_records(in_tmp: Path, signals: int) -> 
     assert [r["page"] for r in records("o.jsonl")] == list(range(1, 41))
 
 
-def test_parallel_decoding_gives_the_same_records_in_the_same_order(in_tmp: Path, fast_model: Path) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_parallel_decoding_gives_the_same_records_in_the_same_order(in_tmp: Path, fast_model: Path, mode: str, request) -> None:
+    """Pages, or their blocks, decoded four at a time in one llama.cpp context read as they do
+    one at a time: no sequence sees another's cache or logits. A batch holds more than four, so
+    sequences are reused; the frames differ in size and colour, so their prompts differ in length
+    and their answers differ (in layout mode a batch's pages of one document are decoded together)."""
+    model = request.getfixturevalue(MODES[mode])
     docs = docs_tree(in_tmp)
-    one = scan(str(docs), "-o", "one.jsonl", model=fast_model)
-    three = scan(str(docs), "-o", "three.jsonl", "--parallel", "3", "--batch-size", "3", model=fast_model)
-    assert one.exit_code == three.exit_code == 0, three.stderr
-    strip = lambda r: {k: v for k, v in r.items() if k not in ("seconds",)}  # noqa: E731
-    assert [strip(r) for r in records("three.jsonl")] == [strip(r) for r in records("one.jsonl")]
-    assert len(records("one.jsonl")) == 8
+    frames = [shapes_image((300 + 30 * i, 400 - 20 * i), seed=i) for i in range(8)]
+    frames[0].save(docs / "sizes.tiff", save_all=True, append_images=frames[1:])
+    one = scan(str(docs), "-o", "one.jsonl", model=model)
+    four = scan(str(docs), "-o", "four.jsonl", "--parallel", "4", "--batch-size", "8", model=model)
+    assert one.exit_code == four.exit_code == 0, four.stderr
+    assert [untimed(r) for r in records("four.jsonl")] == [untimed(r) for r in records("one.jsonl")]
+    assert len(records("one.jsonl")) == 16
+    assert mode == "whole-page" or all(r["blocks"] for r in records("one.jsonl") if r["source"].endswith("sizes.tiff"))
 
 
 def test_a_run_with_nothing_left_to_do_loads_no_weights(in_tmp: Path, tiny_bundle: Path, monkeypatch) -> None:

@@ -32,7 +32,7 @@ def model_options(func: Callable) -> Callable:
                      show_default=True, help="llama.cpp KV cache precision: f32 (with flash attention off) gives "
                      "transformers' numerics, q8_0 halves the cache again. [env PPVL_KV_TYPE]"),
         click.option("--ctx-size", envvar="PPVL_CTX_SIZE", type=click.IntRange(256), default=None,
-                     help="llama.cpp context in tokens (default: the largest page + max new tokens). [env PPVL_CTX_SIZE]"),
+                     help="llama.cpp context in tokens (default: the largest page, or layout block, + max new tokens). [env PPVL_CTX_SIZE]"),
     ]
     for option in reversed(options):
         func = option(func)

@@ -125,7 +125,10 @@ class TextDecoder:
             raise ModelError(f"{gguf_path}: llama.cpp could not create a context of {n_ctx} tokens")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
-        self.n_batch = n_batch
+        # llama.cpp lowers the batch to a context asked for below it (and pads that context up to a
+        # multiple of 256): prompts go in batches of what it took, or a prompt between the two
+        # sizes would fail its assertion and abort the process.
+        self.n_batch = llama_cpp.llama_n_batch(self.ctx)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_embd = llama_cpp.llama_model_n_embd(self.model)
         self.eos_id = llama_cpp.llama_vocab_eos(self.vocab)

@@ -107,7 +107,7 @@ class Recognizer:
         self._detokenizer: Detokenizer | None = None
         self.max_new_tokens = max_new_tokens
         # The llama.cpp context of one page: the largest image, the prompt text and the answer.
-        self.n_ctx = n_ctx or self._max_image_tokens() + PROMPT_TEXT_TOKENS + max_new_tokens
+        self.n_ctx = n_ctx or self._context(self._max_image_pixels(), max_new_tokens)
         self._decoder_options = dict(
             n_ctx=self.n_ctx,
             threads=self.threads,
@@ -115,6 +115,7 @@ class Recognizer:
             kv_type=kv_type,
             n_seq=parallel,
         )
+        self._n_ctx_given = n_ctx is not None
         self._vision: VisionEncoder | None = None
         self._decoder: TextDecoder | None = None
         if device == "cpu":
@@ -173,9 +174,26 @@ class Recognizer:
     def tasks(self) -> tuple[str, ...]:
         return V1_TASKS if self.bundle.prompt_style == "v1" else tuple(TASKS)
 
-    def _max_image_tokens(self) -> int:
-        limit = max(self.max_pixels, SPOTTING_MAX_PIXELS if self.bundle.prompt_style != "v1" else 0)
-        return limit // self.preprocessor.factor**2 + 1
+    def _max_image_pixels(self) -> int:
+        return max(self.max_pixels, SPOTTING_MAX_PIXELS if self.bundle.prompt_style != "v1" else 0)
+
+    def _context(self, max_pixels: int, max_new_tokens: int) -> int:
+        """One page's context in tokens: its image (smart_resize keeps to max_pixels), the prompt
+        text and the answer."""
+        return max_pixels // self.preprocessor.factor**2 + 1 + PROMPT_TEXT_TOKENS + max_new_tokens
+
+    def fit_context(self, max_pixels: int, max_new_tokens: int | None = None) -> None:
+        """Make the decoder's context hold an image of up to `max_pixels` and an answer of
+        `max_new_tokens` (default: the recognizer's): layout blocks have pixel limits of their own,
+        above a small max_pixels. A context given as n_ctx is kept; a decoder already loaded with
+        a smaller one is loaded again at its next use."""
+        needed = self._context(max_pixels, max_new_tokens or self.max_new_tokens)
+        if self._n_ctx_given or needed <= self.n_ctx:
+            return
+        self.n_ctx = self._decoder_options["n_ctx"] = needed
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
 
     # -- stage 1: vision ----------------------------------------------------------------------
 

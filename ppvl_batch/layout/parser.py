@@ -138,6 +138,7 @@ class DocumentParser:
             raise ValueError("seal recognition needs a PaddleOCR-VL 1.5 or later bundle")
         if self.o.min_pixels > self.o.max_pixels:
             raise ValueError(f"block min_pixels {self.o.min_pixels} is above max_pixels {self.o.max_pixels}")
+        recognizer.fit_context(self.o.max_pixels, self.o.max_new_tokens)
 
     # -- the batch ----------------------------------------------------------------------------
 
