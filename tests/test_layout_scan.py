@@ -181,3 +181,31 @@ def test_a_pp_doclayout_v2_bundle_end_to_end(layout_v2_bundle, tmp_path):
         assert r["text"] == "\n\n".join(f"$$\n{b['text'].strip()}\n$$" for b in r["blocks"] if b["text"].strip())
     markdown = (tmp_path / "md" / "v2.pdf.md").read_text()
     assert all(r["text"] in markdown for r in got)
+
+
+def test_ctrl_c_during_a_batch_records_every_page_parsed(layout_bundle, tmp_path, monkeypatch):
+    """In layout mode the batch is parsed whole before its records are written: a Ctrl-C then
+    stops the run after recording all of that batch, and the next run reads only the rest."""
+    import signal
+
+    from ppvl_batch.layout.parser import DocumentParser
+
+    pdf = make_pdf(tmp_path / "a.pdf", pages=6, size=(300, 400), label="Layout page")
+    out = tmp_path / "out.jsonl"
+    parse = DocumentParser.parse
+    calls = []
+
+    def interrupted_parse(self, images, **kwargs):
+        if not calls:
+            os.kill(os.getpid(), signal.SIGINT)  # our handler only asks the run to stop
+        calls.append(len(images))
+        return parse(self, images, **kwargs)
+
+    monkeypatch.setattr(DocumentParser, "parse", interrupted_parse)
+    result = scan(str(pdf), "-o", str(out), "--model", str(layout_bundle), "--batch-size", "3", *SMALL)
+    assert result.exit_code == ExitCode.INTERRUPTED, result.output
+    assert calls == [3] and [r["page"] for r in records(out)] == [1, 2, 3]
+
+    again = scan(str(pdf), "-o", str(out), "--model", str(layout_bundle), "--batch-size", "3", *SMALL)
+    assert again.exit_code == 0 and "3 already done" in again.stderr, again.output
+    assert calls == [3, 3] and [r["page"] for r in records(out)] == [1, 2, 3, 4, 5, 6]
