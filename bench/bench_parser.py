@@ -133,7 +133,7 @@ def child(args: argparse.Namespace) -> dict:
 
     pages = [layout_page(seed, titles={1: "1 Intro", 8: "2.1 Notes"}) for seed in range(args.pages)]
     mode, *numbers = args.child.split()
-    with Recognizer.load(args.bundle, parallel=args.child_parallel, threads=args.threads) as rec:
+    with Recognizer.load(args.bundle, quant=args.quant, parallel=args.child_parallel, threads=args.threads) as rec:
         if mode == "layout":
             limits = (int(numbers[0]), int(numbers[1]))
             result = run_layout(rec, pages, limits, args.max_new_tokens, args.repeats, args.detector)
@@ -149,6 +149,7 @@ def main() -> None:
     ap.add_argument("--pages", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=96, help="per block in layout mode")
     ap.add_argument("--page-max-new-tokens", type=int, default=1024, help="per page in whole-page mode")
+    ap.add_argument("--quant", help="decoder quantization (default: the bundle's)")
     ap.add_argument("--parallel", default="1,4")
     ap.add_argument("--detector", choices=["v2", "v3"], help="also run a full-size layout detector in the layout rows")
     ap.add_argument("--threads", type=int)
@@ -164,7 +165,8 @@ def main() -> None:
     from ppvl_batch.bundle import Bundle, resolve_model
     from ppvl_batch.layout.blocks import BLOCK_MAX_PIXELS, BLOCK_MIN_PIXELS
 
-    pre = Bundle.open(resolve_model(args.bundle)).preprocessor
+    bundle = Bundle.open(resolve_model(args.bundle))
+    pre, quant = bundle.preprocessor, (args.quant or bundle.default_quant).upper()
     bundle_limits = (int(pre["min_pixels"]), int(pre["max_pixels"]))
     passed = [a for a in sys.argv[1:] if a != "--append"]
 
@@ -188,7 +190,7 @@ def main() -> None:
             rows.append((f"whole page, max {max_pixels}, same tokens", parallel, row(f"whole {max_pixels} {out}", parallel)))
 
     lines = [
-        f"### Layout mode vs whole-page mode ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, bundle {args.bundle}, "
+        f"### Layout mode vs whole-page mode ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, bundle {args.bundle} {quant}, "
         f"{args.pages} pages of 12 blocks)",
         "",
         f"{machine()}. Command: `python bench/bench_parser.py {' '.join(sys.argv[1:])}`",

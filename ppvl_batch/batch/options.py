@@ -33,7 +33,7 @@ class ScanOptions:
     min_pixels: int | None = None
     max_pixels: int | None = None
     batch_size: int = 4
-    parallel: int = 1  # pages decoded together in the one llama.cpp context
+    parallel: int | None = None  # pages (blocks) decoded together in the one llama.cpp context; None: the mode's default
     prefetch: int = 8  # rendered pages waiting for the model
     quiet: bool = False
     log_interval: float = 60.0

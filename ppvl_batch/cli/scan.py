@@ -103,9 +103,11 @@ The command line wins over the environment, which wins over the file.
               help="Largest image the model sees (default: the bundle's). [env PPVL_MAX_PIXELS]")
 @click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True, envvar="PPVL_BATCH_SIZE",
               help="Pages per vision forward pass. [env PPVL_BATCH_SIZE]")
-@click.option("--parallel", type=click.IntRange(1, 64), default=1, show_default=True, envvar="PPVL_PARALLEL",
-              help="Pages decoded together in the one llama.cpp context (one batched step for all; each "
-                   "needs its own KV cache). [env PPVL_PARALLEL]")
+@click.option("--parallel", type=click.IntRange(1, 64), envvar="PPVL_PARALLEL",
+              help="Pages (in layout mode: blocks) decoded together in the one llama.cpp context (one batched "
+                   "step for all; each needs its own KV cache). Default: 1 for whole pages, 4 in layout mode, "
+                   "where blocks are short answers (1.5-2x the pages per minute of 1 on 2 cores, README "
+                   "\"Performance\"). [env PPVL_PARALLEL]")
 @click.option("--retry-failed", is_flag=True, envvar="PPVL_RETRY_FAILED",
               help="Read again the pages that failed in earlier runs (otherwise skipped and counted). A file "
                    "that could not be opened is tried on every run anyway, but records a new error only with "
@@ -203,7 +205,7 @@ def scan(ctx: click.Context, inputs: tuple[str, ...], **opts: Any) -> None:
 
     def load():
         rec = load_recognizer(**model, min_pixels=options.min_pixels, max_pixels=options.max_pixels,
-                              max_new_tokens=options.max_new_tokens, parallel=options.parallel, lazy=True)
+                              max_new_tokens=options.max_new_tokens, parallel=options.parallel or 1, lazy=True)
         if options.task not in rec.tasks:
             rec.close()
             raise UsageError(f"--task {options.task} is not available with this model (it has: {', '.join(rec.tasks)})")

@@ -190,7 +190,17 @@ class Recognizer:
         needed = self._context(max_pixels, max_new_tokens or self.max_new_tokens)
         if self._n_ctx_given or needed <= self.n_ctx:
             return
-        self.n_ctx = self._decoder_options["n_ctx"] = needed
+        self.n_ctx = needed
+        self._reconfigure(n_ctx=needed)
+
+    def set_parallel(self, parallel: int) -> None:
+        """Decode up to `parallel` pages (or layout blocks) together from now on; a decoder already
+        loaded for another number is loaded again at its next use."""
+        if parallel != self._decoder_options["n_seq"]:
+            self._reconfigure(n_seq=parallel)
+
+    def _reconfigure(self, **decoder_options: Any) -> None:
+        self._decoder_options.update(decoder_options)
         if self._decoder is not None:
             self._decoder.close()
             self._decoder = None
