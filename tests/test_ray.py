@@ -144,6 +144,17 @@ def test_ray_records_equal_a_local_run(cluster: str, docs: Path, tiny_bundle: Pa
     assert all(w["threads"] == 1 for w in workers)  # the one CPU Ray gave each worker, not the machine's 2
 
 
+def test_ray_auto_joins_the_cluster_that_ray_address_names(cluster: str, docs: Path, tiny_bundle: Path, local_records,
+                                                           tmp_path: Path) -> None:
+    """`--ray auto` as `ray job submit` runs it: the cluster comes from RAY_ADDRESS (a real process)."""
+    proc = scan_on_ray(tmp_path, docs, tiny_bundle, "auto", env={"RAY_ADDRESS": cluster})
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    got = records(tmp_path / "out.jsonl")
+    assert {(r["key"], r["text"]) for r in got} == local_records and len(got) == all_keys()
+    assert orjson.loads((tmp_path / "summary.json").read_bytes())["ray"]["address"] == "auto"
+
+
 def test_a_worker_killed_mid_run_is_replaced_and_every_page_recorded_once(
     cluster: str, docs: Path, tiny_bundle: Path, local_records, tmp_path: Path
 ) -> None:
@@ -226,11 +237,13 @@ def test_a_worker_with_another_bundle_stops_the_job(
     assert records(tmp_path / "out.jsonl") == []
 
 
-@pytest.mark.parametrize("case", ["no ray", "unreachable"])
+@pytest.mark.parametrize("case", ["no ray", "unreachable", "auto, RAY_ADDRESS unreachable"])
 def test_ray_missing_or_unreachable_is_exit_2_before_anything_is_written(
     docs: Path, tiny_bundle: Path, tmp_path: Path, case: str
 ) -> None:
     env, address, message = {}, "127.0.0.1:9", "cannot reach a Ray cluster at 127.0.0.1:9"  # the discard port
+    if case.startswith("auto"):  # auto follows RAY_ADDRESS, even with the module's Ray running here
+        env, address = {"RAY_ADDRESS": "127.0.0.1:9"}, "auto"
     if case == "no ray":  # a `ray` package that fails to import, as where the extra is not installed
         (tmp_path / "shadow" / "ray").mkdir(parents=True)
         (tmp_path / "shadow" / "ray" / "__init__.py").write_text("raise ImportError('No module named ray')\n")

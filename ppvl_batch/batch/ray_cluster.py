@@ -68,12 +68,20 @@ def _check_reachable(address: str) -> None:
         raise RayUnavailable(f"cannot reach a Ray cluster at {address}: {e.strerror or e}") from None
 
 
+def _cluster_address(address: str) -> str | None:
+    """The HOST:PORT (or ray://) that --ray ADDRESS names: RAY_ADDRESS for auto, where it is set
+    (as `ray job submit` sets it); None when Ray itself finds or starts the cluster."""
+    target = os.environ.get("RAY_ADDRESS") if address == "auto" else None if address == "local" else address
+    return target if target and target != "auto" else None
+
+
 def preflight(address: str) -> None:
-    """Before any work: Ray is installed, and a HOST:PORT answers (a run that plans a large
-    archive first should not learn only then that the cluster is not there)."""
+    """Before any work: Ray is installed, and the cluster's HOST:PORT answers (a run that plans a
+    large archive first should not learn only then that the cluster is not there)."""
     import_ray()
-    if address not in ("local", "auto"):
-        _check_reachable(address)
+    target = _cluster_address(address)
+    if target:
+        _check_reachable(target)
 
 
 @contextlib.contextmanager
@@ -91,8 +99,8 @@ def connect(address: str, *, runtime_env: dict[str, Any] | None = None) -> Itera
     if address == "local":
         ray.init(address="local", include_dashboard=False, **common)
     else:
-        target = os.environ.get("RAY_ADDRESS") if address == "auto" else address
-        if target and target != "auto":
+        target = _cluster_address(address)
+        if target:
             _check_reachable(target)
         if (target or address).startswith("ray://"):
             try:
