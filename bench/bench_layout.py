@@ -1,8 +1,8 @@
 """Layout detection benchmark: seconds per page for PP-DocLayoutV2 and V3 at their real sizes.
 
 Builds FULL-SIZE random-weight models of transformers' classes in memory (tools/tiny_layout.py;
-speed does not depend on weight values) and times, per page of a generated 1240 x 1754 page with
-12 blocks, each stage of ppvl_batch.layout: our preprocessing (800 x 800 bicubic), the model's
+speed does not depend on weight values) and times, per page of the generated 12-block page
+(tools/layout_page.py, which bench_parser.py reads too), each stage of ppvl_batch.layout: our preprocessing (800 x 800 bicubic), the model's
 forward pass, our decoding and the PaddleX rules. One warm-up batch is not counted.
 
     python bench/bench_layout.py                          # V2 and V3, 3 pages, batch 1
@@ -26,43 +26,29 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
 
-def page_image(width: int = 1240, height: int = 1754):
-    """A two-column page: title, 8 paragraphs, a section title, a ruled table, a formula."""
-    from PIL import Image, ImageDraw
-
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((width // 3, 80), "A Generated Document Title", fill="black")
-    col = (width - 300) // 2
-    for c, x in enumerate((100, 200 + col)):
-        for p in range(4):
-            y0 = 160 + p * 210
-            for line in range(8):
-                draw.text((x, y0 + line * 20), f"col {c} paragraph {p} line {line} lorem ipsum dolor sit", fill="black")
-    draw.text((100, 1020), "2.1 Results", fill="black")
-    for r in range(7):
-        draw.line([(100, 1060 + r * 50), (width - 100, 1060 + r * 50)], fill="black", width=2)
-    for c in range(5):
-        x = 100 + c * (width - 200) // 4
-        draw.line([(x, 1060), (x, 1360)], fill="black", width=2)
-    draw.text((width // 2 - 120, 1450), "E = m c^2 + sum_i x_i / n", fill="black")
-    return img
-
-
-def run(version: str, pages: int, batch_size: int, device: str) -> dict:
-    import torch
-
+def full_size_detector(version: str, device: str = "cpu"):
+    """A full-size random-weight PP-DocLayout of `version` with the pipeline's rules."""
     import tiny_layout
-    from ppvl_batch.layout.detector import LayoutDetector, Preprocessing, decode
-    from ppvl_batch.layout.postprocess import LayoutRules, apply_rules
+
+    from ppvl_batch.layout.detector import LayoutDetector, Preprocessing, RuledDetector
+    from ppvl_batch.layout.postprocess import LayoutRules
 
     model = tiny_layout.make_model(version, "full", seed=0)
-    params = sum(p.numel() for p in model.parameters())
     pre = Preprocessing.from_config(tiny_layout.preprocessor_config(version), "bench")
-    detector = LayoutDetector(model, version, pre, device)
-    rules = LayoutRules.for_version(version)
+    return RuledDetector(LayoutDetector(model, version, pre, device), LayoutRules.for_version(version))
+
+
+def run(version: str, image, pages: int, batch_size: int, device: str) -> dict:
+    """Seconds per page of each stage, `pages` copies of `image` in batches of `batch_size`."""
+    import torch
+
+    from ppvl_batch.layout.detector import decode
+    from ppvl_batch.layout.postprocess import apply_rules
+
+    ruled = full_size_detector(version, device)
+    detector, rules = ruled.detector, ruled.rules
+    params = sum(p.numel() for p in detector.model.parameters())
     threshold = rules.min_threshold()
-    image = page_image()
     sums = {"preprocess": 0.0, "forward": 0.0, "decode": 0.0, "rules": 0.0}
     batches = [min(batch_size, pages - i) for i in range(0, pages, batch_size)]
     for counted, n in [(False, batch_size)] + [(True, n) for n in batches]:
@@ -99,12 +85,15 @@ def main() -> None:
     import torch
 
     from bench_engine import machine, peak_rss_mb
+    from layout_page import layout_page
+
+    image = layout_page(0).image  # resized to the model's 800 x 800 first, like any page
 
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
     for version in args.versions.split(","):
-        r = run(version, args.pages, args.batch_size, args.device)
+        r = run(version, image, args.pages, args.batch_size, args.device)
         total = r["preprocess"] + r["forward"] + r["decode"] + r["rules"]
         rows.append(f"| PP-DocLayout{version.upper()} ({r['params'] / 1e6:.1f} M) | {r['preprocess']:.3f} | "
                     f"{r['forward']:.2f} | {r['decode']:.4f} | {r['rules']:.4f} | {total:.2f} |")
@@ -114,7 +103,7 @@ def main() -> None:
         "",
         f"Machine: {machine()}; torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
         f"{torch.get_num_threads()} threads; device {args.device}.  ",
-        f"{args.pages} pages of 1240 x 1754 (12 blocks), batch size {args.batch_size}, after one warm-up batch; "
+        f"{args.pages} pages of {image.width} x {image.height} (12 blocks), batch size {args.batch_size}, after one warm-up batch; "
         f"peak RSS {peak_rss_mb():.0f} MiB.",
         "",
         "| model | preprocess s/page | forward s/page | decode s/page | PaddleX rules s/page | total s/page |",

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_engine import machine, peak_rss_mb, report  # noqa: E402
+from bench_layout import full_size_detector  # noqa: E402
 from layout_page import layout_page  # noqa: E402
 from train_demo import edit_distance  # noqa: E402
 
@@ -45,18 +46,6 @@ class StandIn:
         if self.model is not None:
             self.model.detect(images)
         return [self.regions_by_page[id(image)] for image in images]
-
-
-def full_size_detector(version: str):
-    """A full-size random-weight PP-DocLayout of `version` with the pipeline's rules."""
-    import tiny_layout
-
-    from ppvl_batch.layout.detector import LayoutDetector, Preprocessing, RuledDetector
-    from ppvl_batch.layout.postprocess import LayoutRules
-
-    model = tiny_layout.make_model(version, "full", seed=0)
-    pre = Preprocessing.from_config(tiny_layout.preprocessor_config(version), "bench")
-    return RuledDetector(LayoutDetector(model, version, pre), LayoutRules.for_version(version))
 
 
 def cer(read: list[str], printed: list[str]) -> float:

@@ -144,7 +144,7 @@ def test_a_torn_first_record_is_cut_but_a_foreign_one_line_file_is_refused(tmp_p
         Journal(path).open(overwrite=False)
 
 
-@pytest.mark.parametrize("content", [b"my notes\n", b"\x89PNG\r\n\x1a\n\x00binary", b'{"a": 1}\n', b"%PDF-1.7 no newline"])
+@pytest.mark.parametrize("content", [b"my notes\n", b"\x89PNG\r\n\x1a\n\x00binary", b'{"a": 1}\n', b"[1, 2]\n", b"%PDF-1.7 no newline"])
 def test_journal_refuses_foreign_files_and_leaves_them_alone(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "precious.txt"
     path.write_bytes(content)

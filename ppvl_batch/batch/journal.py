@@ -120,12 +120,13 @@ class Journal:
                     break
             try:
                 record = orjson.loads(line)
-                key, status = record["key"], record["status"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
+            except orjson.JSONDecodeError:
+                record = None
+            if not isinstance(record, dict) or not {"key", "status"} <= record.keys():
                 raise OutputError(
                     f"{self.path} line {number} is not a ppvl-ocr record; "
                     f"use another output or --overwrite to replace it"
-                ) from None
+                )
             self._index(record, offset)
             offset += len(line)
         if offset != self._file.seek(0, os.SEEK_END):
