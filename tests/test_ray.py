@@ -140,7 +140,8 @@ def test_ray_records_equal_a_local_run(cluster: str, docs: Path, tiny_bundle: Pa
     summary = orjson.loads((tmp_path / "summary.json").read_bytes())
     assert (summary["pages_ok"], summary["exit_code"]) == (12, 0)
     workers = summary["ray"]["workers"]
-    assert len(workers) == 2 and sum(w["pages"] for w in workers) == 12 and all(w["pages_per_minute"] > 0 for w in workers)
+    # Two workers were asked for; one that starts late (a busy machine) may find the pages all taken.
+    assert 1 <= len(workers) <= 2 and sum(w["pages"] for w in workers) == 12 and all(w["pages_per_minute"] > 0 for w in workers)
     assert all(w["threads"] == 1 for w in workers)  # the one CPU Ray gave each worker, not the machine's 2
 
 
