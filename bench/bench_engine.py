@@ -163,12 +163,19 @@ def machine() -> str:
             f"{platform.system()} {platform.machine()}, Python {platform.python_version()}")
 
 
-def report(lines: list[str]) -> None:
-    """Print a result table and append it to bench/RESULTS.md."""
+def table(columns: list[str], rows: list[list[object]]) -> list[str]:
+    """A Markdown table's lines."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + \
+        ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
+def report(lines: list[str], append: bool = True) -> None:
+    """Print a result table and (unless `append` is false) append it to bench/RESULTS.md."""
     text = "\n".join(lines) + "\n"
     print(text)
-    with open(ROOT / "bench" / "RESULTS.md", "a") as f:
-        f.write("\n" + text)
+    if append:
+        with open(ROOT / "bench" / "RESULTS.md", "a") as f:
+            f.write("\n" + text)
 
 
 def prepare(checkpoint: Path, bundle: Path, mmproj: bool) -> None:

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_engine import machine, peak_rss_mb, report  # noqa: E402
+from bench_engine import machine, peak_rss_mb, report, table  # noqa: E402
 from bench_layout import full_size_detector  # noqa: E402
 from layout_page import layout_page  # noqa: E402
 from train_demo import edit_distance  # noqa: E402
@@ -184,16 +184,13 @@ def main() -> None:
         "",
         f"{machine()}. Command: `python bench/bench_parser.py {' '.join(sys.argv[1:])}`",
         "",
-        "| mode | parallel | s/page | pages/min | CPU s/page | vision s | decode s | image tokens in | tokens out | CER | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *table(["mode", "parallel", "s/page", "pages/min", "CPU s/page", "vision s", "decode s", "image tokens in",
+                "tokens out", "CER", "peak RSS MB"],
+               [[name, parallel, f"{r['seconds']:.2f}", f"{60 / r['seconds']:.2f}", f"{r['cpu']:.2f}", f"{r['vision']:.2f}",
+                 f"{r['decode']:.2f}", f"{r['tokens_in']:.0f}", f"{r['tokens_out']:.0f}", f"{r['cer']:.3f}",
+                 f"{r['peak_rss_mb']:.0f}"] for name, parallel, r in rows]),
     ]
-    for name, parallel, r in rows:
-        lines.append(f"| {name} | {parallel} | {r['seconds']:.2f} | {60 / r['seconds']:.2f} | {r['cpu']:.2f} | {r['vision']:.2f} | "
-                     f"{r['decode']:.2f} | {r['tokens_in']:.0f} | {r['tokens_out']:.0f} | {r['cer']:.3f} | {r['peak_rss_mb']:.0f} |")
-    if args.append:
-        report(lines)
-    else:
-        print("\n".join(lines))
+    report(lines, append=args.append)
 
 
 if __name__ == "__main__":

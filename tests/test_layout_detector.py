@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 
 import tiny_layout
 from ppvl_batch.errors import ModelError
-from ppvl_batch.layout.detector import LayoutDetector, Preprocessing
+from ppvl_batch.layout.detector import LayoutDetector, Preprocessing, boxes_of_masks
 from ppvl_batch.layout.labels import LABELS
 from ppvl_batch.layout.postprocess import LayoutRules, apply_rules
 
@@ -192,6 +192,33 @@ def test_v3_skips_the_decoders_polygon_masks(detectors):
     assert full.out_masks.shape[-1] > 1
     for name in ("logits", "pred_boxes", "order_logits"):
         assert torch.equal(getattr(ours_out, name), getattr(full, name))
+
+
+def test_boxes_of_masks_equal_transformers_mask_to_box_coordinate():
+    """Our projection version gives transformers' numbers bit for bit: random masks of several
+    densities, an empty one, a full one, one pixel in a corner, a ragged shape, extra batch dims."""
+    from transformers.models.pp_doclayout_v3.modeling_pp_doclayout_v3 import mask_to_box_coordinate
+
+    g = torch.Generator().manual_seed(3)
+    for shape, density in [((1, 300, 200, 200), 0.5), ((2, 30, 13, 17), 0.02), ((3, 5, 1, 9), 0.3)]:
+        masks = torch.rand(shape, generator=g) < density
+        masks[0, 0] = False
+        masks[0, 1] = True
+        masks[0, 2] = False
+        masks[0, 2, -1, -1] = True
+        for dtype in (torch.float32, torch.float64):
+            expected = mask_to_box_coordinate(masks, dtype=dtype)
+            got = boxes_of_masks(masks, dtype)
+            assert got.dtype == expected.dtype and torch.equal(got, expected), (shape, dtype)
+    assert torch.equal(boxes_of_masks(torch.zeros(1, 2, 4, 4, dtype=torch.bool), torch.float32), torch.zeros(1, 2, 4))
+
+
+def test_detect_puts_transformers_mask_to_box_coordinate_back(detectors):
+    from transformers.models.pp_doclayout_v3 import modeling_pp_doclayout_v3 as modeling
+
+    original = modeling.mask_to_box_coordinate
+    detectors["v3"].detect(pages()[:1], 0.5)
+    assert modeling.mask_to_box_coordinate is original
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -175,3 +175,37 @@ def test_scan_with_int8_vision_records_it(tmp_path):
     recs = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     assert len(recs) == 2
     assert "vision-int8-" not in recs[0]["model"] and "vision-int8-" in recs[1]["model"]
+
+
+def test_encode_packs_images_up_to_the_devices_patch_budget(tiny_bundle, monkeypatch):
+    """Images go into forward passes of up to PATCHES_PER_FORWARD patches (one bigger than that
+    alone), in order; each image's embedding is what it gets in a pass of its own."""
+    import ppvl_batch.engine.vision as vision
+
+    bundle = Bundle.open(tiny_bundle)
+    encoder = VisionEncoder(load_vision_tower(bundle.config, bundle.vision_file, dtype="fp32"), ImagePreprocessor(bundle.preprocessor))
+    prepared = [encoder.preprocessor(page().resize(size), min_pixels=784, max_pixels=40000)
+                for size in [(60, 60), (200, 150), (40, 90), (90, 40), (300, 300), (50, 50)]]
+    patches = [p.grid_h * p.grid_w for p in prepared]
+    budget = patches[1] + 10  # the 200 x 150 image fits in a pass, the 300 x 300 one does not
+    assert patches[4] > budget
+    monkeypatch.setitem(vision.PATCHES_PER_FORWARD, "cpu", budget)
+    passes = []
+    forward = encoder._forward
+    monkeypatch.setattr(encoder, "_forward", lambda group: passes.append(len(group)) or forward(group))
+
+    packed = encoder.encode(prepared)
+
+    sizes, start = [], 0
+    for n in passes:
+        sizes.append(sum(patches[start:start + n]))
+        start += n
+    assert start == len(prepared) and len(passes) < len(prepared)  # some images shared a pass
+    assert all(s <= budget or n == 1 for s, n in zip(sizes, passes))
+    # a pass ends only where the next image would have gone over the budget
+    ends = np.cumsum(passes)[:-1]
+    assert all(sizes[i] + patches[end] > budget for i, end in enumerate(ends))
+    for item, got in zip(prepared, packed):
+        [alone] = encoder.encode([item])
+        assert got.embeddings.shape == alone.embeddings.shape
+        np.testing.assert_allclose(got.embeddings, alone.embeddings, rtol=1e-4, atol=1e-5)

@@ -18,6 +18,8 @@ keep boxes only (docs/layout.md).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,9 +40,9 @@ MODEL_TYPES = {
     "pp_doclayout_v3": ("v3", "PPDocLayoutV3ForObjectDetection"),
 }
 
-# Pages per detection forward pass. One 800 x 800 page holds about 0.5 GB of activations at its
-# peak (full-size V3; V2 0.3 GB), so a batch of n holds n times that; on the CPU a batch is no
-# faster per page (bench/RESULTS.md, layout detection), so pages go one at a time there.
+# Pages per detection forward pass. One 800 x 800 page holds about 0.35 GB of activations at its
+# peak (full-size V3, docs/layout.md; V2 0.3 GB), so a batch of n holds n times that; on the CPU a
+# batch is no faster per page (bench/RESULTS.md, layout detection), so pages go one at a time there.
 DETECTION_BATCH = {"cpu": 1, "gpu": 8}
 
 # Published preprocessor_config.json values, used where a folder has no such file.
@@ -201,7 +203,7 @@ class LayoutDetector:
         pages: list[list[Detection]] = []
         for start in range(0, len(images), batch_size):
             batch = images[start:start + batch_size]
-            with torch.inference_mode():
+            with torch.inference_mode(), _boxes_of_masks_by_projection(self.version):
                 out = self.model(pixel_values=self.preprocess(batch))
             pages += decode(out.logits, out.pred_boxes, out.order_logits,
                             [image.size for image in batch], threshold, self.labels)
@@ -229,6 +231,51 @@ def _without_decoder_masks(module: torch.nn.Module, args: tuple, kwargs: dict) -
     if kwargs.get("mask_feat") is not None:
         kwargs = {**kwargs, "mask_feat": kwargs["mask_feat"][:, :, :1, :1]}
     return args, kwargs
+
+
+def boxes_of_masks(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """What transformers' V3 `mask_to_box_coordinate` computes, (..., H, W) masks -> (..., 4)
+    cx cy w h in 0..1 (an empty mask: all 0), from the masks' row and column projections.
+
+    Its own version builds five float copies of the masks, (batch, 300 queries, 200, 200) each,
+    to find each mask's extent: 0.12 GB of a page's peak at full size. A mask's x extent is the
+    extent of the columns that hold any of its pixels (y: rows), so the (..., W) and (..., H)
+    projections give the same numbers, bit for bit (tests/test_layout_detector.py)."""
+    mask = mask.bool()
+    height, width = mask.shape[-2:]
+    extents = []
+    for axis, size in ((-2, width), (-1, height)):
+        seen = mask.any(dim=axis)  # (..., size): which columns (rows) the mask reaches
+        coords = torch.arange(size, device=mask.device).to(dtype)
+        low = torch.where(seen, coords, torch.finfo(dtype).max).amin(dim=-1)
+        high = torch.where(seen, coords, torch.finfo(dtype).min).amax(dim=-1) + 1
+        extents.append((low, high))
+    (x0, x1), (y0, y1) = extents
+    nonempty = mask.flatten(-2).any(dim=-1, keepdim=True)
+    corners = torch.stack([x0, y0, x1, y1], dim=-1) * nonempty
+    x0, y0, x1, y1 = (corners / torch.tensor([width, height, width, height], device=mask.device, dtype=dtype)).unbind(-1)
+    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
+
+
+@contextmanager
+def _boxes_of_masks_by_projection(version: str) -> Iterator[None]:
+    """During a V3 forward, the model's mask_to_box_coordinate is boxes_of_masks (same numbers,
+    a fraction of the memory); put back afterwards. Nothing to do for V2, or for a transformers
+    that has no such function."""
+    if version != "v3":
+        yield
+        return
+    from transformers.models.pp_doclayout_v3 import modeling_pp_doclayout_v3 as modeling
+
+    original = getattr(modeling, "mask_to_box_coordinate", None)
+    if original is None:
+        yield
+        return
+    modeling.mask_to_box_coordinate = boxes_of_masks
+    try:
+        yield
+    finally:
+        modeling.mask_to_box_coordinate = original
 
 
 def bundle_detector(bundle: Any, device: str = "cpu", threshold: float | None = None,
