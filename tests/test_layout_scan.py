@@ -104,6 +104,30 @@ def test_image_blocks_are_saved_and_linked(layout_bundle, tmp_path, monkeypatch)
     assert r2["blocks"][0]["image"] == "crops/b.pdf_images/p0001_000_image.png" and Path(r2["blocks"][0]["image"]).is_file()
 
 
+def test_an_image_folder_that_cannot_be_written_stops_the_run_with_exit_4(image_layout_bundle, tmp_path):
+    """The folder, not the page, is wrong: exit 4 naming it; the pages recorded before stay, and
+    the same command resumes once the folder can be written."""
+    make_pdf(tmp_path / "docs" / "a.pdf", pages=2, size=(300, 400))
+    make_pdf(tmp_path / "docs" / "b.pdf", pages=1, size=(300, 400))
+    blocker = tmp_path / "md" / "docs" / "b.pdf_images"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("a file where b.pdf's image folder goes")
+    # one page a batch: a batch stops whole (its images are saved before its blocks are read)
+    args = ["docs", "-o", "out.jsonl", "--model", str(image_layout_bundle), "--markdown", "md", "--batch-size", "1", *SMALL]
+    result = scan(*args)
+    assert result.exit_code == ExitCode.OUTPUT, result.output
+    [line] = [ln for ln in result.stderr.splitlines() if "cannot write" in ln]
+    assert "md/docs/b.pdf_images/p0001_000_image.png" in line
+    assert [(r["source"], r["page"], r["status"]) for r in records(tmp_path / "out.jsonl")] == [
+        ("docs/a.pdf", 1, "ok"), ("docs/a.pdf", 2, "ok")]
+    blocker.unlink()
+    again = scan(*args, "--summary-json", "sum.json")
+    assert again.exit_code == 0, again.output
+    assert [(r["source"], r["page"]) for r in records(tmp_path / "out.jsonl")][2:] == [("docs/b.pdf", 1)]
+    assert orjson.loads((tmp_path / "sum.json").read_bytes())["pages_done_before"] == 2
+    assert (tmp_path / "md" / "docs" / "b.pdf_images" / "p0001_000_image.png").is_file()
+
+
 def test_a_bad_block_fails_alone(layout_bundle, tmp_path, monkeypatch):
     from ppvl_batch.engine.vision import ImagePreprocessor
 

@@ -331,6 +331,34 @@ def test_layout_mode_on_ray_gives_a_local_runs_records_markdown_and_images(
     assert images == {p for p in made if p.suffix == ".png"} and bool(images) == (label == "image")
 
 
+def test_an_image_folder_a_worker_cannot_write_stops_the_job_with_exit_4(cluster: str, image_layout_bundle: Path,
+                                                                       tmp_path: Path, monkeypatch) -> None:
+    """As in a local run (test_layout_scan.py): the worker's OutputError reaches the driver as
+    exit 4 naming the file and the node; what was recorded stays; the same command then resumes."""
+    monkeypatch.chdir(tmp_path)
+    make_pdf(tmp_path / "docs" / "a.pdf", pages=2, size=(300, 400), label="a")
+    make_pdf(tmp_path / "docs" / "b.pdf", pages=1, size=(300, 400), label="b")
+    blocker = tmp_path / "md" / "docs" / "b.pdf_images"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("a file where b.pdf's image folder goes")
+    scan = ["scan", "docs", "-o", "out.jsonl", "--model", str(image_layout_bundle), "--max-new-tokens", "4", "--dpi", "72",
+            "--markdown", "md", "--ray", cluster, "--ray-workers", "1", "--ray-pages-per-task", "1"]
+    result = CliRunner().invoke(main, scan, catch_exceptions=False)
+    assert result.exit_code == ExitCode.OUTPUT, result.stderr
+    [line] = [ln for ln in result.stderr.splitlines() if "cannot write" in ln]
+    assert "md/docs/b.pdf_images/p0001_000_image.png" in line and "on node" in line
+    before = records(tmp_path / "out.jsonl")
+    assert all(r["source"] == "docs/a.pdf" and r["status"] == "ok" for r in before)
+
+    blocker.unlink()
+    again = CliRunner().invoke(main, scan, catch_exceptions=False)
+    assert again.exit_code == 0, again.stderr
+    got = records(tmp_path / "out.jsonl")
+    assert got[: len(before)] == before
+    assert Counter((r["source"], r["page"]) for r in got) == Counter([("docs/a.pdf", 1), ("docs/a.pdf", 2), ("docs/b.pdf", 1)])
+    assert (tmp_path / "md" / "docs" / "b.pdf_images" / "p0001_000_image.png").is_file()
+
+
 # ------------------------------------------------------------------- executor mechanics (toy work)
 
 

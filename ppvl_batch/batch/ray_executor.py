@@ -19,7 +19,9 @@ Faults, and how they end:
 - A worker that cannot start (bundle fingerprint differs from the driver's, an input or the bundle
   is not at the same path on its node, the bundle does not load) fails the job at once with a
   one-line message naming the node.
-- An exception out of PageWork.run (a bug: it must not raise for a bad page) fails the job.
+- An output a worker cannot write (an image block's folder under --markdown/--images) fails the
+  job with the OutputError a local run would stop with (exit 4), naming the node.
+- Any other exception out of PageWork.run (a bug: it must not raise for a bad page) fails the job.
 - Ctrl-C or SIGTERM stops the job; what was written stays written, the next run resumes.
 """
 
@@ -41,7 +43,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from ppvl_batch.errors import ModelError, UsageError
+from ppvl_batch.errors import ModelError, OutputError, UsageError
 
 from .ray_cluster import RayOptions, connect, import_ray, limit_threads
 
@@ -104,16 +106,22 @@ class WorkerLoadError(ModelError):
     """A worker could not build its page work (bundle missing or broken on its node)."""
 
 
-_SETUP_ERRORS: dict[str, type[Exception]] = {
+class WorkerOutputError(OutputError):
+    """A worker could not write an output the driver does not write (an image block's file)."""
+
+
+_WORKER_ERRORS: dict[str, type[Exception]] = {
     "shared_path": SharedPathMissing,
     "fingerprint": WorkerMismatch,
     "load": WorkerLoadError,
+    "output": WorkerOutputError,
 }
 
 
-class WorkerSetupError(RuntimeError):
-    """Raised in a worker's constructor: the job cannot run there. Ray reports it to the driver
-    as the death of the actor with this text in the message, which `_setup_error` reads back."""
+class WorkerError(RuntimeError):
+    """Raised in a worker: the job cannot go on there (its constructor, or an output it cannot
+    write). Ray reports it to the driver as the death of the actor or the failure of the task,
+    with this text in the message, which `_worker_error` reads back."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(f"[{kind}] {message}")
@@ -209,7 +217,7 @@ class _Worker:
         self.name = f"{node} pid {os.getpid()}"
         missing = next((p for p, size in probes.items() if not _probe(p, size)), None)
         if missing is not None:
-            raise WorkerSetupError(
+            raise WorkerError(
                 "shared_path",
                 f"node {node} does not see {missing} as the driver does; the bundle and the inputs "
                 f"must be at the same path on every node (a shared filesystem or the same image)",
@@ -217,13 +225,13 @@ class _Worker:
         try:
             self.work = work_factory(settings, threads)
         except Exception as e:
-            raise WorkerSetupError("load", f"node {node} cannot load the model: {e}") from None
+            raise WorkerError("load", f"node {node} cannot load the model: {e}") from None
         limit_threads(threads)  # loading torch may have reset its pool to the core count
         torch = sys.modules.get("torch")
         self.threads = torch.get_num_threads() if torch is not None else threads
         got = self.work.fingerprint()
         if got != fingerprint:
-            raise WorkerSetupError(
+            raise WorkerError(
                 "fingerprint",
                 f"node {node} has bundle/settings {got}, the driver has {fingerprint}; "
                 f"every node must have the same bundle at the same path",
@@ -233,10 +241,13 @@ class _Worker:
         units = Unit.from_batch(batch)
         began = time.monotonic()
         before = self.ray.get(self.attempts.task.remote([u.key for u in units]))
-        if not any(before):
-            records = self.work.run(units)  # the usual case: the task's pages together
-        else:
-            records = [self._alone(u, n) for u, n in zip(units, before)]
+        try:
+            if not any(before):
+                records = self.work.run(units)  # the usual case: the task's pages together
+            else:
+                records = [self._alone(u, n) for u, n in zip(units, before)]
+        except OutputError as e:  # the folder, not the page, is wrong: every later page would fail too
+            raise WorkerError("output", f"{e} (on node {self.name})") from None
         by_key = {r["key"]: r for r in records}
         each = (time.monotonic() - began) / len(units)
         # Records travel as JSON text: Arrow never has to find one schema for varied records.
@@ -261,10 +272,10 @@ class _Worker:
 # ------------------------------------------------------------------------------------------ driver
 
 
-def _setup_error(exc: BaseException) -> Exception | None:
-    """Our worker's setup error, recovered from the text of the actor death Ray reports."""
-    m = re.search(r"WorkerSetupError: \[(\w+)\] (.+)", str(exc))
-    return _SETUP_ERRORS[m.group(1)](m.group(2).strip()) if m and m.group(1) in _SETUP_ERRORS else None
+def _worker_error(exc: BaseException) -> Exception | None:
+    """Our worker's error, recovered from the text of the actor death or task failure Ray reports."""
+    m = re.search(r"WorkerError: \[(\w+)\] (.+)", str(exc))
+    return _WORKER_ERRORS[m.group(1)](m.group(2).strip()) if m and m.group(1) in _WORKER_ERRORS else None
 
 
 class Signals:
@@ -361,9 +372,9 @@ class _Driver:
                 self.accept(row["key"], orjson.loads(row["record"]), row["worker"], int(row["threads"]),
                             float(row["seconds"]))
         except Exception as e:
-            setup = _setup_error(e)
-            if setup is not None:
-                raise setup from None
+            ours = _worker_error(e)
+            if ours is not None:
+                raise ours from None
             raise
         finally:
             quiet.setLevel(level)
