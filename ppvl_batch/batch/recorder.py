@@ -27,14 +27,12 @@ class Recorder:
         work: PageWork,
         summary: Summary,
         progress: Progress,
-        settings: str,
         markdown_paths: dict[Path, Path],
     ) -> None:
         self.writer = writer
         self.work = work
         self.summary = summary
         self.progress = progress
-        self.settings = settings
         self.markdown_paths = markdown_paths
         self._pages: dict[Path, dict[int, Record]] = {}  # document path -> records written in this run
 
@@ -114,7 +112,7 @@ class Recorder:
         for number in start.numbers:
             record = written.get(number)
             if record is None:
-                key = checkpoint_key(self.settings, start.sha256, number)
+                key = checkpoint_key(self.work.settings, start.sha256, number)
                 if self.writer.status(key) is None:
                     return  # no journal to read it from (stdout without --state)
                 record = self.writer.journal.record(key)

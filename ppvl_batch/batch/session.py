@@ -71,7 +71,7 @@ def open_session(
         try:
             work = PageWork(rec, o, layout_mode(rec, o, cwd))
             planner = Planner(o, writer, hashes, work.settings, rec.max_pixels, render=work.render if render else None)
-            recorder = Recorder(writer, work, summary, progress, work.settings, markdown_paths)
+            recorder = Recorder(writer, work, summary, progress, markdown_paths)
             yield Session(found.documents, cwd, writer, rec, work, planner, recorder)
         finally:
             rec.close()
