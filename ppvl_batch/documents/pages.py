@@ -25,7 +25,6 @@ import math
 import os
 import re
 import struct
-import sys
 import traceback
 import warnings
 from abc import ABC, abstractmethod
@@ -36,27 +35,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-
-def _import_pymupdf():
-    """PyMuPDF without the extras it imports on its own when they are installed (PyMuPDF 2 pulls
-    in pymupdf.layout with onnxruntime, and pymupdf4llm): we only render pages, and they cost
-    every scan, worker and server about 90 MB resident and 0.3 s (bench/RESULTS.md). A module
-    marked None makes its import fail, which PyMuPDF takes as "not installed"; the marks go once
-    it is imported, so code that wants the extras can still import them itself."""
-    extras = [name for name in ("pymupdf.layout", "pymupdf4llm") if name not in sys.modules]
-    sys.modules.update(dict.fromkeys(extras))
-    try:
-        import pymupdf
-    finally:
-        for name in extras:
-            if sys.modules.get(name, ...) is None:
-                del sys.modules[name]
-    return pymupdf
-
-
-pymupdf = _import_pymupdf()
-
 from ppvl_batch.documents.inputs import DOCUMENT_EXTENSIONS
+from ppvl_batch.documents.mupdf import pymupdf
 
 if TYPE_CHECKING:
     from ppvl_batch.documents.text_layer import TextLayer

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ppvl_batch.documents.pages import pymupdf
+from ppvl_batch.documents.mupdf import pymupdf
 from ppvl_batch.documents.text_order import (
     Char,
     Fragment,
@@ -66,6 +66,10 @@ UNDECODED_RUN = 3
 INK_CONTRAST = 96
 INK_COVERAGE = 0.75
 BOX_MARGIN_PT = 1.0
+# Ink on a straight horizontal or vertical run this long (points) is a rule, a frame or a fill,
+# drawn, not written: it does not count against the text (a ruled table is 34% covered with it,
+# 100% without). Glyph strokes are far shorter below 36 pt type.
+RULE_LENGTH_PT = 36.0
 # Ligature presentation forms MuPDF may leave (a font that maps a glyph to U+FB0x itself).
 LIGATURES = {"\ufb00": "ff", "\ufb01": "fi", "\ufb02": "fl", "\ufb03": "ffi", "\ufb04": "ffl", "\ufb05": "st", "\ufb06": "st"}
 # MuPDF flags: keep whitespace, clip to the media box; no TEXT_PRESERVE_LIGATURES (so they are
@@ -198,6 +202,7 @@ def _read(page: Any, size: tuple[int, int]) -> TextLayer:
     fragments = _fragments(page, to_pixels, to_check, changed)
     lines = _ordered(visual_lines(fragments))
     ink = np.abs(full.astype(np.int16) - int(np.median(full))) >= INK_CONTRAST
+    ink &= ~_long_runs(ink, int(RULE_LENGTH_PT * check))  # rules, frames and fills are not unread text
     boxes = np.zeros_like(ink)
     margin = BOX_MARGIN_PT * check
     for line in lines:
@@ -206,6 +211,20 @@ def _read(page: Any, size: tuple[int, int]) -> TextLayer:
             x0, y0, x1, y1 = (v * full.shape[1] / size[0] for v in bounding_box(visible))
             boxes[max(int(y0 - margin), 0):int(np.ceil(y1 + margin)), max(int(x0 - margin), 0):int(np.ceil(x1 + margin))] = True
     return TextLayer(size, (rect.width, rect.height), lines, ink, boxes)
+
+
+def _long_runs(mask: np.ndarray, length: int) -> np.ndarray:
+    """Pixels of `mask` on a straight horizontal or vertical run of at least `length` of them."""
+    out = np.zeros_like(mask)
+    for axis in (0, 1):
+        m = np.moveaxis(mask, axis, -1)
+        sums = np.cumsum(np.pad(m, ((0, 0), (1, 0))), axis=-1, dtype=np.int32)
+        starts = (sums[:, length:] - sums[:, :-length]) == length  # a full window starts here
+        # a pixel is on a run when some full window starting at most length-1 before it covers it
+        cover = np.cumsum(np.pad(starts, ((0, 0), (0, length - 1))), axis=-1, dtype=np.int32)
+        cover[:, length:] -= cover[:, :-length].copy()
+        np.moveaxis(out, axis, -1)[...] |= cover > 0
+    return out
 
 
 def _render(page: Any, zoom: float) -> np.ndarray:

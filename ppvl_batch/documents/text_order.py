@@ -26,6 +26,9 @@ SAME_LINE_OVERLAP = 0.5
 # word space (PDFs position words without drawing a space glyph). Helvetica's space is 0.28 em,
 # glyphs drawn one by one in reverse order abut with 0 gap: 0.15 sits between.
 SPACE_GAP = 0.15
+# A wider gap (in line heights) between two fragments of one row keeps them apart as two lines:
+# table cells and tab stops. Justified text stretches a space to about 1 em at most.
+JOIN_GAP = 1.5
 # Blocks closer than this (pixels) along an axis do not leave a gap an XY cut may split at.
 MIN_CUT_GAP = 2.0
 
@@ -90,30 +93,33 @@ def visual_lines(fragments: Sequence[Fragment]) -> list[VisualLine]:
                 break
         else:
             groups.append((frag, [frag]))
-    lines = [_join(first.block, first.direction, members) for first, members in groups]
-    lines.sort(key=lambda line: (line.block, _extent(line.chars, _across(line.direction))[0]))
-    return lines
+    groups.sort(key=lambda g: (g[0].block, _extent([ch for m in g[1] for ch in m.chars], _across(g[0].direction))[0]))
+    return [line for first, members in groups for line in _join(first.block, first.direction, members)]
 
 
 def _dot(a: Point, b: Point) -> float:
     return a[0] * b[0] + a[1] * b[1]
 
 
-def _join(block: int, direction: Point, members: list[Fragment]) -> VisualLine:
-    line = VisualLine(block, direction)
+def _join(block: int, direction: Point, members: list[Fragment]) -> list[VisualLine]:
+    """One row's fragments in writing order, joined into lines; a gap over JOIN_GAP starts a
+    new line (table cells, tab stops)."""
     members = sorted(members, key=lambda m: _extent(m.chars, direction)[0])
     across = _across(direction)
     height = max(hi - lo for lo, hi in (_extent(m.chars, across) for m in members))
+    lines: list[VisualLine] = []
     end = None
     for frag in members:
         start, stop = _extent(frag.chars, direction)
-        gap = end is not None and start - end > SPACE_GAP * height
-        if gap and line.chars and not line.chars[-1].c.isspace() and not frag.chars[0].c.isspace():
-            last = line.chars[-1].quad  # a zero-width space glyph at the end of the last one
-            line.chars.append(Char(" ", (last[1], last[1], last[2], last[2]), True))
-        line.chars.extend(frag.chars)
+        gap = None if end is None else start - end
+        if gap is None or gap > JOIN_GAP * height:
+            lines.append(VisualLine(block, direction))
+        elif gap > SPACE_GAP * height and not lines[-1].chars[-1].c.isspace() and not frag.chars[0].c.isspace():
+            last = lines[-1].chars[-1].quad  # a zero-width space glyph at the end of the last one
+            lines[-1].chars.append(Char(" ", (last[1], last[1], last[2], last[2]), True))
+        lines[-1].chars.extend(frag.chars)
         end = stop if end is None else max(end, stop)
-    return line
+    return lines
 
 
 def bounding_box(chars: Sequence[Char]) -> tuple[float, float, float, float]:
