@@ -25,37 +25,21 @@ import math
 import os
 import re
 import struct
-import sys
 import traceback
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-
-def _import_pymupdf():
-    """PyMuPDF without the extras it imports on its own when they are installed (PyMuPDF 2 pulls
-    in pymupdf.layout with onnxruntime, and pymupdf4llm): we only render pages, and they cost
-    every scan, worker and server about 90 MB resident and 0.3 s (bench/RESULTS.md). A module
-    marked None makes its import fail, which PyMuPDF takes as "not installed"; the marks go once
-    it is imported, so code that wants the extras can still import them itself."""
-    extras = [name for name in ("pymupdf.layout", "pymupdf4llm") if name not in sys.modules]
-    sys.modules.update(dict.fromkeys(extras))
-    try:
-        import pymupdf
-    finally:
-        for name in extras:
-            if sys.modules.get(name, ...) is None:
-                del sys.modules[name]
-    return pymupdf
-
-
-pymupdf = _import_pymupdf()
-
 from ppvl_batch.documents.inputs import DOCUMENT_EXTENSIONS
+from ppvl_batch.documents.mupdf import pymupdf
+
+if TYPE_CHECKING:
+    from ppvl_batch.documents.text_layer import TextLayer
 
 IMAGE_FORMATS = frozenset({"PNG", "JPEG", "MPO", "TIFF", "WEBP", "BMP", "DIB", "GIF"})
 # Formats whose files may hold several pages; the others (GIF, WebP, APNG animations) give their
@@ -216,6 +200,10 @@ class OpenDocument(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def text_layer(self, number: int) -> TextLayer | None:
+        """The page's own text layer, or None for a document without one (images)."""
+        return None
+
     def __enter__(self) -> OpenDocument:
         return self
 
@@ -250,20 +238,37 @@ class PdfDocument(OpenDocument):
         self._dpi = dpi
         self._max_pixels = max_pixels
 
+    def _zoom(self, page: Any) -> float:  # a pymupdf.Page
+        rect = page.rect
+        zoom = self._dpi / 72 if self._dpi else auto_zoom(rect.width, rect.height, self._max_pixels)
+        area = rect.width * rect.height * zoom * zoom
+        if area > MAX_RENDER_PIXELS:
+            zoom *= math.sqrt(MAX_RENDER_PIXELS / area)
+        return zoom
+
     def render(self, number: int) -> Image.Image:
         try:
             page = self._doc.load_page(number - 1)
-            rect = page.rect
-            zoom = self._dpi / 72 if self._dpi else auto_zoom(rect.width, rect.height, self._max_pixels)
-            area = rect.width * rect.height * zoom * zoom
-            if area > MAX_RENDER_PIXELS:
-                zoom *= math.sqrt(MAX_RENDER_PIXELS / area)
+            zoom = self._zoom(page)
             pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB, alpha=False)
         except Exception as e:  # MuPDF reports damaged page content with several error types
             raise classify_error(e, f"cannot render page {number}") from e
         if pix.width == 0 or pix.height == 0:
             raise PageError("empty", f"page {number} has zero size")
         return Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
+
+    def text_layer(self, number: int) -> TextLayer:
+        """Page `number`'s own text layer (documents/text_layer.py), its boxes in pixels of the image
+        `render(number)` returns. Raises TextLayerError when it cannot be read."""
+        from ppvl_batch.documents.text_layer import TextLayerError, read_text_layer
+
+        try:
+            page = self._doc.load_page(number - 1)
+            zoom = self._zoom(page)
+        except Exception as e:  # the page cannot even be loaded: render() will say why
+            raise TextLayerError(f"text layer unreadable: {classify_error(e, f'page {number}').message}") from e
+        size = (page.rect * pymupdf.Matrix(zoom, zoom)).irect  # the pixmap render() makes (tested)
+        return read_text_layer(page, (size.width, size.height))
 
     def close(self) -> None:
         self._doc.close()
