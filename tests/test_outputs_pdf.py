@@ -279,6 +279,13 @@ def test_pdfa_is_written_and_validated(tmp_path: Path) -> None:
     assert pdfa.validate_written(tmp_path / "out.pdf", "2b").passed
     page = pymupdf.open(tmp_path / "out.pdf")[0]
     assert normalized(page.get_text()) == normalized(records[0]["text"])
+    # a PDF input too (its pages, annotations included, made conforming by pikepdf's preparation)
+    source = sample_pdf(tmp_path / "in.pdf")
+    records = records_for_pdf(source)
+    write_pdf(records, source, tmp_path / "in.out.pdf", pdfa=True)
+    assert pdfa.validate_written(tmp_path / "in.out.pdf", "2b").passed
+    out = pymupdf.open(tmp_path / "in.out.pdf")
+    assert [normalized(p.get_text()) for p in out] == [normalized(r["text"]) for r in records]
 
 
 def test_pdfa_refused_leaves_the_plain_pdf(tmp_path: Path) -> None:

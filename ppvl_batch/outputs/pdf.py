@@ -168,9 +168,6 @@ def _layer_images(records: list[Record], source: Path, out: Path) -> None:
             if blocks:
                 add_text_layer(doc, page, record, blocks, font)
         font.finish()
-        # MuPDF puts its Producer in an /Info entry of a new document's catalog, where PDF has no such key
-        # (PDF/A validation refuses it); the trailer's Info dictionary is the place for it.
-        doc.xref_set_key(doc.pdf_catalog(), "Info", "null")
         doc.save(out, garbage=1, deflate=True)
     finally:
         image.close()

@@ -30,6 +30,10 @@ def make_pdfa(plain: Path, target: Path, *, encrypted: bool = False) -> None:
         raise PdfaError(f"--pdfa needs pikepdf with its pdfa extra (pip install 'ppvl-batch[pdfa]'): {e}") from e
     try:
         with pikepdf.open(plain) as pdf:
+            # MuPDF writes its Producer as an /Info entry in the catalog of the documents it creates, a key
+            # the catalog does not have (the validator refuses it); the trailer's Info is its place.
+            if "/Info" in pdf.Root:
+                del pdf.Root["/Info"]
             pikepdf.pdfa.save(pdf, target, FLAVOUR)
     except pikepdf.pdfa.PdfaError as e:
         broken = [f"{f.rule}: {f.message}" for f in e.report.findings[:3]]
