@@ -114,15 +114,14 @@ def register_options() -> dict[str, type[BaseModel]]:
 def settings(options: Any) -> ModelSettings:
     """The engine's settings: each option, else its environment variable, else the config
     file's top-level key, else the default. BadArgsError for a value of the wrong kind."""
-    given = options.ppvl.model_dump(exclude_none=True)
     env = {name: os.environ[f"PPVL_{name.upper()}"] for name in OPTIONS if os.environ.get(f"PPVL_{name.upper()}")}
-    merged = {**_config_file(), **env, **given}
     try:
-        values = PpvlOptions(**merged).model_dump(exclude_none=True)
+        given = options.ppvl.model_dump(exclude_none=True)  # validated here, at first access
+        values = PpvlOptions(**{**_config_file(), **env, **given}).model_dump(exclude_none=True)
     except ValidationError as e:
         first = e.errors()[0]
-        name = str(first["loc"][0]) if first["loc"] else "?"
-        raise BadArgsError(f"--ppvl-{name.replace('_', '-')} {merged.get(name)!r}: {first['msg']}") from None
+        name = str(first["loc"][-1]) if first["loc"] else "?"
+        raise BadArgsError(f"--ppvl-{name.replace('_', '-')} {first.get('input')!r}: {first['msg']}") from None
     if not values.get("model"):
         raise MissingDependencyError(
             "PaddleOCR-VL: no model bundle given: pass --ppvl-model BUNDLE (or set PPVL_MODEL); "
