@@ -14,6 +14,7 @@ say which is missing.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -79,7 +80,9 @@ def scan_texts(src: Path, bundle: Path, tmp: Path) -> dict[int, str]:
 
 
 def words(text: str) -> list[str]:
-    return text.split()
+    """Words of a text as a PDF text layer holds them: control characters and U+FFFD (which the
+    random model writes, and a text layer cannot hold) dropped, whitespace normalized."""
+    return re.sub(r"[\x00-\x08\x0e-\x1f\x7f-\x9f\ufffd]", "", text).split()
 
 
 def pdf_texts(path: Path) -> list[str]:

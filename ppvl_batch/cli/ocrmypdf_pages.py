@@ -164,8 +164,9 @@ def add_estimated_lines(record: Record, image: Image.Image) -> None:
 
 def ink_lines(text: str, grey: np.ndarray, offset: tuple[int, int], scale: tuple[float, float]) -> list[dict[str, Any]]:
     """The text's lines stacked in the ink box of `grey` (a region at `offset` in the page), one
-    band of equal height per line, coordinates times `scale`. A band is never taller than it is
-    wide: OCRmyPDF's renderer drops a line whose box is far narrower than its text would be."""
+    band of equal height per line, coordinates times `scale`. A band is at most half as tall as it
+    is wide: OCRmyPDF's renderer drops a line whose box is taller than wide and far narrower than
+    its text would be (a whole page's ink given to one short line)."""
     rows = [row.strip() for row in text.splitlines() if row.strip()]
     if not rows:
         return []
@@ -174,7 +175,7 @@ def ink_lines(text: str, grey: np.ndarray, offset: tuple[int, int], scale: tuple
         x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
     else:  # no ink (a faint page): the whole region
         x0, y0, x1, y1 = 0, 0, grey.shape[1], grey.shape[0]
-    band = min((y1 - y0) / len(rows), x1 - x0)
+    band = min((y1 - y0) / len(rows), (x1 - x0) / 2)
     lines = []
     for n, row in enumerate(rows):
         box = [(x0 + offset[0]) * scale[0], (y0 + offset[1] + n * band) * scale[1],

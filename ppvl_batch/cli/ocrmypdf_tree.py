@@ -6,12 +6,14 @@ hOCR file and the text-only PDF that OCRmyPDF's older engine paths ask for.
 Boxes are pixels of the image OCRmyPDF handed the engine: the record's own pixels (its `width`
 x `height`) are scaled onto it. A line's words are split from its text by spaces, each word a
 share of the line's width by its characters (the line's box when it is rotated: OCRmyPDF draws
-each word along the line's angle). Confidence is 0..1 on elements and x_wconf 0..100 in hOCR.
+each word along the line's angle). Control characters and U+FFFD are dropped: a PDF text layer cannot
+hold them. Confidence is 0..1 on elements and x_wconf 0..100 in hOCR.
 """
 
 from __future__ import annotations
 
 import math
+import unicodedata
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from html.parser import HTMLParser
@@ -74,7 +76,7 @@ def tree_text(page: OcrElement) -> str:
 
 
 def _line(line: dict[str, Any], sx: float, sy: float, size: tuple[int, int]) -> OcrElement | None:
-    text = " ".join(line.get("text", "").split())
+    text = " ".join(_printable(line.get("text", "")).split())
     if not text or not line.get("bbox"):
         return None
     box = _scaled(line["bbox"], sx, sy, size)
@@ -91,6 +93,14 @@ def _line(line: dict[str, Any], sx: float, sy: float, size: tuple[int, int]) -> 
         ocr_class=OcrClass.LINE, bbox=box, confidence=confidence, textangle=angle if rotated else 0.0,
         children=[OcrElement(ocr_class=OcrClass.WORD, bbox=b, text=w, confidence=confidence) for w, b in words],
     )
+
+
+def _printable(text: str) -> str:
+    """Control characters and U+FFFD (bytes the model wrote that are not UTF-8) dropped, spaces
+    kept as spaces: they carry nothing to search for, and OCRmyPDF's renderer cannot map them back
+    to text (extraction gives U+FFFD and U+0011 for them)."""
+    return "".join(" " if ch.isspace() else ch for ch in text
+                   if ch.isspace() or (ch != "\ufffd" and unicodedata.category(ch) != "Cc"))
 
 
 def _split_words(text: str, box: BoundingBox) -> list[tuple[str, BoundingBox]]:
