@@ -65,7 +65,7 @@ def ocrmypdf(src: Path, out: Path, bundle: Path | None, *extra: str, jobs: int =
         args += ["--ppvl-model", str(bundle)]
     for name, value in SMALL.items():
         args += [f"--ppvl-{name}", value]
-    return subprocess.run([*args, *extra, str(src), str(out)], capture_output=True, text=True, env=env(), timeout=600)
+    return subprocess.run([*args, *extra, str(src), str(out)], check=False, capture_output=True, text=True, env=env(), timeout=600)
 
 
 def scan_texts(src: Path, bundle: Path, tmp: Path) -> dict[int, str]:
@@ -74,7 +74,7 @@ def scan_texts(src: Path, bundle: Path, tmp: Path) -> dict[int, str]:
     args = [str(BIN / "ppvl-ocr"), "scan", str(src), "-o", str(out), "-m", str(bundle), "--dpi", str(DPI)]
     for name, value in SMALL.items():
         args += [f"--{name}", value]
-    done = subprocess.run(args, capture_output=True, text=True, env=env(), timeout=600)
+    done = subprocess.run(args, check=False, capture_output=True, text=True, env=env(), timeout=600)
     assert done.returncode == 0, done.stderr
     return {r["page"]: r["text"] for r in map(orjson.loads, out.read_text().splitlines())}
 
@@ -183,9 +183,9 @@ def test_missing_bundle_is_missing_dependency(tmp_path):
     src = make_pdf(tmp_path / "scanned.pdf")
     done = ocrmypdf(src, tmp_path / "out.pdf", tmp_path / "nowhere")
     assert done.returncode == 3, done.stderr  # ExitCode.missing_dependency
-    assert error_lines(done.stderr) == [f"PaddleOCR-VL: {tmp_path / 'nowhere'}: no such model bundle; "
-                                        "convert the real model with `ppvl-ocr convert PaddlePaddle/PaddleOCR-VL -o BUNDLE` "
-                                        "(download it first if this machine is offline) and pass --model BUNDLE"]
+    assert error_lines(done.stderr) == [(f"PaddleOCR-VL: {tmp_path / 'nowhere'}: no such model bundle; "
+                                         "convert the real model with `ppvl-ocr convert PaddlePaddle/PaddleOCR-VL -o BUNDLE` "
+                                         "(download it first if this machine is offline) and pass --ppvl-model BUNDLE")]
     assert not (tmp_path / "out.pdf").exists()
     done = ocrmypdf(src, tmp_path / "out.pdf", None)  # none given at all
     assert done.returncode == 3 and len(error_lines(done.stderr)) == 1 and "--ppvl-model" in done.stderr
@@ -214,7 +214,7 @@ def test_python_api_and_environment(tiny_bundle, tmp_path):
     code = (f"import ocrmypdf; plugins = {plugin_args()[1:]!r}\n"
             f"print(int(ocrmypdf.ocr({str(src)!r}, {str(out)!r}, plugins=plugins, ocr_engine='ppvl', pages='1,3', "
             f"output_type='pdf', progress_bar=False, {small})))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=600,
                           env={**env(), "PPVL_MODEL": str(tiny_bundle)})
     assert done.returncode == 0 and done.stdout.strip() == "0", done.stderr
     expected = scan_texts(src, tiny_bundle, tmp_path)

@@ -90,7 +90,8 @@ class PageReader:
         except UsageError as e:
             self.rec.close()
             raise UsageError(str(e).replace("--layout", "--ppvl-layout").replace("--task", "--ppvl-task")) from e
-        self.parser = DocumentParser(self.rec, self.layout.detector, self.layout.options) if self.layout else None
+        # RuledDetector returns LayoutBlocks, which are DetectedBoxes (list invariance hides it from mypy)
+        self.parser = DocumentParser(self.rec, self.layout.detector, self.layout.options) if self.layout else None  # type: ignore[arg-type]
         self.queue = PageQueue(self.read_pages, settings.batch_size)
         self._log = log
         self._loaded = False
@@ -217,7 +218,7 @@ class PageQueue:
                 self._cond.release()
                 try:
                     outcomes: list[Any] = self.run([i.image for i in batch], [i.page for i in batch])
-                except BaseException as e:  # every page of the batch gets it, Ctrl-C included
+                except BaseException as e:  # noqa: BLE001 - every page of the batch gets it (Ctrl-C too), raised in its thread
                     outcomes = [e] * len(batch)
                 finally:
                     self._cond.acquire()

@@ -150,7 +150,7 @@ def _reader(options: Any):
     try:
         return shared_reader(settings(options), log.info)
     except ModelError as e:
-        raise MissingDependencyError(f"PaddleOCR-VL: {e}") from None
+        raise MissingDependencyError(f"PaddleOCR-VL: {e}".replace("--model BUNDLE", "--ppvl-model BUNDLE")) from None
     except (UsageError, ValueError) as e:
         raise BadArgsError(str(e)) from None
 

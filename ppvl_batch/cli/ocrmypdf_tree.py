@@ -117,8 +117,11 @@ def _split_words(text: str, box: BoundingBox) -> list[tuple[str, BoundingBox]]:
 
 def _scaled(bbox: Sequence[float], sx: float, sy: float, size: tuple[int, int]) -> BoundingBox:
     x0, y0, x1, y1 = bbox
-    clamp = lambda v, hi: min(max(v, 0.0), float(hi))  # noqa: E731
-    return BoundingBox(clamp(x0 * sx, size[0]), clamp(y0 * sy, size[1]), clamp(x1 * sx, size[0]), clamp(y1 * sy, size[1]))
+    return BoundingBox(_clamp(x0 * sx, size[0]), _clamp(y0 * sy, size[1]), _clamp(x1 * sx, size[0]), _clamp(y1 * sy, size[1]))
+
+
+def _clamp(value: float, high: int) -> float:
+    return min(max(value, 0.0), float(high))
 
 
 def _union(boxes: Sequence[BoundingBox]) -> BoundingBox:
