@@ -5,6 +5,7 @@ The package, one line per layer (front-ends at the top; each imports only what i
     cli/        the `ppvl-ocr` click commands, thin: convert, inspect, scan, serve, ask
     batch/      documents -> records: planning and skipping, one page's work, journals, Markdown, executors
     serve/      the OpenAI-compatible server (app, worker, request checks, images, metrics) and its client
+    outputs/    records -> document outputs: searchable PDF, hOCR, ALTO (words split from lines)
     engine/     one page in, text out: prompt, tokenizer, vision (PyTorch), llama.cpp decoding, Recognizer
     layout/     layout detection: page -> blocks in reading order, their prompts and Markdown
     bundle/     the model on disk: checkpoint reading, convert, the decoder GGUF, vision safetensors

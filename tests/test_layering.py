@@ -2,6 +2,7 @@
 
     cli                       the front-end: click commands
     batch, serve              documents -> records; the HTTP server
+    outputs                   records -> searchable PDF, hOCR, ALTO
     layout                    layout blocks -> text (document parsing)
     engine                    one page in, text out
     bundle, documents         the model on disk; paths -> page images
@@ -24,8 +25,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ppvl_batch"
 
 # layer -> the layers its modules may import (besides their own and the shared modules)
 ALLOWED: dict[str, set[str]] = {
-    "cli": {"batch", "serve", "layout", "engine", "bundle", "documents", "compare"},
-    "batch": {"layout", "engine", "bundle", "documents"},
+    "cli": {"batch", "serve", "outputs", "layout", "engine", "bundle", "documents", "compare"},
+    "batch": {"outputs", "layout", "engine", "bundle", "documents"},
+    "outputs": {"layout", "documents"},
     "serve": {"engine", "bundle", "documents"},
     "layout": {"engine", "bundle", "documents"},
     "engine": {"bundle", "documents"},
