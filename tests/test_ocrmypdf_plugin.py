@@ -243,3 +243,14 @@ def test_hocr_round_trips_through_ocrmypdf_parser(tmp_path):
     assert (first.text, first.bbox.left, first.bbox.top, first.bbox.bottom) == ("Hello", 20, 20, 60)
     assert first.confidence == pytest.approx(0.87)
     assert back.words[2].confidence is None
+
+
+def test_rotated_line_is_one_word_along_its_angle():
+    from ppvl_batch.cli.ocrmypdf_tree import record_to_tree
+
+    quad = [[10, 60], [110, 2], [120, 20], [20, 78]]  # rising to the right, about 30 degrees
+    record = {"width": 200, "height": 100, "lines": [
+        {"text": "tilted words", "bbox": [10, 2, 120, 78], "quad": quad, "confidence": 0.5}]}
+    [line] = record_to_tree(record, (200, 100), 72.0, 0).lines
+    assert [w.text for w in line.words] == ["tilted words"]
+    assert line.textangle == pytest.approx(30.1, abs=0.2)

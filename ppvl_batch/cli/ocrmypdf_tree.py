@@ -23,8 +23,7 @@ from typing import Any
 from ocrmypdf.hocrtransform import BoundingBox, OcrClass, OcrElement
 
 from .. import __version__
-
-ROTATED_DEGREES = 1.0  # a line whose top edge is steeper than this is drawn rotated
+from ..outputs.words import is_rotated, line_quad, quad_angle, split_words
 
 
 def plain_text(text: str) -> str:
@@ -82,15 +81,17 @@ def _line(line: dict[str, Any], sx: float, sy: float, size: tuple[int, int]) -> 
     box = _scaled(line["bbox"], sx, sy, size)
     if box.width <= 0 or box.height <= 0:
         return None
-    angle = 0.0
-    if line.get("quad"):
-        (x0, y0), (x1, y1) = line["quad"][0], line["quad"][1]
-        angle = -math.degrees(math.atan2((y1 - y0) * sy, (x1 - x0) * sx))  # counter-clockwise, y down
+    quad = [(x * sx, y * sy) for x, y in line["quad"]] if line.get("quad") else None
+    scaled = {"text": text, "bbox": [box.left, box.top, box.right, box.bottom], "quad": quad,
+              "confidence": line.get("confidence")}
+    four = line_quad(scaled)
+    rotated = four is not None and is_rotated(four)
+    # a rotated line is one word along its angle, as OCRmyPDF's other engines give it
+    words = [(text, box)] if rotated else [(w.text, BoundingBox(*w.bbox)) for w in split_words(scaled)]
     confidence = line.get("confidence")
-    rotated = abs(angle) > ROTATED_DEGREES
-    words = [(text, box)] if rotated else _split_words(text, box)
     return OcrElement(
-        ocr_class=OcrClass.LINE, bbox=box, confidence=confidence, textangle=angle if rotated else 0.0,
+        ocr_class=OcrClass.LINE, bbox=box, confidence=confidence,
+        textangle=quad_angle(four) if four is not None and rotated else 0.0,
         children=[OcrElement(ocr_class=OcrClass.WORD, bbox=b, text=w, confidence=confidence) for w, b in words],
     )
 
@@ -101,18 +102,6 @@ def _printable(text: str) -> str:
     to text (extraction gives U+FFFD and U+0011 for them)."""
     return "".join(" " if ch.isspace() else ch for ch in text
                    if ch.isspace() or (ch != "\ufffd" and unicodedata.category(ch) != "Cc"))
-
-
-def _split_words(text: str, box: BoundingBox) -> list[tuple[str, BoundingBox]]:
-    """Words by spaces, each a share of the box by its characters (a space counts as one)."""
-    words = text.split()
-    per_char = box.width / max(len(text), 1)
-    out, x = [], box.left
-    for word in words:
-        right = min(box.right, x + len(word) * per_char)
-        out.append((word, BoundingBox(x, box.top, right, box.bottom)))
-        x = right + per_char
-    return out
 
 
 def _scaled(bbox: Sequence[float], sx: float, sy: float, size: tuple[int, int]) -> BoundingBox:
