@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install system-deps demo test clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,7 +21,11 @@ demo: install
 	@echo "--- first records of out.jsonl ---"
 	@head -n 3 out.jsonl | $(PY) -c 'import sys, json; [print(json.dumps({k: r[k] for k in ("source", "page", "status", "text")}, ensure_ascii=False)) for r in map(json.loads, sys.stdin)]'
 
-test: install
+# Tesseract and Ghostscript for OCRmyPDF (tests/test_ocrmypdf_plugin.py): installed when missing, or named.
+system-deps:
+	bash tools/system_deps.sh
+
+test: install system-deps
 	$(VENV)/bin/pytest -q
 
 clean:
