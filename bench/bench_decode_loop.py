@@ -47,7 +47,7 @@ def build_bundle(work: Path) -> Path:
     """Full-size text decoder, tiny vision tower."""
     import tiny_model
 
-    from ppvl_batch.bundle.convert import convert
+    from ppvl_batch.convert import convert
 
     checkpoint, bundle = work / "checkpoint-fulltext", work / "bundle-fulltext"
     if not (checkpoint / "config.json").exists():

@@ -182,8 +182,8 @@ def prepare(checkpoint: Path, bundle: Path, mmproj: bool) -> None:
     import tiny_model
 
     from ppvl_batch.bundle import Bundle
-    from ppvl_batch.bundle.convert import convert
-    from ppvl_batch.compare.mmproj import add_mmproj
+    from ppvl_batch.convert import convert
+    from ppvl_batch.convert.mmproj import add_mmproj
 
     def log(message: str) -> None:
         print(message, file=sys.stderr)

@@ -75,7 +75,7 @@ def make_bundle(size: str, quant: str) -> Path:
     sys.path.insert(0, str(ROOT / "tools"))
     import tiny_model
 
-    from ppvl_batch.bundle.convert import convert
+    from ppvl_batch.convert import convert
 
     sizes = tiny_model.full_sizes() if size == "full" else tiny_model.tiny_sizes()
     checkpoint = tiny_model.build_checkpoint(WORK / f"scan-checkpoint-{size}", sizes=sizes)

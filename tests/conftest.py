@@ -32,7 +32,7 @@ def checkpoint_dirs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def bundle_dirs(checkpoint_dirs, tmp_path_factory) -> dict[str, Path]:
     """name -> bundle with F32 (default), F16, Q8_0 and Q4_K_M decoders."""
-    from ppvl_batch.bundle.convert import convert
+    from ppvl_batch.convert import convert
 
     root = tmp_path_factory.mktemp("bundles")
     return {name: convert(str(ckpt), root / name, TEST_QUANTS) for name, ckpt in checkpoint_dirs.items()}
@@ -53,7 +53,7 @@ def tiny_bundle(bundle_dirs) -> Path:
 def variant_dirs(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     """tokenizer variant -> (checkpoint, F32 bundle): 1.5 checkpoints whose tokenizers differ from
     the published one as fine-tuned checkpoints' do (tiny_model.TOKENIZER_VARIANTS)."""
-    from ppvl_batch.bundle.convert import convert
+    from ppvl_batch.convert import convert
 
     root = tmp_path_factory.mktemp("variants")
     out = {}
@@ -76,7 +76,7 @@ def bundle_with_layout(bundle: Path, layout: Path, out: Path) -> Path:
     """A copy of `bundle` at `out` with its F32 decoder only and the layout model `layout` added."""
     import shutil
 
-    from ppvl_batch.bundle.layout_model import add_layout
+    from ppvl_batch.convert.layout_model import add_layout
 
     shutil.copytree(bundle, out, ignore=shutil.ignore_patterns("text-F16.gguf", "text-Q*.gguf"))
     manifest = json.loads((out / "manifest.json").read_text())

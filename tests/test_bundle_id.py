@@ -12,7 +12,7 @@ from makedocs import make_pdf
 from test_scan import _close_loaded, fast_model, in_tmp, records, scan  # noqa: F401  (fixtures)
 
 from ppvl_batch.bundle import Bundle
-from ppvl_batch.bundle.convert import bundle_id, convert
+from ppvl_batch.convert import bundle_id, convert
 
 
 @pytest.fixture(scope="module")

@@ -178,7 +178,7 @@ def test_existing_bundle_needs_overwrite(tiny_checkpoint, tmp_path):
 
 
 def test_interrupted_convert_leaves_nothing_that_looks_like_a_bundle(tiny_checkpoint, tmp_path, monkeypatch):
-    import ppvl_batch.bundle.convert as convert_module
+    import ppvl_batch.convert as convert_module
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

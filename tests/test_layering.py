@@ -1,7 +1,7 @@
 """The package's layers, enforced (README, "Layout of the code"):
 
     cli                       the front-end: click commands
-    batch, serve              documents -> records; the HTTP server
+    batch, serve, convert     documents -> records; the HTTP server; checkpoint -> bundle
     layout                    layout blocks -> text (document parsing)
     engine                    one page in, text out
     bundle, documents         the model on disk; paths -> page images
@@ -24,25 +24,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ppvl_batch"
 
 # layer -> the layers its modules may import (besides their own and the shared modules)
 ALLOWED: dict[str, set[str]] = {
-    "cli": {"batch", "serve", "layout", "engine", "bundle", "documents", "compare"},
+    "cli": {"batch", "serve", "convert", "layout", "engine", "bundle", "documents", "compare"},
     "batch": {"layout", "engine", "bundle", "documents"},
     "serve": {"engine", "bundle", "documents"},
+    "convert": {"engine", "bundle"},
     "layout": {"engine", "bundle", "documents"},
     "engine": {"bundle", "documents"},
     "bundle": set(),
     "documents": set(),
     "compare": {"engine", "bundle"},
-}
-# Modules that may reach one layer further than their own, and why.
-EXCEPTIONS: dict[str, set[str]] = {
-    # convert proves the bundle it writes with the engine's own tokenizer, vision tower and
-    # llama.cpp binding before anything is written (docs/prompts.md); --mmproj adds the
-    # comparison GGUF to the bundle it is making.
-    "ppvl_batch.bundle.convert": {"engine", "compare"},
-    # The prompt style is read off the chat template as the checkpoint's tokenizer renders it.
-    "ppvl_batch.bundle.checkpoint": {"engine"},
-    # Quantizing runs llama.cpp, started through the engine's binding (its logging, its backend).
-    "ppvl_batch.bundle.text_gguf": {"engine"},
 }
 SHARED = {"errors", "config", "files"}
 COMPATIBILITY = {"recognizer"}  # the import path the README documents: a re-export of engine's
@@ -108,7 +98,7 @@ def test_imports_follow_the_layers(path: Path) -> None:
     own = layer_of(name)
     if own in COMPATIBILITY or own is None:
         return
-    allowed = SHARED if own in SHARED else ALLOWED[own] | EXCEPTIONS.get(name, set())
+    allowed = SHARED if own in SHARED else ALLOWED[own]
     for target in sorted(imported_modules(path)):
         layer = layer_of(target)
         if layer in COMPATIBILITY:

@@ -1,5 +1,5 @@
 """A layout model in the bundle: convert --layout, convert --add-layout, inspect, the manifest
-and the bundle id (bundle/layout_model.py), with tiny PP-DocLayoutV2/V3 checkpoints."""
+and the bundle id (convert/layout_model.py), with tiny PP-DocLayoutV2/V3 checkpoints."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import tiny_layout
 from ppvl_batch.bundle import Bundle
-from ppvl_batch.bundle.layout_model import layout_hint
+from ppvl_batch.convert.layout_model import layout_hint
 from ppvl_batch.cli import main
 from ppvl_batch.errors import ExitCode
 from ppvl_batch.layout.detector import LayoutDetector

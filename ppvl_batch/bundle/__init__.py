@@ -1,14 +1,10 @@
-"""The model on disk: a bundle (the folder `ppvl-ocr convert` writes; its layout is in convert.py).
+"""The model on disk: a bundle (the folder `ppvl-ocr convert` writes; its layout is in
+ppvl_batch/convert/__init__.py).
 
-This module reads one; the rest of the package writes one from a checkpoint:
+This module reads one; ppvl_batch.convert writes one from a checkpoint:
 
-    checkpoint.py      a PaddleOCR-VL checkpoint folder (either layout) under canonical tensor names
-    convert.py         checkpoint -> bundle: tokenizer checks, vision weights, manifest, id, staging
-    vocab.py           the GGUF's vocabulary from the SentencePiece model and the added tokens
-    text_gguf.py       the decoder as a GGUF for llama.cpp, and llama.cpp's quantizer
     safetensors_io.py  safetensors read and written one tensor at a time
     inspection.py      what a bundle holds (`ppvl-ocr inspect`)
-    layout_model.py    the optional layout model in `layout/` (convert --layout / --add-layout)
 """
 
 from __future__ import annotations
@@ -27,7 +23,7 @@ BUNDLE_FORMAT = "ppvl-bundle"
 # 2: the checkpoint's tokenizer files are in the bundle (prompts are tokenized by transformers)
 BUNDLE_FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
-# llama.cpp's own vision tower (convert --mmproj, compare/mmproj.py); left out of the bundle id
+# llama.cpp's own vision tower (convert --mmproj, convert/mmproj.py); left out of the bundle id
 MMPROJ_PREFIX = "mmproj-"
 
 # Where convert and its parts say what they did (a line each)
@@ -162,7 +158,7 @@ class Bundle:
 
     @property
     def layout(self) -> dict[str, Any] | None:
-        """The manifest's layout entry (bundle/layout_model.py), or None without a layout model."""
+        """The manifest's layout entry (convert/layout_model.py), or None without a layout model."""
         return self.manifest.get("layout")
 
     @property

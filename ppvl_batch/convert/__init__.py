@@ -16,9 +16,11 @@ A bundle is a folder:
     layout/                  optional (--layout): a PP-DocLayoutV2/V3 checkpoint for document
                              parsing, as published (layout_model.py)
 
-The pieces: vocab.py (the GGUF's vocabulary), text_gguf.py (the decoder GGUF and quantization),
-safetensors_io.py (vision.safetensors), compare/mmproj.py (the optional mmproj GGUF); this module
-opens the checkpoint, checks the tokenizer, writes the manifest and puts the bundle in place.
+The pieces: checkpoint.py (a checkpoint folder, either layout, under canonical tensor names),
+vocab.py (the GGUF's vocabulary), text_gguf.py (the decoder GGUF and quantization),
+bundle/safetensors_io.py (vision.safetensors), mmproj.py (the optional mmproj GGUF),
+layout_model.py (the optional layout model, also `convert --add-layout`); this module opens the
+checkpoint, checks the tokenizer, writes the manifest and puts the bundle in place.
 
 The text GGUF is written by our code with the `gguf` package (docs/design.md section 5), streaming
 one tensor at a time, at the checkpoint's precision: bf16 matrices stay bf16, everything else
@@ -45,10 +47,10 @@ from .. import __version__
 from ..errors import ModelError, OutputError, UsageError
 from ..files import fsync_dir, fsync_tree
 from ..engine.tokenizer import TOKENIZER_FILES
-from . import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST, Log, bundle_id, is_bundle, mmproj_filename, no_log, sha256_file
+from ..bundle import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST, Log, bundle_id, is_bundle, mmproj_filename, no_log, sha256_file
 from .checkpoint import Checkpoint, open_checkpoint, resolve_source
 from .layout_model import layout_hint, read_layout_source, write_layout
-from .safetensors_io import PendingTensor, write_safetensors
+from ..bundle.safetensors_io import PendingTensor, write_safetensors
 from .text_gguf import DEFAULT_QUANT, QUANT_TYPES, quantize, write_text_gguf
 
 
@@ -238,7 +240,7 @@ def convert(
         vision_info = write_vision(ckpt, stage / "vision.safetensors")
         log(f"wrote vision tower: {vision_info['parameters'] / 1e6:.1f}M parameters, {vision_info['dtype']}")
         if mmproj:
-            from ..compare.mmproj import write_mmproj
+            from .mmproj import write_mmproj
 
             vision_info["mmproj"] = mmproj_filename()
             count = write_mmproj(ckpt, stage / vision_info["mmproj"])

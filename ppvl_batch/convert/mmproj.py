@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..bundle import MANIFEST, Bundle, Log, mmproj_filename, no_log, sha256_file
-from ..bundle.checkpoint import Checkpoint, text_hparams
+from .checkpoint import Checkpoint, text_hparams
 from ..errors import ModelError, UsageError
 from ..files import fsync_dir, fsync_tree
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelError
-from . import Log, no_log
+from ..bundle import Log, no_log
 from .checkpoint import Checkpoint
 from .vocab import build_vocab
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import ModelError, OutputError
 from ..files import atomic_write, fsync_dir, fsync_tree
-from . import MANIFEST, Bundle, Log, bundle_id, no_log, sha256_file
+from ..bundle import MANIFEST, Bundle, Log, bundle_id, no_log, sha256_file
 from .checkpoint import resolve_source
 
 LAYOUT_DIR = "layout"
