@@ -32,6 +32,7 @@ into place last, so an interrupted convert never leaves something that looks lik
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import math
@@ -47,7 +48,8 @@ from .. import __version__
 from ..errors import ModelError, OutputError, UsageError
 from ..files import fsync_dir, fsync_tree
 from ..engine.tokenizer import TOKENIZER_FILES
-from ..bundle import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST, Log, bundle_id, is_bundle, mmproj_filename, no_log, sha256_file
+from ..bundle import Log, is_bundle, mmproj_filename, no_log
+from ..bundle.manifest import FileEntry, Manifest, Source, TextEntry, VisionEntry, bundle_id, write_manifest
 from .checkpoint import Checkpoint, open_checkpoint, resolve_source
 from .layout_model import layout_hint, read_layout_source, write_layout
 from ..bundle.safetensors_io import PendingTensor, write_safetensors
@@ -69,7 +71,7 @@ def vision_tensor_names(config: dict[str, Any]) -> set[str]:
         return set(VisionTower(PaddleOCRVLConfig(**config)).state_dict())
 
 
-def write_vision(ckpt: Checkpoint, out: Path) -> dict[str, Any]:
+def write_vision(ckpt: Checkpoint, out: Path) -> VisionEntry:
     """Vision encoder and projector under the names of ppvl_batch.engine.vision.VisionTower, at the
     checkpoint's own precision.
 
@@ -98,7 +100,8 @@ def write_vision(ckpt: Checkpoint, out: Path) -> dict[str, Any]:
     parameters = sum(math.prod(t.shape) for t in tensors.values())
     dtypes = sorted({t.dtype for t in tensors.values()})
     names = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
-    return {"dtype": names.get(dtypes[0], dtypes[0]) if len(dtypes) == 1 else "mixed", "parameters": parameters}
+    dtype = names.get(dtypes[0], dtypes[0]) if len(dtypes) == 1 else "mixed"
+    return VisionEntry(file=out.name, dtype=dtype, parameters=parameters)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,14 +240,14 @@ def convert(
             (stage / "chat_template.jinja").write_text(ckpt.chat_template)
         log(f"checked prompt ids and decoding against transformers on {verify_tokenizer(ckpt.path, stage)} prompts")
 
-        vision_info = write_vision(ckpt, stage / "vision.safetensors")
-        log(f"wrote vision tower: {vision_info['parameters'] / 1e6:.1f}M parameters, {vision_info['dtype']}")
+        vision_entry = write_vision(ckpt, stage / "vision.safetensors")
+        log(f"wrote vision tower: {vision_entry.parameters / 1e6:.1f}M parameters, {vision_entry.dtype}")
         if mmproj:
             from .mmproj import write_mmproj
 
-            vision_info["mmproj"] = mmproj_filename()
-            count = write_mmproj(ckpt, stage / vision_info["mmproj"])
-            log(f"wrote {vision_info['mmproj']} for llama.cpp: {count} tensors")
+            vision_entry = dataclasses.replace(vision_entry, mmproj=mmproj_filename())
+            count = write_mmproj(ckpt, stage / mmproj_filename())
+            log(f"wrote {mmproj_filename()} for llama.cpp: {count} tensors")
 
         base = stage / "text-source.gguf"
         base_is_f32 = write_text_gguf(ckpt, base, log, progress)
@@ -257,46 +260,33 @@ def convert(
         else:
             base.unlink()
 
-        files = {
-            f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size}
-            for f in sorted(stage.iterdir())
-        }
+        files = {f.name: FileEntry.of(f) for f in sorted(stage.iterdir())}
         layout_entry = None
         if layout is not None:
             layout_entry, layout_files = write_layout(layout, stage, ckpt.model_version, log)
             files = dict(sorted({**files, **layout_files}.items()))
         else:
             log(layout_hint(ckpt.model_version, out))
-        import gguf
-        import llama_cpp
-
-        manifest = {
-            "format": BUNDLE_FORMAT,
-            "format_version": BUNDLE_FORMAT_VERSION,
-            "id": bundle_id(ckpt.path.resolve().name, files, ckpt.prompt_style),
-            "model_version": ckpt.model_version,
-            "prompt_style": ckpt.prompt_style,
-            "source": {"path": str(ckpt.path.resolve()), "name": str(source)},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "converter": {
-                "ppvl_batch": __version__,
-                "gguf": getattr(gguf, "__version__", None) or _dist_version("gguf"),
-                "llama_cpp_python": llama_cpp.__version__,
-                "seconds": round(time.monotonic() - started, 1),
-            },
-            "text": {
-                "quants": {q: f"text-{q}.gguf" for q in quant_names},
-                "default_quant": quant_names[0],
-                "context_length": ckpt.text.max_position_embeddings,
-                "vocab_size": ckpt.text.vocab_size,
-                "tied_output": "lm_head.weight" not in ckpt.tensor_names(),
-            },
-            "vision": {"file": "vision.safetensors", **vision_info},
-            **({"layout": layout_entry} if layout_entry else {}),
-            "files": files,
-        }
+        manifest = Manifest(
+            id=bundle_id(ckpt.path.resolve().name, files, ckpt.prompt_style),
+            model_version=ckpt.model_version,
+            prompt_style=ckpt.prompt_style,
+            source=Source(path=str(ckpt.path.resolve()), name=str(source)),
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            converter=_converter(time.monotonic() - started),
+            text=TextEntry(
+                quants={q: f"text-{q}.gguf" for q in quant_names},
+                default_quant=quant_names[0],
+                context_length=ckpt.text.max_position_embeddings,
+                vocab_size=ckpt.text.vocab_size,
+                tied_output="lm_head.weight" not in ckpt.tensor_names(),
+            ),
+            vision=vision_entry,
+            layout=layout_entry,
+            files=files,
+        )
         # The manifest is written last: a folder without one is never taken for a bundle.
-        (stage / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        write_manifest(stage, manifest)
         _move_into_place(stage, out)
     except OSError as exc:
         shutil.rmtree(stage, ignore_errors=True)
@@ -308,6 +298,20 @@ def convert(
         raise
     log(f"bundle ready: {out} ({', '.join(quant_names)}) in {time.monotonic() - started:.1f}s")
     return out
+
+
+def _converter(seconds: float) -> dict[str, Any]:
+    """The manifest's `converter` entry: what made the bundle, and how long it took."""
+    import gguf
+
+    from ..engine.llama import binding_version
+
+    return {
+        "ppvl_batch": __version__,
+        "gguf": getattr(gguf, "__version__", None) or _dist_version("gguf"),
+        "llama_cpp_python": binding_version(),
+        "seconds": round(seconds, 1),
+    }
 
 
 def _dist_version(name: str) -> str | None:

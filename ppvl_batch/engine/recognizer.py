@@ -237,7 +237,7 @@ class Recognizer:
     @property
     def detokenizer(self) -> Detokenizer:
         if self._detokenizer is None:
-            self._detokenizer = Detokenizer(self.prompts.tokenizer, self.bundle.manifest["text"].get("vocab_size"))
+            self._detokenizer = Detokenizer(self.prompts.tokenizer, self.bundle.manifest.text.vocab_size)
         return self._detokenizer
 
     def detokenize(self, ids: Sequence[int]) -> str:
