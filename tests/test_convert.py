@@ -215,6 +215,29 @@ def test_interrupted_convert_leaves_nothing_that_looks_like_a_bundle(tiny_checkp
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_failed_rename_into_place_keeps_the_old_bundle(tiny_checkpoint, tmp_path, monkeypatch):
+    """--overwrite renames the old bundle aside, then the new one in: when the second rename fails
+    the old bundle is put back, whole, and nothing hidden is left beside it."""
+    import errno
+    import os
+
+    out = tmp_path / "out"
+    assert run("convert", str(tiny_checkpoint), "-o", str(out), "--quant", "F16").exit_code == 0
+    before = Bundle.open(out).manifest
+    rename = os.rename
+
+    def failing(src, dst, *args, **kwargs):
+        if Path(src).name.startswith(".out.partial-"):
+            raise OSError(errno.EACCES, "Permission denied")
+        return rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", failing)
+    result = run("convert", str(tiny_checkpoint), "-o", str(out), "--quant", "Q8_0", "--overwrite")
+    assert result.exit_code == 4 and "cannot write the bundle" in result.stderr
+    assert Bundle.open(out).manifest == before and Bundle.open(out).verify() == []
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
 def test_bundle_errors_are_one_line_with_exit_3(tiny_checkpoint, tiny_bundle, tmp_path):
     assert "not a bundle; run `ppvl-ocr convert" in run("inspect", str(tiny_checkpoint)).stderr
     broken = shutil.copytree(tiny_bundle, tmp_path / "broken")

@@ -324,16 +324,20 @@ def _dist_version(name: str) -> str | None:
 
 
 def _move_into_place(stage: Path, out: Path) -> None:
-    """Rename the finished staging folder to `out`; an old bundle there is replaced only after
-    the new one is complete."""
+    """Rename the finished staging folder to `out`. An old bundle there is renamed aside first and
+    put back if the new one cannot take its place, so it is never lost; it is deleted only once
+    the new one is in place."""
     fsync_tree(stage)  # the files' data first, so a power cut cannot leave a bundle of holes
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.rename(out, old)
+    if not out.exists():
         os.rename(stage, out)
         fsync_dir(out.parent)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    os.rename(out, old)
+    try:
         os.rename(stage, out)
-        fsync_dir(out.parent)
-
+    except BaseException:
+        os.rename(old, out)
+        raise
+    fsync_dir(out.parent)
+    shutil.rmtree(old, ignore_errors=True)
