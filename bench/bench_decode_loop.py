@@ -39,7 +39,6 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import llama_cpp  # noqa: E402
 import numpy as np  # noqa: E402
-
 from bench_engine import machine, report  # noqa: E402
 
 

@@ -162,7 +162,7 @@ def main() -> None:
     ]) + "\n"
     print(text)
     if not args.no_write:
-        with open(ROOT / "bench" / "RESULTS.md", "a") as f:
+        with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
             f.write("\n" + text)
 
 

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 from makedocs import make_pdf
-from test_scan import _close_loaded, fast_model, in_tmp, records, scan  # noqa: F401  (fixtures)
+from scanning import records, scan
 
 from ppvl_batch.bundle import Bundle
 from ppvl_batch.bundle.manifest import FileEntry, bundle_id
 from ppvl_batch.convert import convert
+
+pytestmark = pytest.mark.usefixtures("in_tmp")
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import tiny_layout
 from click.testing import CliRunner
 
-import tiny_layout
 from ppvl_batch.bundle import Bundle
-from ppvl_batch.convert.layout_model import layout_hint
 from ppvl_batch.cli import main
+from ppvl_batch.convert.layout_model import layout_hint
 from ppvl_batch.errors import ExitCode
 from ppvl_batch.layout.detector import LayoutDetector
 

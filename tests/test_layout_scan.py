@@ -11,9 +11,9 @@ import orjson
 import pytest
 import torch
 from click.testing import CliRunner
+from makedocs import make_pdf
 from PIL import Image
 
-from makedocs import make_pdf
 from ppvl_batch.cli import main
 from ppvl_batch.errors import ExitCode
 

@@ -13,9 +13,9 @@ from PIL import Image, ImageDraw
 
 from ppvl_batch.bundle import Bundle
 from ppvl_batch.cli import main
+from ppvl_batch.compare.mtmd import IMAGE, MtmdVision
 from ppvl_batch.convert import convert
 from ppvl_batch.convert.mmproj import add_mmproj
-from ppvl_batch.compare.mtmd import IMAGE, MtmdVision
 from ppvl_batch.engine.llama import TextDecoder
 from ppvl_batch.engine.vision import ImagePreprocessor, VisionEncoder, load_vision_tower
 

@@ -12,8 +12,6 @@ from safetensors import safe_open
 
 from ppvl_batch.bundle import Bundle
 from ppvl_batch.bundle.safetensors_io import SafetensorsReader
-from ppvl_batch.errors import UsageError
-from ppvl_batch.recognizer import Recognizer
 from ppvl_batch.engine.vision import (
     NATIVE_BF16_ENV,
     CompactLinear,
@@ -23,6 +21,8 @@ from ppvl_batch.engine.vision import (
     load_vision_tower,
     resolve_precision,
 )
+from ppvl_batch.errors import UsageError
+from ppvl_batch.recognizer import Recognizer
 
 
 def page() -> Image.Image:

@@ -81,8 +81,8 @@ def inspect(bundle: str, as_json: bool, verify: bool) -> None:
     import orjson
 
     from ..bundle import Bundle, resolve_model
-    from ..errors import ModelError
     from ..bundle.inspection import describe, render_text
+    from ..errors import ModelError
 
     opened = Bundle.open(resolve_model(bundle))
     info = describe(opened)

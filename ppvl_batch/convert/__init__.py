@@ -45,16 +45,15 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..errors import ModelError, OutputError, UsageError
-from ..files import fsync_dir, fsync_tree
-from ..engine.tokenizer import TOKENIZER_FILES
 from ..bundle import Log, is_bundle, mmproj_filename, no_log
 from ..bundle.manifest import FileEntry, Manifest, Source, TextEntry, VisionEntry, bundle_id, write_manifest
+from ..bundle.safetensors_io import PendingTensor, write_safetensors
+from ..engine.tokenizer import TOKENIZER_FILES
+from ..errors import ModelError, OutputError, UsageError
+from ..files import fsync_dir, fsync_tree
 from .checkpoint import Checkpoint, open_checkpoint, resolve_source
 from .layout_model import layout_hint, read_layout_source, write_layout
-from ..bundle.safetensors_io import PendingTensor, write_safetensors
 from .text_gguf import DEFAULT_QUANT, QUANT_TYPES, quantize, write_text_gguf
-
 
 # ---------------------------------------------------------------------------------------------
 # Vision tower -> safetensors

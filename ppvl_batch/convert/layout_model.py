@@ -20,11 +20,10 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
-from ..errors import ModelError, OutputError
 from ..bundle import Bundle, Log, no_log
 from ..bundle.manifest import FileEntry, LayoutEntry, Source, write_manifest
+from ..errors import ModelError, OutputError
 from ..files import fsync_dir, fsync_tree
 from .checkpoint import resolve_source
 

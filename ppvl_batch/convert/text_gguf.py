@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ModelError
 from ..bundle import Log, no_log
+from ..errors import ModelError
 from .checkpoint import Checkpoint
 from .vocab import build_vocab
 

@@ -218,7 +218,7 @@ def cpu_has_native_bf16() -> bool:
             raise UsageError(f"{NATIVE_BF16_ENV} must be 0 or 1, not {override!r}")
         return override == "1"
     try:
-        with open("/proc/cpuinfo") as f:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
             flags = next((line for line in f if line.startswith("flags")), "").split()
     except OSError:
         return False

@@ -18,11 +18,11 @@ keep boxes only (docs/layout.md).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +32,6 @@ from PIL import Image
 from ..errors import ModelError
 from .labels import LABELS
 from .postprocess import Detection, LayoutBlock, LayoutRules, apply_rules
-
 
 # config.json model_type -> (our version name, transformers class)
 MODEL_TYPES = {

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from PIL import Image
 
-from ..errors import OutputError
 from ..engine.llama import DecoderError
+from ..errors import OutputError
 from .blocks import BLOCK_MAX_PIXELS, BLOCK_MIN_PIXELS, CropError, block_input, crop_block, finish_text
 from .labels import MARKDOWN_IGNORE_LABELS, Block, block_format, block_task, prompt_table, reading_orders, saves_image
 from .markdown import image_filename, image_link, page_markdown, pages_markdown
