@@ -13,6 +13,8 @@ The package, one line per layer (front-ends at the top; each imports only what i
     compare/    llama.cpp's own vision path (libmtmd), for tests and benchmarks only
     errors.py   the error classes and the one exit-code table
     config.py   settings from ppvl-ocr.toml and the environment
+    files.py    crash-safe file writes (atomic replace, fsync)
+    hf.py       transformers, adapted: the one module that imports it
 """
 
 __version__ = "0.1.0"

@@ -5,7 +5,7 @@
     layout                    layout blocks -> text (document parsing)
     engine                    one page in, text out
     bundle, documents         the model on disk; paths -> page images
-    errors, config, files     shared by every layer; they import no layer
+    errors, config, files, hf shared by every layer; they import no layer (hf: transformers, adapted)
 
 A layer imports only the layers below it. Nothing imports cli, serve or compare (llama.cpp's own
 vision path, kept for tests and benchmarks). The imports are read with ast, function-level ones
@@ -35,7 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     "documents": set(),
     "compare": {"engine", "bundle"},
 }
-SHARED = {"errors", "config", "files"}
+SHARED = {"errors", "config", "files", "hf"}
 COMPATIBILITY = {"recognizer"}  # the import path the README documents: a re-export of engine's
 
 

@@ -12,10 +12,9 @@ from safetensors import safe_open
 
 from ppvl_batch.bundle import Bundle
 from ppvl_batch.bundle.safetensors_io import SafetensorsReader
+from ppvl_batch.engine.compact import CompactLinear, DequantScratch
 from ppvl_batch.engine.vision import (
     NATIVE_BF16_ENV,
-    CompactLinear,
-    DequantScratch,
     ImagePreprocessor,
     VisionEncoder,
     load_vision_tower,

@@ -62,12 +62,11 @@ from .text_gguf import DEFAULT_QUANT, QUANT_TYPES, quantize, write_text_gguf
 
 def vision_tensor_names(config: dict[str, Any]) -> set[str]:
     """Every tensor ppvl_batch.engine.vision.VisionTower loads for this config (built without memory)."""
-    from transformers import PaddleOCRVLConfig
-
     from ..engine.vision import VisionTower
+    from ..hf import paddleocr_vl_config
 
     with torch.device("meta"):
-        return set(VisionTower(PaddleOCRVLConfig(**config)).state_dict())
+        return set(VisionTower(paddleocr_vl_config(config)).state_dict())
 
 
 def write_vision(ckpt: Checkpoint, out: Path) -> VisionEntry:
@@ -228,15 +227,15 @@ def convert(
     stage.mkdir()
     try:
         log(f"converting {ckpt.path} (PaddleOCR-VL {ckpt.model_version}, prompt style {ckpt.prompt_style})")
-        (stage / "config.json").write_text(json.dumps(ckpt.config, indent=2))
-        (stage / "preprocessor_config.json").write_text(json.dumps(ckpt.preprocessor, indent=2))
+        (stage / "config.json").write_text(json.dumps(ckpt.config, indent=2), encoding="utf-8")
+        (stage / "preprocessor_config.json").write_text(json.dumps(ckpt.preprocessor, indent=2), encoding="utf-8")
         # The tokenizer files as the checkpoint has them: transformers loads the bundle's tokenizer
         # exactly as it loads the checkpoint's (docs/prompts.md).
         for name in TOKENIZER_FILES:
             if (ckpt.path / name).is_file():
                 shutil.copyfile(ckpt.path / name, stage / name)
         if not (stage / "chat_template.jinja").is_file():
-            (stage / "chat_template.jinja").write_text(ckpt.chat_template)
+            (stage / "chat_template.jinja").write_text(ckpt.chat_template, encoding="utf-8")
         log(f"checked prompt ids and decoding against transformers on {verify_tokenizer(ckpt.path, stage)} prompts")
 
         vision_entry = write_vision(ckpt, stage / "vision.safetensors")

@@ -58,7 +58,7 @@ def read_layout_source(source: str) -> tuple[Path, str, str]:
     if not folder.is_dir() or not config_file.is_file():
         raise ModelError(f"{source}: not a layout model folder (no config.json)")
     try:
-        model_type = json.loads(config_file.read_text()).get("model_type")
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
     except (OSError, ValueError, AttributeError) as exc:
         raise ModelError(f"{config_file}: unreadable ({exc})") from exc
     if model_type not in LAYOUT_MODEL_TYPES:

@@ -19,7 +19,7 @@ from typing import Any
 from PIL import Image
 
 from ..bundle import Bundle, resolve_model
-from ..documents.pages import to_rgb
+from ..documents.images import to_rgb
 from .detokenize import Detokenizer
 from .generate import DecodeRequest, Generation, RepetitionGuard, Sampling, generate, generate_many
 from .llama import DecoderError, TextDecoder
@@ -209,7 +209,7 @@ class Recognizer:
 
     def prepare(self, image: Image.Image, task: str | None = "ocr") -> PreparedImage:
         """smart_resize + patchify for one page (cheap; can run in a prefetch thread). Any PIL
-        image is first made what `scan` reads from a file (`pages.to_rgb`: EXIF rotation,
+        image is first made what `scan` reads from a file (`documents.images.to_rgb`: EXIF rotation,
         transparency onto white, every mode to 8-bit RGB), so a library caller passing
         `Image.open(path)` gets the same answer as `scan path`."""
         image = to_rgb(image)
