@@ -68,6 +68,14 @@ class EncodedPage:
 
 
 class Recognizer:
+    """A bundle loaded once, turning page images into text: the library API (README, "Library use").
+
+    `Recognizer.load(model, ...)` opens the bundle (a path, or the demo model) and builds the vision
+    tower and the llama.cpp decoder (lazily with `lazy=True`: at the first page). `recognize(images,
+    task or prompt)` answers each page; `encode` and `decode` are its two halves, which scan and the
+    server schedule themselves (vision for a batch, then several pages decoded together). Use it as
+    a context manager, or call close(), to free llama.cpp's memory."""
+
     def __init__(
         self,
         bundle: Bundle,

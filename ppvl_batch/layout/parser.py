@@ -121,6 +121,12 @@ class _Job:
 
 
 class DocumentParser:
+    """Document parsing over a Recognizer: each page's layout is detected (a Detector, the bundle's
+    layout model by default), its blocks put in reading order and read one by one with their
+    label's prompt (tables as OTSL, formulas as LaTeX, charts and seals when asked), and the page
+    becomes blocks and Markdown (layout/markdown.py). `for_recognizer` builds one from the
+    recognizer's own bundle; `parse(images)` gives one ParsedPage per image."""
+
     @classmethod
     def for_recognizer(cls, recognizer: Recognizer, options: ParserOptions | None = None, *,
                        threshold: float | None = None, batch_size: int | None = None) -> DocumentParser:
