@@ -39,7 +39,6 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import llama_cpp  # noqa: E402
 import numpy as np  # noqa: E402
-
 from bench_engine import machine, report  # noqa: E402
 
 
@@ -47,7 +46,7 @@ def build_bundle(work: Path) -> Path:
     """Full-size text decoder, tiny vision tower."""
     import tiny_model
 
-    from ppvl_batch.bundle.convert import convert
+    from ppvl_batch.convert import convert
 
     checkpoint, bundle = work / "checkpoint-fulltext", work / "bundle-fulltext"
     if not (checkpoint / "config.json").exists():

@@ -49,7 +49,7 @@ def peak_rss_mb() -> float:
     """This process's own peak RSS. Linux carries ru_maxrss over fork and exec, so a child would
     report at least the parent's peak (torch, once the parent has imported it); VmHWM is not."""
     try:
-        with open("/proc/self/status") as f:
+        with open("/proc/self/status", encoding="utf-8") as f:
             return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
     except (OSError, StopIteration):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -141,7 +141,7 @@ def run_hf(checkpoint: Path, dtype: str, new_tokens: int, threads: int | None) -
 def cpu_flags() -> str:
     """The CPU features our speed depends on (a speed claim holds only for these)."""
     flags: set[str] = set()
-    for line in open("/proc/cpuinfo"):
+    for line in open("/proc/cpuinfo", encoding="utf-8"):
         if line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
             break
@@ -154,7 +154,7 @@ def machine() -> str:
     import os
 
     try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo", encoding="utf-8") if line.startswith("model name"))
     except (OSError, StopIteration):
         model = platform.processor()
     capability = os.environ.get("ATEN_CPU_CAPABILITY")
@@ -174,7 +174,7 @@ def report(lines: list[str], append: bool = True) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if append:
-        with open(ROOT / "bench" / "RESULTS.md", "a") as f:
+        with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
             f.write("\n" + text)
 
 
@@ -182,8 +182,8 @@ def prepare(checkpoint: Path, bundle: Path, mmproj: bool) -> None:
     import tiny_model
 
     from ppvl_batch.bundle import Bundle
-    from ppvl_batch.bundle.convert import convert
-    from ppvl_batch.compare.mmproj import add_mmproj
+    from ppvl_batch.convert import convert
+    from ppvl_batch.convert.mmproj import add_mmproj
 
     def log(message: str) -> None:
         print(message, file=sys.stderr)

@@ -66,7 +66,7 @@ def main() -> None:
         if args.tiny:
             import tiny_model
 
-            from ppvl_batch.bundle.convert import convert
+            from ppvl_batch.convert import convert
 
             model = convert(str(tiny_model.build_checkpoint(Path(tmp) / "ck", seed=7)), Path(tmp) / "b", ["F32"])
         images = pages(args.pages)

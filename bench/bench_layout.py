@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +83,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-
     from bench_engine import machine, peak_rss_mb
     from layout_page import layout_page
 
@@ -97,7 +96,7 @@ def main() -> None:
         total = r["preprocess"] + r["forward"] + r["decode"] + r["rules"]
         rows.append(f"| PP-DocLayout{version.upper()} ({r['params'] / 1e6:.1f} M) | {r['preprocess']:.3f} | "
                     f"{r['forward']:.2f} | {r['decode']:.4f} | {r['rules']:.4f} | {total:.2f} |")
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"## layout detection, full-size random weights, {now}",
         "",
@@ -113,7 +112,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.append:
-        with open(ROOT / "bench" / "RESULTS.md", "a") as f:
+        with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
             f.write("\n" + text)
 
 

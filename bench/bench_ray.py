@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -107,7 +107,7 @@ def toy(a: argparse.Namespace) -> None:
             began = time.perf_counter()
             run_on_ray(units, ToyWork, settings, "toy", sink, crashed_record,
                        RayOptions(workers=1, cpus_per_worker=2, pages_per_task=per_task, task_retries=1),
-                       progress=lambda r: arrivals.append(time.perf_counter()))
+                       progress=lambda r, arrivals=arrivals: arrivals.append(time.perf_counter()))
             total = time.perf_counter() - began
             sink.close()
             # Records arrive a task at a time: steady = from the first task's records to the last's.
@@ -154,12 +154,12 @@ def folder(pages: int) -> Path:
 
 def report(title: str, command: str, header: str, rows: list[str], notes: list[str]) -> None:
     load = os.getloadavg()[0]
-    lines = [f"\n## {title}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n",
+    lines = [f"\n## {title}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n",
              f"Machine: {machine()}; load average {load:.1f} at the end.",
              f"Command: `{command}`\n", header, *rows, "", *notes]
     text = "\n".join(lines) + "\n"
     print(text)
-    with open(ROOT / "bench" / "RESULTS.md", "a") as f:
+    with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
         f.write(text)
 
 

@@ -32,7 +32,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,10 +108,10 @@ def write_done_journal(journal: Path, files: list[tuple[str, str]]) -> None:
     """A journal in which every file's one page is done, keyed as `scan` keys it."""
     import orjson
 
+    from ppvl_batch.batch.options import ScanOptions
     from ppvl_batch.batch.plan import page_settings
     from ppvl_batch.batch.records import checkpoint_key, make_record
     from ppvl_batch.recognizer import Recognizer
-    from ppvl_batch.batch.options import ScanOptions
 
     with Recognizer.load(None, lazy=True) as rec:
         model_id = rec.model_id
@@ -128,7 +128,7 @@ def write_done_journal(journal: Path, files: list[tuple[str, str]]) -> None:
 def drop_caches() -> bool:
     try:
         os.sync()
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        Path("/proc/sys/vm/drop_caches").write_text("3\n", encoding="utf-8")
         return True
     except OSError:
         return False
@@ -188,7 +188,7 @@ def main() -> None:
     for name, r in runs:
         if r["done"] != len(files):
             raise SystemExit(f"{name}: only {r['done']} of {len(files)} pages were found done")
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     cache_note = "page cache dropped before each run" if all(r["dropped"] for _, r in runs) else \
         "page cache could NOT be dropped: read_bytes undercounts, see rchar"
     lines = [

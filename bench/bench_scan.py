@@ -23,7 +23,7 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def make_bundle(size: str, quant: str) -> Path:
     sys.path.insert(0, str(ROOT / "tools"))
     import tiny_model
 
-    from ppvl_batch.bundle.convert import convert
+    from ppvl_batch.convert import convert
 
     sizes = tiny_model.full_sizes() if size == "full" else tiny_model.tiny_sizes()
     checkpoint = tiny_model.build_checkpoint(WORK / f"scan-checkpoint-{size}", sizes=sizes)
@@ -166,7 +166,7 @@ def main() -> None:
     ]
     table = "\n".join(f"| {name} | {ppm:.1f} | {wall:.1f} | {rss:.0f} |" for name, ppm, wall, rss in rows)
     report = (
-        f"\n## {bundle.name} ({args.quant}), {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
+        f"\n## {bundle.name} ({args.quant}), {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
         f"Machine: {machine()}.  \n"
         f"{total} pages in {len(DOCS)} PDFs; max_pixels {pixels}; max_new_tokens {args.max_new_tokens}; "
         f"scan --batch-size {args.batch_size}; threads {args.threads or 'default'}.\n\n"
@@ -177,7 +177,7 @@ def main() -> None:
     results = ROOT / "bench" / "RESULTS.md"
     if not results.exists():
         results.write_text("# Benchmark results\n\nAppended by the scripts in bench/; newest last.\n")
-    with open(results, "a") as f:
+    with open(results, "a", encoding="utf-8") as f:
         f.write(report)
     print(report)
 

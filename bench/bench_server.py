@@ -55,7 +55,7 @@ def tiny_bundle(work: Path) -> Path:
     sys.path.insert(0, str(ROOT / "tools"))
     import tiny_model
 
-    from ppvl_batch.bundle.convert import convert
+    from ppvl_batch.convert import convert
 
     bundle = work / "bundle-server-tiny"
     if not (bundle / "manifest.json").exists():
@@ -162,7 +162,7 @@ def main() -> None:
     ]) + "\n"
     print(text)
     if not args.no_write:
-        with open(ROOT / "bench" / "RESULTS.md", "a") as f:
+        with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
             f.write("\n" + text)
 
 

@@ -53,12 +53,12 @@ SYSTEMS = ["fp32", "auto", "int8", "dynq"]
 
 def status_mb(key: str) -> float:
     """A /proc/self/status memory line (VmRSS, VmHWM) in MB."""
-    with open("/proc/self/status") as f:
+    with open("/proc/self/status", encoding="utf-8") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) / 1024
 
 
 def cpu_line() -> str:
-    with open("/proc/cpuinfo") as f:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
         lines = f.read().splitlines()
     model = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
     flags = next(line for line in lines if line.startswith("flags")).split()[2:]
@@ -232,7 +232,7 @@ def header(args, title: str, command: str) -> list[str]:
 def report(lines: list[str]) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
-    with open(ROOT / "bench" / "RESULTS.md", "a") as f:
+    with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
         f.write("\n" + text)
 
 

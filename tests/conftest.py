@@ -4,6 +4,7 @@ with transformers in both published layouts, and bundles converted from them by 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def checkpoint_dirs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def bundle_dirs(checkpoint_dirs, tmp_path_factory) -> dict[str, Path]:
     """name -> bundle with F32 (default), F16, Q8_0 and Q4_K_M decoders."""
-    from ppvl_batch.bundle.convert import convert
+    from ppvl_batch.convert import convert
 
     root = tmp_path_factory.mktemp("bundles")
     return {name: convert(str(ckpt), root / name, TEST_QUANTS) for name, ckpt in checkpoint_dirs.items()}
@@ -53,7 +54,7 @@ def tiny_bundle(bundle_dirs) -> Path:
 def variant_dirs(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     """tokenizer variant -> (checkpoint, F32 bundle): 1.5 checkpoints whose tokenizers differ from
     the published one as fine-tuned checkpoints' do (tiny_model.TOKENIZER_VARIANTS)."""
-    from ppvl_batch.bundle.convert import convert
+    from ppvl_batch.convert import convert
 
     root = tmp_path_factory.mktemp("variants")
     out = {}
@@ -76,7 +77,7 @@ def bundle_with_layout(bundle: Path, layout: Path, out: Path) -> Path:
     """A copy of `bundle` at `out` with its F32 decoder only and the layout model `layout` added."""
     import shutil
 
-    from ppvl_batch.bundle.layout_model import add_layout
+    from ppvl_batch.convert.layout_model import add_layout
 
     shutil.copytree(bundle, out, ignore=shutil.ignore_patterns("text-F16.gguf", "text-Q*.gguf"))
     manifest = json.loads((out / "manifest.json").read_text())
@@ -113,3 +114,52 @@ def layout_v2_bundle(bundle_dirs, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("layout-v2")
     layout = tiny_layout.build_layout_checkpoint(root / "PP-DocLayoutV2", version="v2", seed=0, confident="display_formula")
     return bundle_with_layout(bundle_dirs["v1-original"], layout, root / "bundle")
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch) -> Path:
+    """The test works in its own folder (relative paths, ./ppvl-ocr.toml lookup), without PPVL_
+    settings from the environment."""
+    monkeypatch.chdir(tmp_path)
+    for name in [k for k in os.environ if k.startswith("PPVL_")]:
+        monkeypatch.delenv(name)
+    return tmp_path
+
+
+class _Shared:
+    """A recognizer reused by several in-process runs: close() leaves it open."""
+
+    def __init__(self, rec) -> None:
+        self._rec = rec
+
+    def __getattr__(self, name: str):
+        return getattr(self._rec, name)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def loaded_recognizers():
+    """The recognizers fast_model loaded in this test module, closed when the module is done."""
+    loaded: dict = {}
+    yield loaded
+    while loaded:
+        loaded.popitem()[1].close()
+
+
+@pytest.fixture
+def fast_model(monkeypatch, tiny_bundle, loaded_recognizers):
+    """Recognizer.load returns one recognizer per distinct settings for the whole test module."""
+    from ppvl_batch.recognizer import Recognizer
+
+    load = Recognizer.load.__func__
+
+    def cached(cls, model=None, **options):
+        key = (str(model), tuple(sorted(options.items())))
+        if key not in loaded_recognizers:
+            loaded_recognizers[key] = load(cls, model, **options)
+        return _Shared(loaded_recognizers[key])
+
+    monkeypatch.setattr(Recognizer, "load", classmethod(cached))
+    return tiny_bundle

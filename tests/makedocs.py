@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pymupdf
 from PIL import Image, ImageDraw
 
@@ -96,3 +97,14 @@ def empty_scan(seed: int, size: tuple[int, int] = (850, 1100), faint_line: bool 
     buf = io.BytesIO()
     page.save(buf, "JPEG", quality=int(rng.integers(60, 90)))
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def page(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A noisy light page with lines of text (the parity tests' pages: any size, seeded)."""
+    rng = np.random.default_rng(seed + width * 7 + height)
+    pixels = rng.integers(150, 255, (height, width, 3), dtype=np.uint8)
+    img = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(img)
+    for y in range(4, height - 10, 24):
+        draw.text((4, y), f"Line {y} total {width * y}", fill=(0, 0, 0))
+    return img

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 from makedocs import make_pdf
-from test_scan import _close_loaded, fast_model, in_tmp, records, scan  # noqa: F401  (fixtures)
+from scanning import records, scan
 
 from ppvl_batch.bundle import Bundle
-from ppvl_batch.bundle.convert import bundle_id, convert
+from ppvl_batch.bundle.manifest import FileEntry, bundle_id
+from ppvl_batch.convert import convert
+
+pytestmark = pytest.mark.usefixtures("in_tmp")
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +48,13 @@ def test_id_changes_with_template_tokenizer_and_quant_and_not_otherwise(variants
 
 
 def test_id_covers_every_file_but_the_mmproj() -> None:
-    files = {n: {"sha256": n * 2, "bytes": 1} for n in ("a.gguf", "tokenizer.model", "vision.safetensors")}
+    files = {n: FileEntry(n * 2, 1) for n in ("a.gguf", "tokenizer.model", "vision.safetensors")}
     base = bundle_id("m", files, "v1.5")
     for name in files:
-        changed = {**files, name: {"sha256": "other", "bytes": 1}}
+        changed = {**files, name: FileEntry("other", 1)}
         assert bundle_id("m", changed, "v1.5") != base, name
-    assert bundle_id("m", {**files, "new.json": {"sha256": "x", "bytes": 1}}, "v1.5") != base
-    assert bundle_id("m", {**files, "mmproj-F16.gguf": {"sha256": "x", "bytes": 1}}, "v1.5") == base
+    assert bundle_id("m", {**files, "new.json": FileEntry("x", 1)}, "v1.5") != base
+    assert bundle_id("m", {**files, "mmproj-F16.gguf": FileEntry("x", 1)}, "v1.5") == base
     assert bundle_id("m", files, "v1") != base
 
 

@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 from safetensors import safe_open
 
-from ppvl_batch.bundle import Bundle
+from ppvl_batch.bundle import DEMO_BUNDLE, Bundle
+from ppvl_batch.bundle.manifest import MANIFEST, write_manifest
 from ppvl_batch.cli import main
 
 
@@ -69,18 +70,43 @@ def test_lm_head_becomes_output_weight_not_the_embeddings(bundle_dirs, checkpoin
 def test_bundle_manifest_lists_every_file_with_its_hash(tiny_bundle):
     bundle = Bundle.open(tiny_bundle)
     files = {p.name for p in tiny_bundle.iterdir()}
-    assert set(bundle.manifest["files"]) | {"manifest.json"} == files
+    assert set(bundle.manifest.files) | {"manifest.json"} == files
     assert bundle.verify() == []
     assert bundle.quants == {q: f"text-{q}.gguf" for q in ("F32", "F16", "Q8_0", "Q4_K_M")}
     assert bundle.prompt_style == "v1.5" and bundle.model_version == "1.5"
-    assert bundle.manifest["vision"]["dtype"] == "float32"
+    assert bundle.manifest.vision.dtype == "float32"
     sizes = {q: (tiny_bundle / f).stat().st_size for q, f in bundle.quants.items()}
     assert sizes["F32"] > sizes["F16"] > sizes["Q8_0"] > sizes["Q4_K_M"]
 
 
+def test_manifest_reads_and_writes_back_as_it_is_on_disk(tiny_bundle, tmp_path):
+    """The typed manifest is the file's exact content: parsing and writing it again gives the
+    same bytes, for a bundle converted now and for the demo bundle shipped with the package."""
+    for folder in (tiny_bundle, DEMO_BUNDLE):
+        on_disk = (folder / MANIFEST).read_text(encoding="utf-8")
+        write_manifest(tmp_path, Bundle.open(folder).manifest)
+        assert (tmp_path / MANIFEST).read_text(encoding="utf-8") == on_disk, folder
+
+
+def test_manifest_keys_of_a_later_version_survive_a_rewrite_and_a_bad_one_is_one_line(tiny_bundle, tmp_path):
+    bundle_dir = shutil.copytree(tiny_bundle, tmp_path / "b")
+    data = json.loads((bundle_dir / MANIFEST).read_text(encoding="utf-8"))
+    (bundle_dir / MANIFEST).write_text(json.dumps({**data, "later": {"kept": [1, 2]}}), encoding="utf-8")
+    from ppvl_batch.convert.mmproj import add_mmproj
+
+    add_mmproj(bundle_dir)
+    rewritten = json.loads((bundle_dir / MANIFEST).read_text(encoding="utf-8"))
+    assert rewritten["later"] == {"kept": [1, 2]} and rewritten["vision"]["mmproj"] == "mmproj-F16.gguf"
+    assert rewritten["id"] == data["id"]  # the mmproj is not part of the id
+    del rewritten["text"]["quants"]
+    (bundle_dir / MANIFEST).write_text(json.dumps(rewritten), encoding="utf-8")
+    result = run("inspect", str(bundle_dir))
+    assert result.exit_code == 3 and "malformed manifest" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
 def test_v1_bundle_keeps_bf16_vision_and_v1_prompt(bundle_dirs):
     bundle = Bundle.open(bundle_dirs["v1-original"])
-    assert bundle.manifest["vision"]["dtype"] == "bfloat16"
+    assert bundle.manifest.vision.dtype == "bfloat16"
     assert bundle.prompt_style == "v1" and bundle.model_version == "1"
 
 
@@ -178,7 +204,7 @@ def test_existing_bundle_needs_overwrite(tiny_checkpoint, tmp_path):
 
 
 def test_interrupted_convert_leaves_nothing_that_looks_like_a_bundle(tiny_checkpoint, tmp_path, monkeypatch):
-    import ppvl_batch.bundle.convert as convert_module
+    import ppvl_batch.convert as convert_module
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -187,6 +213,29 @@ def test_interrupted_convert_leaves_nothing_that_looks_like_a_bundle(tiny_checkp
     result = run("convert", str(tiny_checkpoint), "-o", str(tmp_path / "out"), "--quant", "Q8_0")
     assert result.exit_code == 130
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_rename_into_place_keeps_the_old_bundle(tiny_checkpoint, tmp_path, monkeypatch):
+    """--overwrite renames the old bundle aside, then the new one in: when the second rename fails
+    the old bundle is put back, whole, and nothing hidden is left beside it."""
+    import errno
+    import os
+
+    out = tmp_path / "out"
+    assert run("convert", str(tiny_checkpoint), "-o", str(out), "--quant", "F16").exit_code == 0
+    before = Bundle.open(out).manifest
+    rename = os.rename
+
+    def failing(src, dst, *args, **kwargs):
+        if Path(src).name.startswith(".out.partial-"):
+            raise OSError(errno.EACCES, "Permission denied")
+        return rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", failing)
+    result = run("convert", str(tiny_checkpoint), "-o", str(out), "--quant", "Q8_0", "--overwrite")
+    assert result.exit_code == 4 and "cannot write the bundle" in result.stderr
+    assert Bundle.open(out).manifest == before and Bundle.open(out).verify() == []
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 def test_bundle_errors_are_one_line_with_exit_3(tiny_checkpoint, tiny_bundle, tmp_path):

@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
+from train_demo import edit_distance  # tools/ (on the path through conftest): one CER for training and tests
 
 from ppvl_batch.documents.pages import open_document
-from train_demo import edit_distance  # tools/ (on the path through conftest): one CER for training and tests
 from ppvl_batch.recognizer import Recognizer
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_docs"
@@ -38,7 +38,7 @@ def test_sample_docs_has_every_kind() -> None:
 
 @pytest.mark.parametrize("gt", DOCUMENTS, ids=lambda p: str(p.relative_to(SAMPLES)))
 def test_demo_reads_sample_document(demo: Recognizer, gt: Path) -> None:
-    truth = json.loads(gt.read_text())["pages"]
+    truth = json.loads(gt.read_text(encoding="utf-8"))["pages"]
     doc = open_document(document_for(gt), max_pixels=demo.max_pixels)
     try:
         assert doc.page_count == len(truth)

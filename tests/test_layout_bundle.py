@@ -1,5 +1,5 @@
 """A layout model in the bundle: convert --layout, convert --add-layout, inspect, the manifest
-and the bundle id (bundle/layout_model.py), with tiny PP-DocLayoutV2/V3 checkpoints."""
+and the bundle id (convert/layout_model.py), with tiny PP-DocLayoutV2/V3 checkpoints."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import tiny_layout
 from click.testing import CliRunner
 
-import tiny_layout
 from ppvl_batch.bundle import Bundle
-from ppvl_batch.bundle.layout_model import layout_hint
 from ppvl_batch.cli import main
+from ppvl_batch.convert.layout_model import layout_hint
 from ppvl_batch.errors import ExitCode
 from ppvl_batch.layout.detector import LayoutDetector
 
@@ -39,8 +39,8 @@ def test_convert_with_layout_puts_it_in_the_bundle_and_the_id(tiny_checkpoint, l
     result = run("convert", str(tiny_checkpoint), "-o", str(tmp_path / "b"), "--quant", "F32", "--layout", str(layout_v3_dir))
     assert result.exit_code == 0, result.output
     bundle = Bundle.open(tmp_path / "b")
-    assert bundle.layout["version"] == "v3" and bundle.layout["model_type"] == "pp_doclayout_v3"
-    assert {n for n in bundle.manifest["files"] if n.startswith("layout/")} == {
+    assert bundle.layout.version == "v3" and bundle.layout.model_type == "pp_doclayout_v3"
+    assert {n for n in bundle.manifest.files if n.startswith("layout/")} == {
         "layout/config.json", "layout/model.safetensors", "layout/preprocessor_config.json"}
     assert bundle.verify() == []
     assert bundle.layout_dir == tmp_path / "b" / "layout"
@@ -49,7 +49,7 @@ def test_convert_with_layout_puts_it_in_the_bundle_and_the_id(tiny_checkpoint, l
     assert bundle.id != Bundle.open(tmp_path / "plain").id
 
     shown = run("inspect", str(tmp_path / "b"), "--json")
-    assert json.loads(shown.stdout)["layout"]["id"] == bundle.layout["id"]
+    assert json.loads(shown.stdout)["layout"]["id"] == bundle.layout.id
     assert "PP-DocLayoutV3 in layout/" in run("inspect", str(tmp_path / "b")).stdout
     assert "layout          none" in run("inspect", str(tmp_path / "plain")).stdout
 
@@ -60,7 +60,7 @@ def test_add_layout_to_an_existing_bundle(tiny_bundle, layout_v3_dir, layout_v2_
     result = run("convert", "--add-layout", str(layout_v3_dir), str(target))
     assert result.exit_code == 0, result.output
     bundle = Bundle.open(target)
-    assert bundle.layout["version"] == "v3" and bundle.id != before and bundle.verify() == []
+    assert bundle.layout.version == "v3" and bundle.id != before and bundle.verify() == []
     assert [p.name for p in target.iterdir() if p.name.startswith(".")] == []  # no staging left
 
     again = run("convert", "--add-layout", str(layout_v2_dir), str(target))
@@ -72,7 +72,7 @@ def test_add_layout_to_an_existing_bundle(tiny_bundle, layout_v3_dir, layout_v2_
     assert replaced.exit_code == 0, replaced.output
     assert "published with PP-DocLayoutV3, not V2" in replaced.stderr
     bundle2 = Bundle.open(target)
-    assert bundle2.layout["version"] == "v2" and bundle2.verify() == [] and bundle2.id not in (before, bundle.id)
+    assert bundle2.layout.version == "v2" and bundle2.verify() == [] and bundle2.id not in (before, bundle.id)
 
 
 def test_bad_layout_sources_change_nothing(tiny_bundle, tiny_checkpoint, tmp_path):

@@ -20,11 +20,11 @@ import types
 
 import numpy as np
 import pytest
+import tiny_layout
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-import tiny_layout
 from ppvl_batch.errors import ModelError
 from ppvl_batch.layout.detector import LayoutDetector, Preprocessing, boxes_of_masks
 from ppvl_batch.layout.labels import LABELS

@@ -91,7 +91,7 @@ def synthetic_page(seed: int = 0) -> Image.Image:
     draw = ImageDraw.Draw(page)
     draw.text((TITLE[0] + 20, TITLE[1] + 15), "Reading Layouts", fill="black", font=ImageFont.load_default(size=44))
     body = ImageFont.load_default(size=18)
-    for x0, y0, x1, y1 in (LEFT, RIGHT):
+    for x0, y0, _x1, y1 in (LEFT, RIGHT):
         for n, y in enumerate(range(y0 + 10, y1 - 24, 28)):
             draw.text((x0 + 8, y), f"line {n} of column {x0} seed {seed}", fill="black", font=body)
     x0, y0, x1, y1 = TABLE
@@ -362,9 +362,9 @@ def test_charts_and_seals_are_read_only_when_enabled(rec: Recognizer, tmp_path: 
 def test_options_checked_up_front(rec: Recognizer, bundle_dirs) -> None:
     with pytest.raises(ValueError, match="min_pixels 2000 is above max_pixels 1000"):
         DocumentParser(rec, StandIn([]), ParserOptions(min_pixels=2000, max_pixels=1000))
-    with Recognizer.load(bundle_dirs["v1-original"], lazy=True) as v1:
-        with pytest.raises(ValueError, match="seal recognition needs a PaddleOCR-VL 1.5"):
-            DocumentParser(v1, StandIn([]), ParserOptions(seals=True))
+    with Recognizer.load(bundle_dirs["v1-original"], lazy=True) as v1, \
+            pytest.raises(ValueError, match="seal recognition needs a PaddleOCR-VL 1.5"):
+        DocumentParser(v1, StandIn([]), ParserOptions(seals=True))
     assert DocumentParser(rec, StandIn([]), ParserOptions()).parse([]) == []
     choices = ParserOptions(charts=True).prompt_choices()
     assert choices["prompts"]["chart"] == "chart" and choices["prompts"]["seal"] is None

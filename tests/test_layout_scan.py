@@ -11,9 +11,9 @@ import orjson
 import pytest
 import torch
 from click.testing import CliRunner
+from makedocs import make_pdf
 from PIL import Image
 
-from makedocs import make_pdf
 from ppvl_batch.cli import main
 from ppvl_batch.errors import ExitCode
 
@@ -155,7 +155,7 @@ def test_a_bad_block_fails_alone(layout_bundle, tmp_path, monkeypatch):
 def test_options_that_contradict_the_mode(layout_bundle, tiny_bundle, bundle_dirs, layout_v3_dir, tmp_path):
     import shutil
 
-    from ppvl_batch.bundle.layout_model import add_layout
+    from ppvl_batch.convert.layout_model import add_layout
 
     v1 = tmp_path / "v1-bundle"
     shutil.copytree(bundle_dirs["v1-original"], v1)

@@ -13,9 +13,9 @@ from PIL import Image, ImageDraw
 
 from ppvl_batch.bundle import Bundle
 from ppvl_batch.cli import main
-from ppvl_batch.bundle.convert import convert
-from ppvl_batch.compare.mmproj import add_mmproj
 from ppvl_batch.compare.mtmd import IMAGE, MtmdVision
+from ppvl_batch.convert import convert
+from ppvl_batch.convert.mmproj import add_mmproj
 from ppvl_batch.engine.llama import TextDecoder
 from ppvl_batch.engine.vision import ImagePreprocessor, VisionEncoder, load_vision_tower
 
@@ -124,7 +124,7 @@ def test_convert_mmproj_flag_lists_it_in_the_manifest(tiny_checkpoint, tmp_path)
     assert result.exit_code == 0, result.output
     bundle = Bundle.open(out)
     assert bundle.mmproj_file == out / "mmproj-F16.gguf"
-    assert "mmproj-F16.gguf" in bundle.manifest["files"] and bundle.verify() == []
+    assert "mmproj-F16.gguf" in bundle.manifest.files and bundle.verify() == []
     info = json.loads(CliRunner().invoke(main, ["inspect", str(out), "--json"]).stdout)
     assert info["mmproj"] == "mmproj-F16.gguf"
     assert "llama.cpp mmproj mmproj-F16.gguf" in CliRunner().invoke(main, ["inspect", str(out)]).stdout
@@ -136,9 +136,9 @@ def test_add_mmproj_to_an_existing_bundle_gives_the_same_file(mmproj_bundles, ch
     add_mmproj(out)
     bundle = Bundle.open(out)
     assert bundle.mmproj_file == out / "mmproj-F16.gguf" and bundle.verify() == []
-    assert sorted(p.name for p in out.iterdir()) == sorted([*bundle.manifest["files"], "manifest.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*bundle.manifest.files, "manifest.json"])
     converted = Bundle.open(mmproj_bundles["v1-original"])
-    assert bundle.manifest["files"]["mmproj-F16.gguf"] == converted.manifest["files"]["mmproj-F16.gguf"]
+    assert bundle.manifest.files["mmproj-F16.gguf"] == converted.manifest.files["mmproj-F16.gguf"]
 
 
 def test_mmproj_of_a_model_llama_cpp_cannot_run_is_refused(tiny_checkpoint, tmp_path):

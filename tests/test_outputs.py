@@ -13,10 +13,10 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
-from ppvl_batch.errors import OutputError
 from ppvl_batch.batch.journal import Journal, Lock, RecordWriter
 from ppvl_batch.batch.markdown import render_markdown
 from ppvl_batch.batch.records import RECORD_START, checkpoint_key, make_record, settings_digest
+from ppvl_batch.errors import OutputError
 from ppvl_batch.files import atomic_write
 
 RESULT = SimpleNamespace(finish_reason="stop", image_tokens=12, output_tokens=3, width=56, height=28)
@@ -248,7 +248,7 @@ def test_writer_that_fails_to_open_holds_no_lock(tmp_path: Path) -> None:
 
 
 def test_writer_stdout_with_and_without_state(tmp_path: Path, monkeypatch) -> None:
-    stdout = io.TextIOWrapper(io.BytesIO())
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
     monkeypatch.setattr(sys, "stdout", stdout)
     w = RecordWriter("-", tmp_path / "state", overwrite=False)
     w.open()

@@ -12,7 +12,7 @@ import pytest
 from makedocs import make_pdf, make_zero_page_pdf, text_image
 from PIL import Image
 
-from ppvl_batch.documents.pages import PageError, _os_error, PageRanges, file_sha256, open_document, to_rgb
+from ppvl_batch.documents.pages import PageError, PageRanges, _os_error, file_sha256, open_document, to_rgb
 
 MAX_PIXELS = 40_000
 
@@ -23,10 +23,9 @@ def open_doc(path: Path, **kw):
 
 
 def error_type(path: Path, **kw) -> str:
-    with pytest.raises(PageError) as info:
-        with open_doc(path, **kw) as doc:
-            for n in range(1, doc.page_count + 1):
-                doc.render(n)
+    with pytest.raises(PageError) as info, open_doc(path, **kw) as doc:
+        for n in range(1, doc.page_count + 1):
+            doc.render(n)
     return info.value.type
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
-
 import reference
+from makedocs import page
+from PIL import Image
+
 from ppvl_batch.engine.prompt import TASKS, V1_TASKS
 from ppvl_batch.engine.recognizer import SPOTTING_MAX_PIXELS, Recognizer
 
@@ -22,16 +23,6 @@ SHAPES = {
     "huge": (2200, 1700),  # above max_pixels of both versions: downscaled
     "odd": (333, 517),  # not a multiple of 28
 }
-
-
-def page(width: int, height: int, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed + width * 7 + height)
-    pixels = rng.integers(150, 255, (height, width, 3), dtype=np.uint8)
-    img = Image.fromarray(pixels)
-    draw = ImageDraw.Draw(img)
-    for y in range(4, height - 10, 24):
-        draw.text((4, y), f"Line {y} total {width * y}", fill=(0, 0, 0))
-    return img
 
 
 @pytest.fixture(scope="module")

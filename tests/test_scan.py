@@ -18,79 +18,22 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 
 import orjson
 import pytest
 from click.testing import CliRunner
 from makedocs import make_pdf, make_zero_page_pdf, shapes_image, text_image
+from scanning import SMALL, SlowModel, records, scan
 
-from ppvl_batch.cli import main
 from ppvl_batch.batch.journal import Lock
 from ppvl_batch.batch.local import Scan
 from ppvl_batch.batch.options import ScanOptions
+from ppvl_batch.cli import main
 
 PPVL = str(Path(sys.executable).with_name("ppvl-ocr"))
-SMALL = ["--min-pixels", "784", "--max-pixels", "3136", "--max-new-tokens", "4"]
 
-
-@pytest.fixture(autouse=True)
-def in_tmp(tmp_path: Path, monkeypatch) -> Path:
-    """Every test works in its own folder (relative paths, ./ppvl-ocr.toml lookup)."""
-    monkeypatch.chdir(tmp_path)
-    for name in [k for k in os.environ if k.startswith("PPVL_")]:
-        monkeypatch.delenv(name)
-    return tmp_path
-
-
-class _Shared:
-    """A recognizer reused by several in-process runs: close() leaves it open."""
-
-    def __init__(self, rec) -> None:
-        self._rec = rec
-
-    def __getattr__(self, name: str):
-        return getattr(self._rec, name)
-
-    def close(self) -> None:
-        pass
-
-
-_LOADED: dict = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _close_loaded():
-    yield
-    while _LOADED:
-        _LOADED.popitem()[1].close()
-
-
-@pytest.fixture
-def fast_model(monkeypatch, tiny_bundle):
-    """Recognizer.load returns one recognizer per distinct settings for the whole session."""
-    from ppvl_batch.recognizer import Recognizer
-
-    load = Recognizer.load.__func__
-
-    def cached(cls, model=None, **options):
-        key = (str(model), tuple(sorted(options.items())))
-        if key not in _LOADED:
-            _LOADED[key] = load(cls, model, **options)
-        return _Shared(_LOADED[key])
-
-    monkeypatch.setattr(Recognizer, "load", classmethod(cached))
-    return tiny_bundle
-
-
-def scan(*args: str, model: Path | None = None, input: bytes | None = None, env: dict | None = None):
-    """Run `ppvl-ocr scan` in process; returns click's Result (exit_code, stdout, stderr)."""
-    extra = ["--model", str(model)] if model else []
-    return CliRunner().invoke(main, ["scan", *args, *extra, *SMALL], input=input, env=env, catch_exceptions=False)
-
-
-def records(path: Path | str) -> list[dict]:
-    return [orjson.loads(line) for line in Path(path).read_bytes().splitlines()]
+# Every test works in its own folder (relative paths, ./ppvl-ocr.toml lookup): conftest.in_tmp.
+pytestmark = pytest.mark.usefixtures("in_tmp")
 
 
 def pages_of(recs: list[dict]) -> list[tuple[str, int | None]]:
@@ -134,8 +77,8 @@ def test_folder_scan_records_and_markdown_mirror(in_tmp: Path, fast_model: Path)
     assert len({r["key"] for r in recs}) == len(recs)
 
     # Markdown mirrors the tree: same-named files do not collide; pages in order.
-    md_a = Path("md/docs/a/report.pdf.md").read_text()
-    md_b = Path("md/docs/b/report.pdf.md").read_text()
+    md_a = Path("md/docs/a/report.pdf.md").read_text(encoding="utf-8")
+    md_b = Path("md/docs/b/report.pdf.md").read_text(encoding="utf-8")
     assert md_a.count("<!-- page") == 2 and md_b.count("<!-- page") == 3
     assert md_b.index("<!-- page 1 -->") < md_b.index("<!-- page 2 -->") < md_b.index("<!-- page 3 -->")
     assert recs[2]["text"].strip() in md_b
@@ -208,9 +151,9 @@ def test_resume_changed_and_moved_files_and_settings(in_tmp: Path, fast_model: P
     old_png = next(r for r in first if r["source"] == "docs/z.png")
     assert new[1] == {**old_png, "source": "docs/moved.png", "same_as": "docs/z.png", "seconds": 0.0}
     assert "1 copied from identical files" in result.stderr
-    assert Path("md/docs/a/report.pdf.md").read_text().count("<!-- page") == 1
+    assert Path("md/docs/a/report.pdf.md").read_text(encoding="utf-8").count("<!-- page") == 1
     assert Path("md/docs/moved.png.md").is_file()
-    assert Path("md/docs/b/report.pdf.md").read_text().count("<!-- page") == 3  # rebuilt from the checkpoint
+    assert Path("md/docs/b/report.pdf.md").read_text(encoding="utf-8").count("<!-- page") == 3  # rebuilt from the checkpoint
 
     # anything that changes the answer changes the key
     before = len(records("out.jsonl"))
@@ -291,8 +234,8 @@ def test_sigterm_then_kill_9_then_resume_gives_every_page_once(in_tmp: Path, fas
     assert scan("docs", "-o", "calm.jsonl", "--markdown", "calm", "--batch-size", "1", model=model).exit_code == 0
     assert [untimed(r) for r in final] == [untimed(r) for r in records("calm.jsonl")]
     for name in ("book.pdf.md", "note.pdf.md"):
-        assert Path("md/docs", name).read_text() == Path("calm/docs", name).read_text()
-    assert Path("md/docs/book.pdf.md").read_text().count("<!-- page ") == BOOK
+        assert Path("md/docs", name).read_text(encoding="utf-8") == Path("calm/docs", name).read_text(encoding="utf-8")
+    assert Path("md/docs/book.pdf.md").read_text(encoding="utf-8").count("<!-- page ") == BOOK
 
 
 def test_lock_held_by_another_run(in_tmp: Path, fast_model: Path) -> None:
@@ -350,7 +293,7 @@ def test_every_bad_document_gets_one_record_and_exit_1(in_tmp: Path, fast_model:
     assert [r["page"] for r in recs if r["status"] == "ok"] == [1, 2]
     assert all(r["text"] is None and r["error"]["message"] for r in recs if r["status"] == "error")
     assert "3-locked.pdf: encrypted" in result.stderr and "--password" in result.stderr
-    assert "<!-- page 1: truncated:" in Path(f"md/{bad.name}/5-truncated.png.md").read_text()
+    assert "<!-- page 1: truncated:" in Path(f"md/{bad.name}/5-truncated.png.md").read_text(encoding="utf-8")
 
     # next run: failures are skipped and reported, not retried; exit 0
     result = scan(*inputs, "-o", "out.jsonl", model=fast_model)
@@ -412,10 +355,10 @@ def test_missing_model_exit_3(in_tmp: Path) -> None:
 
 def test_output_refusals_and_failures_exit_4(in_tmp: Path, fast_model: Path) -> None:
     make_pdf(in_tmp / "a.pdf")
-    Path("notes.jsonl").write_text('{"mine": 1}\n')
+    Path("notes.jsonl").write_text('{"mine": 1}\n', encoding="utf-8")
     result = scan("a.pdf", "-o", "notes.jsonl", model=fast_model)
     assert result.exit_code == 4 and "--overwrite" in result.stderr
-    assert Path("notes.jsonl").read_text() == '{"mine": 1}\n'
+    assert Path("notes.jsonl").read_text(encoding="utf-8") == '{"mine": 1}\n'
     assert scan("a.pdf", "-o", "notes.jsonl", "--overwrite", model=fast_model).exit_code == 0
     assert len(records("notes.jsonl")) == 1
 
@@ -439,7 +382,7 @@ def test_output_refusals_and_failures_exit_4(in_tmp: Path, fast_model: Path) -> 
 
 def test_config_file_env_and_command_line_precedence(in_tmp: Path, fast_model: Path) -> None:
     make_pdf(in_tmp / "a.pdf")
-    Path("ppvl-ocr.toml").write_text(f'model = "{fast_model}"\n[scan]\noutput = "cfg.jsonl"\nmax-new-tokens = 2\n')
+    Path("ppvl-ocr.toml").write_text(f'model = "{fast_model}"\n[scan]\noutput = "cfg.jsonl"\nmax-new-tokens = 2\n', encoding="utf-8")
     assert CliRunner().invoke(main, ["scan", "a.pdf", "--min-pixels", "784", "--max-pixels", "3136"]).exit_code == 0
     (rec,) = records("cfg.jsonl")
     assert rec["output_tokens"] <= 2
@@ -449,13 +392,13 @@ def test_config_file_env_and_command_line_precedence(in_tmp: Path, fast_model: P
     result = CliRunner().invoke(main, ["scan", "a.pdf", "-o", "cli.jsonl", "--min-pixels", "784", "--max-pixels", "3136"], env=env)
     assert result.exit_code == 0 and len(records("cli.jsonl")) == 1
 
-    Path("other.toml").write_text("[scan]\nbatch_sise = 3\n")
+    Path("other.toml").write_text("[scan]\nbatch_sise = 3\n", encoding="utf-8")
     result = CliRunner().invoke(main, ["scan", "a.pdf", "--config", "other.toml"])
     assert result.exit_code == 2 and "has no option 'batch_sise'" in result.stderr
-    Path("other.toml").write_text("colour = 1\n")
+    Path("other.toml").write_text("colour = 1\n", encoding="utf-8")
     result = CliRunner().invoke(main, ["scan", "a.pdf", "--config", "other.toml"])
     assert result.exit_code == 2 and "unknown option 'colour'" in result.stderr
-    Path("other.toml").write_text("[scan\n")
+    Path("other.toml").write_text("[scan\n", encoding="utf-8")
     assert CliRunner().invoke(main, ["scan", "a.pdf", "--config", "other.toml"]).exit_code == 2
 
 
@@ -523,40 +466,6 @@ def test_memory_stays_flat_over_a_long_pdf(in_tmp: Path, bundle: str, long_pages
     # A 300x300 pt page at 72 dpi is 264 KB of pixels: holding 300 would add ~80 MB, holding the
     # block crops of 7 layout pages ~280 MB.
     assert peaks["long.pdf"] - peaks["short.pdf"] < 25, peaks
-
-
-class SlowModel:
-    """Stands in for the recognizer: each prepared page holds 1 MB, decoding takes a moment, so
-    a rasterizer that is not held back would pile pages up in memory."""
-
-    model_id = "fake:F32"
-    max_pixels = 3136
-    tasks = ("ocr",)
-
-    def prepare(self, image, task):
-        return bytearray(1 << 20)
-
-    def encode(self, prepared, task):
-        return [None] * len(prepared)
-
-    def decode(self, encoded, task, prompt, max_new_tokens):
-        time.sleep(0.002)
-        return SimpleNamespace(text="x", finish_reason="stop", image_tokens=4, output_tokens=1, width=56, height=56, seconds=0.002)
-
-    # The scan pipeline's interface to the recognizer: requests, then results as pages finish
-    # (an exception in place of the result for a page that failed).
-    def request(self, encoded, task, prompt, max_new_tokens):
-        return (task, prompt, max_new_tokens)
-
-    def decode_many(self, jobs):
-        for index, (encoded, (task, prompt, max_new_tokens)) in enumerate(jobs):
-            try:
-                yield index, self.decode(encoded, task, prompt, max_new_tokens)
-            except RuntimeError as exc:
-                yield index, exc
-
-    def close(self) -> None:
-        pass
 
 
 def test_rasterizer_stays_a_bounded_number_of_pages_ahead(in_tmp: Path) -> None:

@@ -18,7 +18,7 @@ import orjson
 import pytest
 from makedocs import empty_scan, make_pdf, text_image
 from PIL import Image, ImageDraw, ImageFont
-from test_scan import SlowModel, _close_loaded, fast_model, in_tmp, records, scan  # noqa: F401  (fixtures)
+from scanning import SlowModel, records, scan
 
 import ppvl_batch.batch.hashcache as hashcache_module
 import ppvl_batch.batch.plan as plan_module
@@ -29,6 +29,8 @@ from ppvl_batch.documents.blank import is_blank
 
 ERROR_TYPES = {"missing", "unreadable", "empty", "unsupported", "corrupt", "truncated", "encrypted", "too_large",
                "recognition", "internal"}
+
+pytestmark = pytest.mark.usefixtures("in_tmp")
 
 
 # ---------------------------------------------------------------------------- damaged inputs
@@ -248,7 +250,7 @@ def test_identical_files_one_model_run_two_records_and_later_copies(in_tmp: Path
         ("b/copy.pdf", 2, "a/report.pdf"),
     ]
     assert recs[2]["text"] == recs[0]["text"] and recs[2]["key"] == recs[0]["key"]
-    assert Path("md/b/copy.pdf.md").read_text() == Path("md/a/report.pdf.md").read_text()
+    assert Path("md/b/copy.pdf.md").read_text(encoding="utf-8") == Path("md/a/report.pdf.md").read_text(encoding="utf-8")
 
     # an identical file added later: copied, not read; the others are simply done
     (in_tmp / "c").mkdir()
@@ -337,10 +339,10 @@ def test_a_file_changed_just_before_hashing_is_hashed_again(tmp_path: Path) -> N
 
 def test_foreign_hash_cache_file_is_refused(in_tmp: Path, fast_model: Path) -> None:
     make_pdf(in_tmp / "a.pdf")
-    Path("out.jsonl.hashes").write_text("my notes\n")
+    Path("out.jsonl.hashes").write_text("my notes\n", encoding="utf-8")
     result = scan("a.pdf", "-o", "out.jsonl", model=fast_model)
     assert result.exit_code == 4 and "not a ppvl-ocr hash cache" in result.stderr
-    assert Path("out.jsonl.hashes").read_text() == "my notes\n"
+    assert Path("out.jsonl.hashes").read_text(encoding="utf-8") == "my notes\n"
 
 
 # ---------------------------------------------------------------------------- torn journals

@@ -10,8 +10,6 @@ fuzz test of 240 requests about 15-20 s of it).
 from __future__ import annotations
 
 import asyncio
-import base64
-from collections import Counter
 import functools
 import http.server
 import io
@@ -26,8 +24,8 @@ import sys
 import threading
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -36,17 +34,28 @@ import numpy as np
 import openai
 import pymupdf
 import pytest
-import uvicorn
 from click.testing import CliRunner
 from PIL import Image
+from serving import (
+    data_url,
+    image_part,
+    png_bytes,
+    post,
+    running_server,
+    sse_events,
+    sse_text,
+    text_part,
+    user,
+    wait_until,
+)
 
 from ppvl_batch.cli import main
-from ppvl_batch.serve.client import load_page
-from ppvl_batch.errors import ModelError
-from ppvl_batch.engine.prompt import V1_TASKS
-from ppvl_batch.recognizer import DecoderError, PageResult, Recognizer, Sampling
 from ppvl_batch.engine.answers import PAGE_SEPARATOR, Answer, Question, answer_images, answer_many, task_and_prompt
-from ppvl_batch.serve.app import bind_socket, create_app, run_server
+from ppvl_batch.engine.prompt import V1_TASKS
+from ppvl_batch.errors import ModelError
+from ppvl_batch.recognizer import DecoderError, PageResult, Recognizer, Sampling
+from ppvl_batch.serve.app import bind_socket, run_server
+from ppvl_batch.serve.client import load_page
 from ppvl_batch.serve.requests import ServeOptions
 
 PPVL = str(Path(sys.executable).with_name("ppvl-ocr"))
@@ -64,28 +73,6 @@ def noise_image(seed: int, size: tuple[int, int] = (64, 48)) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB")
 
 
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def data_url(data: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64," + base64.b64encode(data).decode()
-
-
-def user(*parts: dict) -> list[dict]:
-    return [{"role": "user", "content": list(parts)}]
-
-
-def image_part(url: str) -> dict:
-    return {"type": "image_url", "image_url": {"url": url}}
-
-
-def text_part(text: str) -> dict:
-    return {"type": "text", "text": text}
-
-
 def ocr_messages(image: Image.Image, text: str = "OCR:") -> list[dict]:
     return user(image_part(data_url(png_bytes(image))), text_part(text))
 
@@ -99,60 +86,11 @@ def openai_finish(result: PageResult) -> str:
     return "stop" if result.finish_reason == "stop" else "length"
 
 
-@contextmanager
-def running_server(loader: Callable[[], object], wait_ready: bool = True, **options) -> Iterator[SimpleNamespace]:
-    """uvicorn with our app in a thread, on a free port; stopped as SIGTERM would stop it."""
-    app = create_app(ServeOptions(**options), loader)
-    sock = bind_socket("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    handle = SimpleNamespace(url=base, server=server, thread=thread, engine=app.state.engine)
-    try:
-        if wait_ready:
-            wait_until(lambda: httpx.get(f"{base}/health").status_code == 200)
-        yield handle
-    finally:
-        server.should_exit = True
-        thread.join(60)
-        assert not thread.is_alive()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
-
-
 def metric(base: str, name: str) -> float:
     text = httpx.get(f"{base}/metrics").text
     match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
     assert match, f"{name} not in /metrics"
     return float(match.group(1))
-
-
-def post(base: str, body: object = None, *, content: bytes | None = None, headers: dict | None = None) -> httpx.Response:
-    return httpx.post(f"{base}/v1/chat/completions", json=body if content is None else None, content=content,
-                      headers=headers, timeout=60)
-
-
-def sse_events(body: str) -> list[dict]:
-    """The JSON events of a server-sent event stream, which must end with [DONE]."""
-    lines = [line for line in body.splitlines() if line]
-    assert all(line.startswith("data: ") for line in lines)
-    assert lines[-1] == "data: [DONE]"
-    return [json.loads(line[6:]) for line in lines[:-1]]
-
-
-def sse_text(events: list[dict]) -> str:
-    return "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
 
 
 def assert_api_error(response: httpx.Response, status: int, code: str, param: str | None = None) -> dict:
@@ -673,12 +611,11 @@ def test_client_disconnect_mid_stream_frees_the_model(gated, rec):
     image = noise_image(31)
     assert reference(rec, image, 40).output_tokens == 40
     with running_server(lambda: gated) as handle:
-        with httpx.Client(timeout=30) as http:
-            with http.stream("POST", f"{handle.url}/v1/chat/completions",
-                             json={"messages": ocr_messages(image), "max_tokens": 40, "stream": True}) as response:
-                for line in response.iter_lines():
-                    if '"content":"' in line and '"content":""' not in line:
-                        break  # one piece of text arrived: now hang up
+        with httpx.Client(timeout=30) as http, http.stream("POST", f"{handle.url}/v1/chat/completions",
+                         json={"messages": ocr_messages(image), "max_tokens": 40, "stream": True}) as response:
+            for line in response.iter_lines():
+                if '"content":"' in line and '"content":""' not in line:
+                    break  # one piece of text arrived: now hang up
         gated.delay = 0.0
         started = time.monotonic()
         answer = post(handle.url, {"messages": ocr_messages(noise_image(32)), "max_tokens": 4})

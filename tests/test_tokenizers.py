@@ -6,19 +6,20 @@ from __future__ import annotations
 
 import httpx
 import pytest
+import reference
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from makedocs import page
+from serving import data_url, image_part, png_bytes, post, running_server, sse_events, sse_text, text_part, user
 
-import reference
 from ppvl_batch.cli import main
 from ppvl_batch.engine.detokenize import Detokenizer
 from ppvl_batch.engine.prompt import TASKS
 from ppvl_batch.engine.tokenizer import PromptError, load_tokenizer
 from ppvl_batch.recognizer import Recognizer
-from test_parity import MAX_NEW, page
-from test_server import data_url, image_part, png_bytes, post, running_server, sse_events, sse_text, text_part, user
 
+MAX_NEW = 24  # tokens per answer (as test_parity)
 VARIANTS = ["no-byte-fallback", "nfkc", "no-prefix-space-key", "cls-template"]
 FREE_PROMPT = "  Read the\ttotal,  then the date:\n\n ünïcödé 12,50 € 中文 "
 SHAPES = [(333, 517), (1100, 640)]
@@ -154,7 +155,7 @@ def test_stream_joins_to_decode_with_stop_strings(decoding_tokenizers, name, dat
 
     stream = detok.stream(stops)
     deltas, n = [], 0
-    for n, token in enumerate(ids, 1):
+    for n, token in enumerate(ids, 1):  # noqa: B007  (n, the tokens pushed, is checked after the loop)
         deltas.append(stream.push(token))
         if stream.stopped:
             break
@@ -195,8 +196,8 @@ def test_stop_string_spanning_tokens_does_not_leak(plain_tokenizer):
     tok = plain_tokenizer
     ids = [tok.convert_tokens_to_ids(c) for c in "xyabcdz"]
     stream = Detokenizer(tok).stream(["yabcd", "zz"])
-    deltas = []
-    for token in ids:
+    deltas, n = [], 0
+    for n, token in enumerate(ids, 1):  # noqa: B007  (n, the tokens pushed, is checked after the loop)
         deltas.append(stream.push(token))
         if stream.stopped:
             break

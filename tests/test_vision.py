@@ -12,17 +12,16 @@ from safetensors import safe_open
 
 from ppvl_batch.bundle import Bundle
 from ppvl_batch.bundle.safetensors_io import SafetensorsReader
-from ppvl_batch.errors import UsageError
-from ppvl_batch.recognizer import Recognizer
+from ppvl_batch.engine.compact import CompactLinear, DequantScratch
 from ppvl_batch.engine.vision import (
     NATIVE_BF16_ENV,
-    CompactLinear,
-    DequantScratch,
     ImagePreprocessor,
     VisionEncoder,
     load_vision_tower,
     resolve_precision,
 )
+from ppvl_batch.errors import UsageError
+from ppvl_batch.recognizer import Recognizer
 
 
 def page() -> Image.Image:
@@ -134,7 +133,7 @@ def test_auto_without_native_bf16_is_fp32_on_bf16_weights(bundle_dirs, monkeypat
     are fp32's exactly; on an fp32 bundle only the weights' rounding to bf16 differs."""
     monkeypatch.setenv(NATIVE_BF16_ENV, "0")
     bf16_file, fp32_file = Bundle.open(bundle_dirs["v1-original"]), Bundle.open(bundle_dirs["v15-transformers"])
-    assert {bf16_file.manifest["vision"]["dtype"], fp32_file.manifest["vision"]["dtype"]} == {"bfloat16", "float32"}
+    assert {bf16_file.manifest.vision.dtype, fp32_file.manifest.vision.dtype} == {"bfloat16", "float32"}
     assert np.array_equal(embeddings(bf16_file, "auto"), embeddings(bf16_file, "fp32"))
     exact, lean = embeddings(fp32_file, "fp32"), embeddings(fp32_file, "auto")
     cos = (exact * lean).sum(1) / np.linalg.norm(exact, axis=1) / np.linalg.norm(lean, axis=1)

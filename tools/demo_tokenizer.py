@@ -12,6 +12,7 @@ other file stay as they are.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import sys
@@ -29,16 +30,16 @@ def main(bundle: Path) -> None:
     import gguf
     import sentencepiece as spm
 
-    from ppvl_batch.bundle import BUNDLE_FORMAT_VERSION, MANIFEST, sha256_file
+    from ppvl_batch.bundle.manifest import BUNDLE_FORMAT_VERSION, MANIFEST, FileEntry, Manifest, write_manifest
 
-    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest = Manifest.from_json(json.loads((bundle / MANIFEST).read_text(encoding="utf-8")))
     with tempfile.TemporaryDirectory() as tmp:
         tok = Path(tmp)
         corpus_rng = random.Random(train_demo.SEED + 1)  # as train_demo.main() builds it
         build_tokenizer(tok, version="1.5", vocab_size=train_demo.VOCAB_SIZE,
                         corpus=[random_text(corpus_rng) for _ in range(4000)])
         sp = spm.SentencePieceProcessor(model_file=str(tok / "tokenizer.model"))
-        reader = gguf.GGUFReader(str(bundle / manifest["text"]["quants"][manifest["text"]["default_quant"]]))
+        reader = gguf.GGUFReader(str(bundle / manifest.text.quants[manifest.text.default_quant]))
         tokens = reader.fields["tokenizer.ggml.tokens"]
         scores = reader.fields["tokenizer.ggml.scores"]
         for i in range(sp.get_piece_size()):
@@ -51,11 +52,8 @@ def main(bundle: Path) -> None:
                 sys.exit(f"{name} differs from the bundle's: not the demo tokenizer")
         for name in ("tokenizer.model", "added_tokens.json", "special_tokens_map.json"):
             (bundle / name).write_bytes((tok / name).read_bytes())
-    for name in ("tokenizer.model", "added_tokens.json", "special_tokens_map.json"):
-        manifest["files"][name] = {"sha256": sha256_file(bundle / name), "bytes": (bundle / name).stat().st_size}
-    manifest["files"] = dict(sorted(manifest["files"].items()))
-    manifest["format_version"] = BUNDLE_FORMAT_VERSION
-    (bundle / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    added = {name: FileEntry.of(bundle / name) for name in ("tokenizer.model", "added_tokens.json", "special_tokens_map.json")}
+    write_manifest(bundle, dataclasses.replace(manifest, files={**manifest.files, **added}, format_version=BUNDLE_FORMAT_VERSION))
     print(f"{bundle}: tokenizer files added")
 
 

@@ -14,7 +14,6 @@ import random
 from dataclasses import dataclass
 
 from PIL import Image
-
 from render_pages import CELL, PAGE_COLUMNS, draw_text_page, random_text
 
 FONT = "dejavu/DejaVuSans.ttf"  # in fonts-dejavu-core, which the test machines have

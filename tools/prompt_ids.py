@@ -17,7 +17,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tools"), str(ROOT / "tests")]
 import reference  # noqa: E402
 import tiny_model  # noqa: E402
 
-from ppvl_batch.bundle.convert import convert  # noqa: E402
+from ppvl_batch.convert import convert  # noqa: E402
 from ppvl_batch.engine.prompt import TASKS  # noqa: E402
 from ppvl_batch.engine.tokenizer import PromptTokenizer  # noqa: E402
 

@@ -41,25 +41,7 @@ MAX_ROWS = 6
 
 # Everyday document words. Held-out pages draw from the same words but are new combinations,
 # with fresh pseudo-words, numbers, dates and codes that the training pages never contained.
-WORDS = """
-invoice total amount date page table report summary number name address account payment due item
-quantity price tax order customer receipt bill paid balance credit debit bank transfer reference
-note notes meeting agenda minutes project budget cost costs sales month year week day time hour
-office room floor street road city country phone email code id ref status open closed pending
-approved sent received delivered shipped returned new old first last next final draft copy
-letter memo form request offer contract service services product products unit units box boxes
-weight size color red blue green black white small large medium north south east west main
-please sign here thank you for your and the of to in on at by with from this that is are was
-will be has have not all any one two three four five six seven eight nine ten per each only
-order no qty net gross vat discount subtotal shipping handling fee fees rate hours days weeks
-school class student teacher library book books chapter section part list item items data file
-files folder scan scanned printed print document documents record records archive store shop
-market coffee tea milk bread water apple lunch dinner breakfast hotel train ticket flight gate
-seat platform station bus stop park garden house home work team staff manager director client
-supplier vendor company limited group center central public private local general annual
-monday tuesday wednesday thursday friday saturday sunday january february march april may june
-july august september october november december morning evening today tomorrow yesterday
-""".split()
+WORDS = ["invoice", "total", "amount", "date", "page", "table", "report", "summary", "number", "name", "address", "account", "payment", "due", "item", "quantity", "price", "tax", "order", "customer", "receipt", "bill", "paid", "balance", "credit", "debit", "bank", "transfer", "reference", "note", "notes", "meeting", "agenda", "minutes", "project", "budget", "cost", "costs", "sales", "month", "year", "week", "day", "time", "hour", "office", "room", "floor", "street", "road", "city", "country", "phone", "email", "code", "id", "ref", "status", "open", "closed", "pending", "approved", "sent", "received", "delivered", "shipped", "returned", "new", "old", "first", "last", "next", "final", "draft", "copy", "letter", "memo", "form", "request", "offer", "contract", "service", "services", "product", "products", "unit", "units", "box", "boxes", "weight", "size", "color", "red", "blue", "green", "black", "white", "small", "large", "medium", "north", "south", "east", "west", "main", "please", "sign", "here", "thank", "you", "for", "your", "and", "the", "of", "to", "in", "on", "at", "by", "with", "from", "this", "that", "is", "are", "was", "will", "be", "has", "have", "not", "all", "any", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "per", "each", "only", "order", "no", "qty", "net", "gross", "vat", "discount", "subtotal", "shipping", "handling", "fee", "fees", "rate", "hours", "days", "weeks", "school", "class", "student", "teacher", "library", "book", "books", "chapter", "section", "part", "list", "item", "items", "data", "file", "files", "folder", "scan", "scanned", "printed", "print", "document", "documents", "record", "records", "archive", "store", "shop", "market", "coffee", "tea", "milk", "bread", "water", "apple", "lunch", "dinner", "breakfast", "hotel", "train", "ticket", "flight", "gate", "seat", "platform", "station", "bus", "stop", "park", "garden", "house", "home", "work", "team", "staff", "manager", "director", "client", "supplier", "vendor", "company", "limited", "group", "center", "central", "public", "private", "local", "general", "annual", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december", "morning", "evening", "today", "tomorrow", "yesterday"]
 
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 _CONS = "bcdfghjklmnprstvwz"

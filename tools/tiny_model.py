@@ -66,13 +66,7 @@ PREPROCESSOR = {
     "1.5": {"min_pixels": 112896, "max_pixels": 1003520},
 }
 
-_CORPUS_WORDS = (
-    "the of and to in is for on with as by at from this that be are was it an or which "
-    "invoice total amount date page table figure formula chart document report summary "
-    "number name address account payment due item quantity price tax order customer "
-    "OCR Table Recognition Formula Chart Spotting Seal User Assistant "
-    "alpha beta gamma delta epsilon sigma pi sum integral matrix vector value result "
-).split()
+_CORPUS_WORDS = ["the", "of", "and", "to", "in", "is", "for", "on", "with", "as", "by", "at", "from", "this", "that", "be", "are", "was", "it", "an", "or", "which", "invoice", "total", "amount", "date", "page", "table", "figure", "formula", "chart", "document", "report", "summary", "number", "name", "address", "account", "payment", "due", "item", "quantity", "price", "tax", "order", "customer", "OCR", "Table", "Recognition", "Formula", "Chart", "Spotting", "Seal", "User", "Assistant", "alpha", "beta", "gamma", "delta", "epsilon", "sigma", "pi", "sum", "integral", "matrix", "vector", "value", "result"]
 
 
 def _corpus(seed: int, lines: int = 3000) -> list[str]:

@@ -91,4 +91,4 @@ def layout_mode(recognizer: Any, o: ScanOptions, cwd: Path) -> LayoutMode | None
         recognizer.set_parallel(LAYOUT_PARALLEL)
     detector = bundle_detector(bundle, recognizer.device, o.layout_threshold)
     options = ParserOptions(charts=o.charts, seals=o.seals, max_new_tokens=o.max_new_tokens, merge_tables=o.merge_tables)
-    return LayoutMode(detector, options, bundle.layout["id"], o.images, o.markdown, cwd)
+    return LayoutMode(detector, options, bundle.layout.id, o.images, o.markdown, cwd)

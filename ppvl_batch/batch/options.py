@@ -8,9 +8,9 @@ from typing import Any
 
 import orjson
 
+from ppvl_batch.documents.pages import PageRanges
 from ppvl_batch.errors import PPVLError
 from ppvl_batch.files import atomic_write
-from ppvl_batch.documents.pages import PageRanges
 
 
 @dataclass

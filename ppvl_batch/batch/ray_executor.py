@@ -449,7 +449,7 @@ def run_on_ray(
     # (Record writers hold the real stdout's buffer from before the run.)
     signals = Signals()
     verbose = logging.getLogger().isEnabledFor(logging.INFO)
-    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(sys.stderr if verbose else devnull), \
+    with open(os.devnull, "w", encoding="utf-8") as devnull, contextlib.redirect_stdout(sys.stderr if verbose else devnull), \
             connect(options.address) as connect_seconds, signals.installed():
         cpus = ray.cluster_resources().get("CPU", 0)
         low = options.workers[0] if isinstance(options.workers, tuple) else options.workers or 1

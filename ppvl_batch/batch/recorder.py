@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ppvl_batch.files import atomic_write
 from ppvl_batch.documents.inputs import InputFile
+from ppvl_batch.files import atomic_write
 
 from .journal import RecordWriter
 from .markdown import render_markdown

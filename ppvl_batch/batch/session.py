@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ppvl_batch.errors import ExitCode, OutputError, PPVLError, UsageError
 from ppvl_batch.documents.inputs import InputFile, collect
+from ppvl_batch.errors import ExitCode, OutputError, PPVLError, UsageError
 
 from .hashcache import HashCache
 from .journal import RecordWriter

@@ -12,11 +12,9 @@ from collections.abc import Iterator, Sequence
 from itertools import groupby
 from typing import Any
 
-from ppvl_batch.errors import OutputError
-
 from ppvl_batch.documents.blank import is_blank
-from ppvl_batch.documents.pages import OpenDocument
-from ppvl_batch.documents.pages import PageError, classify_error
+from ppvl_batch.documents.pages import OpenDocument, PageError, classify_error
+from ppvl_batch.errors import OutputError
 
 from .layout_mode import LayoutMode
 from .options import ScanOptions

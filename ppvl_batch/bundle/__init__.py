@@ -1,19 +1,15 @@
-"""The model on disk: a bundle (the folder `ppvl-ocr convert` writes; its layout is in convert.py).
+"""The model on disk: a bundle (the folder `ppvl-ocr convert` writes; its layout is in
+ppvl_batch/convert/__init__.py).
 
-This module reads one; the rest of the package writes one from a checkpoint:
+This module reads one; ppvl_batch.convert writes one from a checkpoint:
 
-    checkpoint.py      a PaddleOCR-VL checkpoint folder (either layout) under canonical tensor names
-    convert.py         checkpoint -> bundle: tokenizer checks, vision weights, manifest, id, staging
-    vocab.py           the GGUF's vocabulary from the SentencePiece model and the added tokens
-    text_gguf.py       the decoder as a GGUF for llama.cpp, and llama.cpp's quantizer
+    manifest.py        manifest.json as typed data, and its one writer
     safetensors_io.py  safetensors read and written one tensor at a time
     inspection.py      what a bundle holds (`ppvl-ocr inspect`)
-    layout_model.py    the optional layout model in `layout/` (convert --layout / --add-layout)
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,13 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
-
-BUNDLE_FORMAT = "ppvl-bundle"
-# 2: the checkpoint's tokenizer files are in the bundle (prompts are tokenized by transformers)
-BUNDLE_FORMAT_VERSION = 2
-MANIFEST = "manifest.json"
-# llama.cpp's own vision tower (convert --mmproj, compare/mmproj.py); left out of the bundle id
-MMPROJ_PREFIX = "mmproj-"
+from .manifest import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST, MMPROJ_PREFIX, LayoutEntry, Manifest, sha256_file
 
 # Where convert and its parts say what they did (a line each)
 Log = Callable[[str], None]
@@ -50,29 +40,9 @@ def mmproj_filename(ftype: str = "F16") -> str:
     return f"{MMPROJ_PREFIX}{ftype}.gguf"
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def bundle_id(name: str, files: dict[str, dict[str, Any]], prompt_style: str) -> str:
-    """The bundle's id, which goes into every checkpoint key: it changes with anything that can
-    change an answer, i.e. the content of every file the model is loaded from (decoders,
-    tokenizer files, chat template, preprocessor config, config, vision weights), sorted by name,
-    and the prompt style. The mmproj GGUF is left out: ppvl-ocr never reads it. Bundles made
-    before this scheme keep the id in their manifest (it is read, never recomputed)."""
-    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "model"
-    covered = {n: files[n]["sha256"] for n in sorted(files) if not n.startswith(MMPROJ_PREFIX)}
-    digest = hashlib.sha256(json.dumps({"files": covered, "prompt_style": prompt_style}, sort_keys=True).encode())
-    return f"{slug}-{digest.hexdigest()[:8]}"
-
-
 def is_bundle(path: Path) -> bool:
     try:
-        return json.loads((path / MANIFEST).read_text()).get("format") == BUNDLE_FORMAT
+        return json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("format") == BUNDLE_FORMAT
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -88,8 +58,10 @@ def resolve_model(model: str | Path | None) -> Path:
 
 @dataclass
 class Bundle:
+    """An opened, validated bundle: its folder and its manifest (bundle/manifest.py)."""
+
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @classmethod
     def open(cls, path: str | Path) -> Bundle:
@@ -107,42 +79,43 @@ class Bundle:
                 )
             raise ModelError(f"{path}: not a model bundle (no {MANIFEST}); {GET_A_MODEL}")
         try:
-            manifest = json.loads(manifest_file.read_text())
+            data = json.loads(manifest_file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ModelError(f"{manifest_file}: unreadable manifest ({exc})") from exc
-        if manifest.get("format") != BUNDLE_FORMAT:
+        if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
             raise ModelError(f"{path}: not a ppvl-ocr model bundle")
-        if manifest.get("format_version", 0) > BUNDLE_FORMAT_VERSION:
+        if data.get("format_version", 0) > BUNDLE_FORMAT_VERSION:
             raise ModelError(
-                f"{path}: bundle format {manifest.get('format_version')} is newer than this ppvl-ocr understands; upgrade ppvl-ocr"
+                f"{path}: bundle format {data.get('format_version')} is newer than this ppvl-ocr understands; upgrade ppvl-ocr"
             )
-        for name, info in manifest.get("files", {}).items():
+        manifest = Manifest.from_json(data, str(manifest_file))
+        for name, info in manifest.files.items():
             f = path / name
             if not f.is_file():
                 raise ModelError(f"{path}: bundle file {name} is missing; convert the model again")
-            if f.stat().st_size != info["bytes"]:
+            if f.stat().st_size != info.bytes:
                 raise ModelError(f"{path}: bundle file {name} has the wrong size (truncated copy?); convert the model again")
         return cls(path, manifest)
 
     @property
     def id(self) -> str:
-        return self.manifest["id"]
+        return self.manifest.id
 
     @property
     def model_version(self) -> str:
-        return self.manifest.get("model_version", "?")
+        return self.manifest.model_version
 
     @property
     def prompt_style(self) -> str:
-        return self.manifest.get("prompt_style", "?")
+        return self.manifest.prompt_style
 
     @property
     def quants(self) -> dict[str, str]:
-        return self.manifest["text"]["quants"]
+        return self.manifest.text.quants
 
     @property
     def default_quant(self) -> str:
-        return self.manifest["text"]["default_quant"]
+        return self.manifest.text.default_quant
 
     def text_gguf(self, quant: str | None = None) -> Path:
         quant = (quant or self.default_quant).upper()
@@ -152,44 +125,44 @@ class Bundle:
 
     @property
     def vision_file(self) -> Path:
-        return self.path / self.manifest["vision"]["file"]
+        return self.path / self.manifest.vision.file
 
     @property
     def mmproj_file(self) -> Path | None:
         """The vision tower as llama.cpp's mmproj GGUF, when converted with --mmproj."""
-        name = self.manifest["vision"].get("mmproj")
+        name = self.manifest.vision.mmproj
         return self.path / name if name else None
 
     @property
-    def layout(self) -> dict[str, Any] | None:
-        """The manifest's layout entry (bundle/layout_model.py), or None without a layout model."""
-        return self.manifest.get("layout")
+    def layout(self) -> LayoutEntry | None:
+        """The manifest's layout entry (convert/layout_model.py), or None without a layout model."""
+        return self.manifest.layout
 
     @property
     def layout_dir(self) -> Path | None:
         """The layout model's folder (LayoutDetector.load reads it), or None."""
-        return self.path / self.layout["dir"] if self.layout else None
+        return self.path / self.manifest.layout.dir if self.manifest.layout else None
 
     @cached_property
     def config(self) -> dict[str, Any]:
-        return json.loads((self.path / "config.json").read_text())
+        return json.loads((self.path / "config.json").read_text(encoding="utf-8"))
 
     @cached_property
     def preprocessor(self) -> dict[str, Any]:
-        return json.loads((self.path / "preprocessor_config.json").read_text())
+        return json.loads((self.path / "preprocessor_config.json").read_text(encoding="utf-8"))
 
     @property
     def tokenizer_dir(self) -> Path:
         """The folder transformers loads the tokenizer from; bundles of format 1 have no tokenizer."""
-        if not any(name in self.manifest.get("files", {}) for name in ("tokenizer.model", "tokenizer.json")):
+        if not any(name in self.manifest.files for name in ("tokenizer.model", "tokenizer.json")):
             raise ModelError(f"{self.path}: made by an older ppvl-ocr, without the checkpoint's tokenizer files; "
                              "convert the model again")
         return self.path
 
     @cached_property
     def chat_template(self) -> str:
-        return (self.path / "chat_template.jinja").read_text()
+        return (self.path / "chat_template.jinja").read_text(encoding="utf-8")
 
     def verify(self) -> list[str]:
         """Names of files whose sha256 differs from the manifest."""
-        return [name for name, info in self.manifest["files"].items() if sha256_file(self.path / name) != info["sha256"]]
+        return [name for name, info in self.manifest.files.items() if sha256_file(self.path / name) != info.sha256]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -61,7 +62,7 @@ def describe(bundle: Bundle) -> dict[str, Any]:
     """Everything `ppvl-ocr inspect` shows, as plain data."""
     vision_counts, vision_dtype = _vision_counts(bundle)
     text = _text_info(bundle, bundle.default_quant)
-    if bundle.manifest["text"].get("tied_output"):
+    if bundle.manifest.text.tied_output:
         text["parameters"]["lm_head"] = 0  # shares the embedding matrix
     parameters = {**vision_counts, **text.pop("parameters")}
     return {
@@ -69,18 +70,18 @@ def describe(bundle: Bundle) -> dict[str, Any]:
         "id": bundle.id,
         "model_version": bundle.model_version,
         "prompt_style": bundle.prompt_style,
-        "source": bundle.manifest.get("source", {}).get("name"),
-        "created": bundle.manifest.get("created"),
+        "source": bundle.manifest.source.name if bundle.manifest.source else None,
+        "created": bundle.manifest.created,
         "quants": list(bundle.quants),
         "default_quant": bundle.default_quant,
         "vision_dtype": vision_dtype,
-        "mmproj": bundle.manifest["vision"].get("mmproj"),
-        "layout": bundle.layout,
+        "mmproj": bundle.manifest.vision.mmproj,
+        "layout": dataclasses.asdict(bundle.layout) if bundle.layout else None,
         "preprocessor": {k: bundle.preprocessor.get(k) for k in ("min_pixels", "max_pixels", "patch_size", "merge_size")},
         "text": text,
         "parameters": parameters,
         "total_parameters": sum(parameters.values()),
-        "files": bundle.manifest["files"],
+        "files": {name: dataclasses.asdict(f) for name, f in bundle.manifest.files.items()},
     }
 
 

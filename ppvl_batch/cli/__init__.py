@@ -61,9 +61,9 @@ def main(verbose: int) -> None:
     if not verbose:
         # transformers warns about config keys it does not know (e.g. mrope_section, which it
         # does use); for a command line tool that is noise on stderr.
-        from transformers.utils import logging as transformers_logging
+        from ..hf import quiet_logging
 
-        transformers_logging.set_verbosity_error()
+        quiet_logging()
 
 
 for command in (model.convert, model.inspect, scan.scan, serve.serve, serve.ask):

@@ -50,14 +50,14 @@ def convert(source: str, output: str | None, quants: tuple[str, ...], overwrite:
     if add_layout is not None:
         if output or quants or mmproj or layout or threads:
             raise UsageError("--add-layout LAYOUT BUNDLE takes no -o, --quant, --threads, --mmproj or --layout")
-        from ..bundle.layout_model import add_layout as run_add_layout
+        from ..convert.layout_model import add_layout as run_add_layout
 
         run_add_layout(source, add_layout, overwrite=overwrite, log=say)
         return
     if not output:
         raise UsageError("missing option -o / --output (the bundle folder to create)")
-    from ..bundle.convert import convert as run_convert
-    from ..bundle.convert import parse_quants
+    from ..convert import convert as run_convert
+    from ..convert import parse_quants
 
     names = parse_quants(quants)
     run_convert(source, output, names, overwrite=overwrite, threads=threads, mmproj=mmproj, layout=layout, log=say,
@@ -81,8 +81,8 @@ def inspect(bundle: str, as_json: bool, verify: bool) -> None:
     import orjson
 
     from ..bundle import Bundle, resolve_model
-    from ..errors import ModelError
     from ..bundle.inspection import describe, render_text
+    from ..errors import ModelError
 
     opened = Bundle.open(resolve_model(bundle))
     info = describe(opened)

@@ -26,7 +26,7 @@ from ..batch.layout_mode import LayoutMode, layout_mode
 from ..batch.options import ScanOptions
 from ..batch.records import Record, make_record
 from ..documents.blank import is_blank
-from ..documents.pages import to_rgb
+from ..documents.images import to_rgb
 from ..engine.recognizer import Recognizer
 from ..errors import UsageError
 from ..layout.parser import DocumentParser

@@ -8,8 +8,8 @@ from typing import Any
 import click
 
 from ..config import config_option
-from ..errors import exit_codes_help
 from ..engine.prompt import TASKS
+from ..errors import exit_codes_help
 from .options import load_recognizer, model_options
 
 
@@ -188,9 +188,9 @@ def scan(ctx: click.Context, inputs: tuple[str, ...], **opts: Any) -> None:
     """
     import warnings
 
-    from ..errors import UsageError
     from ..batch.local import Scan
     from ..batch.options import ScanOptions, write_summary_json
+    from ..errors import UsageError
 
     # PIL warns about each damaged file it still decodes; the records say what failed
     warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")

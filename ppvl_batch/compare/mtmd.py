@@ -13,13 +13,13 @@ import ctypes
 from collections.abc import Iterator
 from pathlib import Path
 
-import llama_cpp
 import numpy as np
-from llama_cpp import mtmd_cpp
 from PIL import Image
 
-from ..engine.llama import default_threads, init_llama, llama_log
+from ..engine.llama import default_threads, init_llama, llama_log, model_embedding_width, mtmd_library
 from ..errors import ModelError
+
+mtmd_cpp = mtmd_library()
 
 # No torch here (nor through engine.llama): bench_mtmd measures llama.cpp alone, memory included.
 IMAGE = mtmd_cpp.MTMD_INPUT_CHUNK_TYPE_IMAGE
@@ -67,7 +67,7 @@ class MtmdVision:
         self.ctx = mtmd_cpp.mtmd_init_from_file(str(mmproj).encode(), model, params)
         if not self.ctx:
             raise ModelError(f"{mmproj}: libmtmd could not load this mmproj (llama-cpp-python too old for projector paddleocr?)")
-        self.n_embd = llama_cpp.llama_model_n_embd(model)
+        self.n_embd = model_embedding_width(model)
         self.marker = mtmd_cpp.mtmd_default_marker().decode()
 
     def tokenize(self, text: str, image: Image.Image) -> MtmdChunks:

@@ -32,16 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from ppvl_batch.documents.inputs import DOCUMENT_EXTENSIONS
-from ppvl_batch.documents.mupdf import pymupdf
+from .images import IMAGE_FORMATS, to_rgb
+from .inputs import DOCUMENT_EXTENSIONS
+
+from .mupdf import pymupdf
 
 if TYPE_CHECKING:
-    from ppvl_batch.documents.text_layer import TextLayer
+    from .text_layer import TextLayer
 
-IMAGE_FORMATS = frozenset({"PNG", "JPEG", "MPO", "TIFF", "WEBP", "BMP", "DIB", "GIF"})
 # Formats whose files may hold several pages; the others (GIF, WebP, APNG animations) give their
 # first frame only.
 MULTI_PAGE_FORMATS = frozenset({"TIFF"})
@@ -163,29 +163,6 @@ def auto_zoom(width_pt: float, height_pt: float, max_pixels: int) -> float:
     """Zoom (1.0 = 72 dpi) at which a page of this size renders to about `max_pixels`, so the
     model sees as much detail as it can use and no pixels are rendered only to be thrown away."""
     return math.sqrt(max_pixels / max(width_pt * height_pt, 1.0))
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB version of any PIL image: EXIF orientation applied, 16/32-bit and float scaled
-    (not clipped) to 8 bits, palette expanded, transparency composited onto white (a transparent
-    background is paper, not black ink)."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        if image.mode == "F":
-            scale = 255.0 if values.max(initial=0.0) <= 1.0 else 1.0
-        else:
-            scale = 1.0 if image.mode == "I" and values.max(initial=0) <= 255 else 1 / 257
-        image = Image.fromarray(np.clip(values * scale + 0.5, 0, 255).astype(np.uint8), "L")
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        image.mode in ("L", "RGB") and "transparency" in image.info
-    ):
-        rgba = image.convert("RGBA")
-        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(paper, rgba).convert("RGB")
-    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 class OpenDocument(ABC):

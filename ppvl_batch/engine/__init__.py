@@ -3,6 +3,7 @@
     prompt.py      task names and their prompt texts; the image placeholder
     tokenizer.py   PromptTokenizer: the checkpoint's own tokenizer and chat template -> prompt ids around the image
     vision.py      page image -> smart_resize, patches -> image embeddings (PyTorch)
+    compact.py     linear layers with int8/bf16 weights widened per call (the vision tower's memory saver)
     llama.py       TextDecoder: the llama.cpp binding (model, context, batches, M-RoPE prefill, one decode step)
     generate.py    DecodeRequest -> Generation: sampling, repetition guard, several pages decoded together
     detokenize.py  generated ids -> text, incrementally and safe to stream (stop strings, split UTF-8)

@@ -20,6 +20,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import llama_cpp
@@ -263,6 +264,34 @@ class TextDecoder:
 
     def __del__(self) -> None:
         self.close()
+
+
+def binding_version() -> str:
+    """llama-cpp-python's version (a bundle's manifest records what made it)."""
+    return llama_cpp.__version__
+
+
+def quantize_model(src: Path, dst: Path, ftype: int, threads: int | None = None) -> bool:
+    """llama.cpp's quantizer, in process (no llama.cpp binary needed): GGUF `src` -> `dst` of
+    llama_ftype `ftype`. False when llama.cpp refuses."""
+    init_llama()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = threads or 0
+    return llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), llama_cpp.byref(params)) == 0
+
+
+def mtmd_library() -> ModuleType:
+    """llama-cpp-python's libmtmd binding: llama.cpp's own vision path, which only compare/mtmd.py
+    uses (loaded on demand: it opens a second shared library)."""
+    from llama_cpp import mtmd_cpp
+
+    return mtmd_cpp
+
+
+def model_embedding_width(model: int) -> int:
+    """n_embd of a loaded llama.cpp model (`TextDecoder.model`)."""
+    return llama_cpp.llama_model_n_embd(model)
 
 
 def cpu_has_llama_amx() -> bool:

@@ -3,7 +3,6 @@ checkpoint's own tokenizer (tokenizer.py, docs/prompts.md)."""
 
 from __future__ import annotations
 
-
 IMAGE_PLACEHOLDER = "<|IMAGE_PLACEHOLDER|>"
 
 # task name -> prompt text; spotting and seal exist from PaddleOCR-VL 1.5 on.

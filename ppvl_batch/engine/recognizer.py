@@ -19,7 +19,7 @@ from typing import Any
 from PIL import Image
 
 from ..bundle import Bundle, resolve_model
-from ..documents.pages import to_rgb
+from ..documents.images import to_rgb
 from .detokenize import Detokenizer
 from .generate import DecodeRequest, Generation, RepetitionGuard, Sampling, generate, generate_many
 from .llama import DecoderError, TextDecoder
@@ -68,6 +68,14 @@ class EncodedPage:
 
 
 class Recognizer:
+    """A bundle loaded once, turning page images into text: the library API (README, "Library use").
+
+    `Recognizer.load(model, ...)` opens the bundle (a path, or the demo model) and builds the vision
+    tower and the llama.cpp decoder (lazily with `lazy=True`: at the first page). `recognize(images,
+    task or prompt)` answers each page; `encode` and `decode` are its two halves, which scan and the
+    server schedule themselves (vision for a batch, then several pages decoded together). Use it as
+    a context manager, or call close(), to free llama.cpp's memory."""
+
     def __init__(
         self,
         bundle: Bundle,
@@ -209,7 +217,7 @@ class Recognizer:
 
     def prepare(self, image: Image.Image, task: str | None = "ocr") -> PreparedImage:
         """smart_resize + patchify for one page (cheap; can run in a prefetch thread). Any PIL
-        image is first made what `scan` reads from a file (`pages.to_rgb`: EXIF rotation,
+        image is first made what `scan` reads from a file (`documents.images.to_rgb`: EXIF rotation,
         transparency onto white, every mode to 8-bit RGB), so a library caller passing
         `Image.open(path)` gets the same answer as `scan path`."""
         image = to_rgb(image)
@@ -237,7 +245,7 @@ class Recognizer:
     @property
     def detokenizer(self) -> Detokenizer:
         if self._detokenizer is None:
-            self._detokenizer = Detokenizer(self.prompts.tokenizer, self.bundle.manifest["text"].get("vocab_size"))
+            self._detokenizer = Detokenizer(self.prompts.tokenizer, self.bundle.manifest.text.vocab_size)
         return self._detokenizer
 
     def detokenize(self, ids: Sequence[int]) -> str:

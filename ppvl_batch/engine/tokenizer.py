@@ -36,10 +36,10 @@ class PromptError(ValueError):
 
 def load_tokenizer(folder: str | Path) -> Any:
     """The tokenizer transformers builds from a checkpoint or bundle folder."""
-    from transformers import AutoTokenizer
+    from ..hf import auto_tokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        return auto_tokenizer(folder)
     except Exception as exc:  # transformers raises many types for unreadable tokenizer files
         first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
         raise ModelError(f"{folder}: transformers cannot load the tokenizer ({first})") from exc

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,10 +22,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torch.nn import functional as F
 
 from ..bundle.safetensors_io import SafetensorsReader
 from ..errors import ModelError, UsageError
+from .compact import CompactLinear, DequantScratch
 
 # Patch budget of one vision forward pass (an image above it goes alone): bounds activation
 # memory whatever the batch size. On the CPU packing pays only for small images: at 1024 the 12
@@ -103,10 +102,10 @@ class ImagePreprocessor:
     def processor(self) -> Any:
         """transformers' processor, made at the first page: importing it takes seconds, which a
         scan that finds nothing to do (a lazy recognizer) need not spend."""
-        from transformers.models.paddleocr_vl.image_processing_pil_paddleocr_vl import PaddleOCRVLImageProcessorPil
+        from ..hf import paddleocr_vl_image_processor
 
         config = self.config
-        return PaddleOCRVLImageProcessorPil(
+        return paddleocr_vl_image_processor(
             do_resize=True,
             resample=int(config.get("resample", 3)),
             do_rescale=True,
@@ -135,11 +134,11 @@ def padded_size(width: int, height: int, factor: int, min_pixels: int, max_pixel
     """The smallest (width, height), with the image's own sides as minimums, that smart_resize
     accepts: the short side grows until the ratio is within MAX_ASPECT_RATIO as smart_resize
     measures it (after its own rounding), so the answer comes from its code, not a copy of it."""
-    from transformers.models.paddleocr_vl.image_processing_pil_paddleocr_vl import smart_resize
+    from ..hf import smart_resize
 
     def accepted(w: int, h: int) -> bool:
         try:
-            smart_resize(h, w, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+            smart_resize(h, w, factor, min_pixels, max_pixels)
         except ValueError:
             return False
         return True
@@ -178,22 +177,19 @@ def contiguous_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, v
     encoder hands them over as transposed views ([1, heads, patches, head_dim] strided over
     [patches, heads, head_dim]), on which PyTorch's CPU flash kernel is about 12% slower: 0.99 s
     against 0.87 s, copies included, per layer of a 4960-patch page. Same kernel, same numbers."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from ..hf import sdpa_attention
 
-    return sdpa_attention_forward(module, query.contiguous(), key.contiguous(), value.contiguous(), attention_mask, **kwargs)
+    return sdpa_attention(module, query.contiguous(), key.contiguous(), value.contiguous(), attention_mask, **kwargs)
 
 
 class VisionTower(nn.Module):
     """Vision encoder + projector of PaddleOCR-VL: patches -> text-width embeddings."""
 
     def __init__(self, config):
-        from transformers import AttentionInterface
-        from transformers.models.paddleocr_vl.modeling_paddleocr_vl import PaddleOCRProjector, PaddleOCRVisionModel
+        from ..hf import paddleocr_vl_vision
 
         super().__init__()
-        AttentionInterface.register("ppvl_contiguous_sdpa", contiguous_sdpa)
-        self.visual = PaddleOCRVisionModel._from_config(config.vision_config, attn_implementation="ppvl_contiguous_sdpa")
-        self.projector = PaddleOCRProjector(config)
+        self.visual, self.projector = paddleocr_vl_vision(config, contiguous_sdpa)
 
     @torch.inference_mode()
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
@@ -218,7 +214,7 @@ def cpu_has_native_bf16() -> bool:
             raise UsageError(f"{NATIVE_BF16_ENV} must be 0 or 1, not {override!r}")
         return override == "1"
     try:
-        with open("/proc/cpuinfo") as f:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
             flags = next((line for line in f if line.startswith("flags")), "").split()
     except OSError:
         return False
@@ -266,86 +262,13 @@ def resolve_precision(dtype: str | None, device: str) -> VisionPrecision:
     return VisionPrecision(names[dtype])
 
 
-class CompactLinear(nn.Module):
-    """A Linear layer whose weight is kept compactly and widened to the compute dtype for each
-    call, into a buffer all layers of a tower share. Weight-only: activations keep the compute
-    dtype, so the matmul runs at bf16/fp32 speed. Two forms:
-
-    - int8 with one scale per output channel: half of bf16's memory; the only error is the weight
-      rounding (at most half a step of each row's max/127).
-    - bf16 for fp32 compute: half of fp32's memory; exact when the file's weights are bf16 (the
-      published checkpoints), else the weights' rounding to bf16 is the only error.
-
-    bf16 weights are held as their int16 bit pattern: Module.to(dtype) converts every floating
-    buffer and would widen them back to fp32 for good."""
-
-    ROWS_PER_READ = 64  # small temporaries: large ones fragment the heap into hundreds of MB
-
-    def __init__(self, stored: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None, scratch: DequantScratch):
-        super().__init__()
-        self.register_buffer("stored", stored)  # [out, in] int8, or int16 holding bf16 bits
-        self.register_buffer("scale", scale)  # [out, 1] for int8, else None
-        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
-        self.scratch = scratch
-
-    @classmethod
-    def from_file(cls, f: SafetensorsReader, name: str, weights: torch.dtype, dtype: torch.dtype, scratch: DequantScratch) -> CompactLinear:
-        """Read `name`.weight from `f` a few rows at a time (never the whole float matrix) into
-        `weights` (int8 or bf16); `dtype`: the compute dtype."""
-        out_features, in_features = f.header[f"{name}.weight"]["shape"]
-        int8 = weights == torch.int8
-        stored = torch.empty(out_features, in_features, dtype=torch.int8 if int8 else torch.bfloat16)
-        scale = torch.empty(out_features, 1, dtype=torch.float32) if int8 else None
-        if stored.dtype == f.dtype(f"{name}.weight"):
-            f.read_into(f"{name}.weight", stored)  # bf16 kept as the file has it: no temporaries at all
-        else:
-            for start in range(0, out_features, cls.ROWS_PER_READ):
-                stop = min(start + cls.ROWS_PER_READ, out_features)
-                rows = f.get_rows(f"{name}.weight", start, stop)
-                if scale is None:
-                    stored[start:stop] = rows  # fp32 rounded to the nearest bf16
-                else:
-                    rows = rows.float()
-                    scale[start:stop] = rows.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny) / 127
-                    stored[start:stop] = torch.round(rows / scale[start:stop]).to(torch.int8)
-        bias = f.get_tensor(f"{name}.bias").to(dtype) if f"{name}.bias" in f.header else None
-        return cls(stored if int8 else stored.view(torch.int16), None if scale is None else scale.to(dtype), bias, scratch)
-
-    @property
-    def weight_dtype(self) -> torch.dtype:
-        """The dtype the weight is kept in: int8 or bf16."""
-        return torch.int8 if self.scale is not None else torch.bfloat16
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.scratch.take(self.stored.shape, x.dtype, x.device)
-        if self.scale is None:
-            weight.copy_(self.stored.view(torch.bfloat16))
-        else:
-            torch.mul(self.stored, self.scale, out=weight)
-        return F.linear(x, weight, self.bias)
-
-
-class DequantScratch(threading.local):
-    """One buffer, per thread, that every CompactLinear of a tower widens its weight into: a fresh
-    float weight per call would add hundreds of MB of heap fragmentation over a page."""
-
-    def __init__(self):
-        self.buffer: torch.Tensor | None = None
-
-    def take(self, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        numel = shape[0] * shape[1]
-        if self.buffer is None or self.buffer.numel() < numel or self.buffer.dtype != dtype or self.buffer.device != device:
-            self.buffer = torch.empty(numel, dtype=dtype, device=device)
-        return self.buffer[:numel].view(shape)
-
-
 def load_vision_tower(config: dict[str, Any], weights: Path, device: str = "cpu", dtype: str | None = None) -> VisionTower:
     """Build the tower from the bundle's config.json and load vision.safetensors into it."""
     from safetensors import safe_open
-    from transformers import PaddleOCRVLConfig
-    from transformers.initialization import no_init_weights
 
-    cfg = PaddleOCRVLConfig(**config)
+    from ..hf import no_init_weights, paddleocr_vl_config
+
+    cfg = paddleocr_vl_config(config)
     precision = resolve_precision(dtype, device)
     with no_init_weights():  # the weights come from the file; random init would only cost time
         tower = VisionTower(cfg)

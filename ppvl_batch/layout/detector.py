@@ -18,11 +18,11 @@ keep boxes only (docs/layout.md).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +32,6 @@ from PIL import Image
 from ..errors import ModelError
 from .labels import LABELS
 from .postprocess import Detection, LayoutBlock, LayoutRules, apply_rules
-
 
 # config.json model_type -> (our version name, transformers class)
 MODEL_TYPES = {
@@ -165,7 +164,7 @@ class LayoutDetector:
         if not config_file.is_file():
             raise ModelError(f"{folder}: not a layout model folder (no config.json)")
         try:
-            config = json.loads(config_file.read_text())
+            config = json.loads(config_file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ModelError(f"{config_file}: unreadable ({exc})") from exc
         model_type = config.get("model_type")
@@ -177,16 +176,16 @@ class LayoutDetector:
             raise ModelError(f"{folder}: its labels (id2label) are not the 25 PP-DocLayout labels")
         pre_file = folder / "preprocessor_config.json"
         try:
-            pre_config = json.loads(pre_file.read_text()) if pre_file.is_file() else {}
+            pre_config = json.loads(pre_file.read_text(encoding="utf-8")) if pre_file.is_file() else {}
         except (OSError, ValueError) as exc:
             raise ModelError(f"{pre_file}: unreadable ({exc})") from exc
         preprocessing = Preprocessing.from_config(pre_config, str(pre_file))
 
-        import transformers
+        from ..hf import load_pretrained
 
         version, class_name = MODEL_TYPES[model_type]
         try:
-            model = getattr(transformers, class_name).from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+            model = load_pretrained(class_name, folder, dtype=torch.float32)
         except Exception as exc:  # missing or mismatched weights: one line for the user
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{folder}: cannot load the layout model ({first})") from exc
@@ -265,17 +264,10 @@ def _boxes_of_masks_by_projection(version: str) -> Iterator[None]:
     if version != "v3":
         yield
         return
-    from transformers.models.pp_doclayout_v3 import modeling_pp_doclayout_v3 as modeling
+    from ..hf import v3_mask_to_box
 
-    original = getattr(modeling, "mask_to_box_coordinate", None)
-    if original is None:
+    with v3_mask_to_box(boxes_of_masks):
         yield
-        return
-    modeling.mask_to_box_coordinate = boxes_of_masks
-    try:
-        yield
-    finally:
-        modeling.mask_to_box_coordinate = original
 
 
 def bundle_detector(bundle: Any, device: str = "cpu", threshold: float | None = None,

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from PIL import Image
 
-from ..errors import OutputError
 from ..engine.llama import DecoderError
+from ..errors import OutputError
 from .blocks import BLOCK_MAX_PIXELS, BLOCK_MIN_PIXELS, CropError, block_input, crop_block, finish_text
 from .labels import MARKDOWN_IGNORE_LABELS, Block, block_format, block_task, prompt_table, reading_orders, saves_image
 from .markdown import image_filename, image_link, page_markdown, pages_markdown
@@ -121,6 +121,12 @@ class _Job:
 
 
 class DocumentParser:
+    """Document parsing over a Recognizer: each page's layout is detected (a Detector, the bundle's
+    layout model by default), its blocks put in reading order and read one by one with their
+    label's prompt (tables as OTSL, formulas as LaTeX, charts and seals when asked), and the page
+    becomes blocks and Markdown (layout/markdown.py). `for_recognizer` builds one from the
+    recognizer's own bundle; `parse(images)` gives one ParsedPage per image."""
+
     @classmethod
     def for_recognizer(cls, recognizer: Recognizer, options: ParserOptions | None = None, *,
                        threshold: float | None = None, batch_size: int | None = None) -> DocumentParser:

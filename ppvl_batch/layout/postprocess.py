@@ -15,13 +15,12 @@ Pure Python + numpy: no torch here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Iterable, Mapping
 
 import numpy as np
 
 from .labels import SKIP_ORDER_LABELS
-
 
 # Labels whose boxes swallow the boxes they contain (merge mode "large"); every other label is
 # "union", which PaddleX treats as "do nothing".

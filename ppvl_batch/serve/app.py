@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..engine.answers import Answer
-from ..errors import PPVLError
 from ..engine.recognizer import Recognizer
+from ..errors import PPVLError
 from .images import load_image
 from .metrics import Metrics, RequestLog
 from .requests import ApiError, ServeOptions, bad_request, parse_chat_request, request_task, validate_request
@@ -156,7 +156,7 @@ def create_app(options: ServeOptions, loader: Callable[[], Recognizer]) -> "Fast
         ApiError when the job failed or stopped early; past its deadline the job is cancelled."""
         try:
             kind, value = await asyncio.wait_for(job.events.get(), max(0.0, job.deadline - time.monotonic()))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             job.cancelled.set()
             raise stopped_error(job) from None
         if kind in ("skipped", "gone") or (kind == "done" and value.finish_reason == "abort"):

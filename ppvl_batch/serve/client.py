@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from ..errors import PPVLError, UsageError
 from ..documents.pages import PageError, open_document
+from ..errors import PPVLError, UsageError
 
 if TYPE_CHECKING:
     from ..engine.recognizer import Recognizer

@@ -9,7 +9,7 @@ from urllib.parse import unquote, urlparse
 
 from PIL import Image
 
-from ..documents.pages import IMAGE_FORMATS, to_rgb
+from ..documents.images import IMAGE_FORMATS, to_rgb
 from .requests import ApiError, ServeOptions, bad_request
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..bundle import Log, no_log
 from ..errors import ModelError
-from . import Log, no_log
 from .checkpoint import Checkpoint
 from .vocab import build_vocab
 
@@ -160,13 +160,7 @@ def write_text_gguf(ckpt: Checkpoint, out: Path, log: Log = no_log, progress: bo
 
 def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> None:
     """llama.cpp's quantizer, in process: no llama.cpp binary needed."""
-    import llama_cpp
+    from ..engine.llama import quantize_model
 
-    from ..engine.llama import init_llama
-
-    init_llama()
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = QUANT_TYPES[quant]
-    params.nthread = threads or 0
-    if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), llama_cpp.byref(params)) != 0:
+    if not quantize_model(src, dst, QUANT_TYPES[quant], threads):
         raise ModelError(f"llama.cpp could not quantize the decoder to {quant}")

@@ -16,9 +16,11 @@ A bundle is a folder:
     layout/                  optional (--layout): a PP-DocLayoutV2/V3 checkpoint for document
                              parsing, as published (layout_model.py)
 
-The pieces: vocab.py (the GGUF's vocabulary), text_gguf.py (the decoder GGUF and quantization),
-safetensors_io.py (vision.safetensors), compare/mmproj.py (the optional mmproj GGUF); this module
-opens the checkpoint, checks the tokenizer, writes the manifest and puts the bundle in place.
+The pieces: checkpoint.py (a checkpoint folder, either layout, under canonical tensor names),
+vocab.py (the GGUF's vocabulary), text_gguf.py (the decoder GGUF and quantization),
+bundle/safetensors_io.py (vision.safetensors), mmproj.py (the optional mmproj GGUF),
+layout_model.py (the optional layout model, also `convert --add-layout`); this module opens the
+checkpoint, checks the tokenizer, writes the manifest and puts the bundle in place.
 
 The text GGUF is written by our code with the `gguf` package (docs/design.md section 5), streaming
 one tensor at a time, at the checkpoint's precision: bf16 matrices stay bf16, everything else
@@ -30,6 +32,7 @@ into place last, so an interrupted convert never leaves something that looks lik
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import math
@@ -42,15 +45,15 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..bundle import Log, is_bundle, mmproj_filename, no_log
+from ..bundle.manifest import FileEntry, Manifest, Source, TextEntry, VisionEntry, bundle_id, write_manifest
+from ..bundle.safetensors_io import PendingTensor, write_safetensors
+from ..engine.tokenizer import TOKENIZER_FILES
 from ..errors import ModelError, OutputError, UsageError
 from ..files import fsync_dir, fsync_tree
-from ..engine.tokenizer import TOKENIZER_FILES
-from . import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST, Log, bundle_id, is_bundle, mmproj_filename, no_log, sha256_file
 from .checkpoint import Checkpoint, open_checkpoint, resolve_source
 from .layout_model import layout_hint, read_layout_source, write_layout
-from .safetensors_io import PendingTensor, write_safetensors
 from .text_gguf import DEFAULT_QUANT, QUANT_TYPES, quantize, write_text_gguf
-
 
 # ---------------------------------------------------------------------------------------------
 # Vision tower -> safetensors
@@ -59,15 +62,14 @@ from .text_gguf import DEFAULT_QUANT, QUANT_TYPES, quantize, write_text_gguf
 
 def vision_tensor_names(config: dict[str, Any]) -> set[str]:
     """Every tensor ppvl_batch.engine.vision.VisionTower loads for this config (built without memory)."""
-    from transformers import PaddleOCRVLConfig
-
     from ..engine.vision import VisionTower
+    from ..hf import paddleocr_vl_config
 
     with torch.device("meta"):
-        return set(VisionTower(PaddleOCRVLConfig(**config)).state_dict())
+        return set(VisionTower(paddleocr_vl_config(config)).state_dict())
 
 
-def write_vision(ckpt: Checkpoint, out: Path) -> dict[str, Any]:
+def write_vision(ckpt: Checkpoint, out: Path) -> VisionEntry:
     """Vision encoder and projector under the names of ppvl_batch.engine.vision.VisionTower, at the
     checkpoint's own precision.
 
@@ -96,7 +98,8 @@ def write_vision(ckpt: Checkpoint, out: Path) -> dict[str, Any]:
     parameters = sum(math.prod(t.shape) for t in tensors.values())
     dtypes = sorted({t.dtype for t in tensors.values()})
     names = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
-    return {"dtype": names.get(dtypes[0], dtypes[0]) if len(dtypes) == 1 else "mixed", "parameters": parameters}
+    dtype = names.get(dtypes[0], dtypes[0]) if len(dtypes) == 1 else "mixed"
+    return VisionEntry(file=out.name, dtype=dtype, parameters=parameters)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,25 +227,25 @@ def convert(
     stage.mkdir()
     try:
         log(f"converting {ckpt.path} (PaddleOCR-VL {ckpt.model_version}, prompt style {ckpt.prompt_style})")
-        (stage / "config.json").write_text(json.dumps(ckpt.config, indent=2))
-        (stage / "preprocessor_config.json").write_text(json.dumps(ckpt.preprocessor, indent=2))
+        (stage / "config.json").write_text(json.dumps(ckpt.config, indent=2), encoding="utf-8")
+        (stage / "preprocessor_config.json").write_text(json.dumps(ckpt.preprocessor, indent=2), encoding="utf-8")
         # The tokenizer files as the checkpoint has them: transformers loads the bundle's tokenizer
         # exactly as it loads the checkpoint's (docs/prompts.md).
         for name in TOKENIZER_FILES:
             if (ckpt.path / name).is_file():
                 shutil.copyfile(ckpt.path / name, stage / name)
         if not (stage / "chat_template.jinja").is_file():
-            (stage / "chat_template.jinja").write_text(ckpt.chat_template)
+            (stage / "chat_template.jinja").write_text(ckpt.chat_template, encoding="utf-8")
         log(f"checked prompt ids and decoding against transformers on {verify_tokenizer(ckpt.path, stage)} prompts")
 
-        vision_info = write_vision(ckpt, stage / "vision.safetensors")
-        log(f"wrote vision tower: {vision_info['parameters'] / 1e6:.1f}M parameters, {vision_info['dtype']}")
+        vision_entry = write_vision(ckpt, stage / "vision.safetensors")
+        log(f"wrote vision tower: {vision_entry.parameters / 1e6:.1f}M parameters, {vision_entry.dtype}")
         if mmproj:
-            from ..compare.mmproj import write_mmproj
+            from .mmproj import write_mmproj
 
-            vision_info["mmproj"] = mmproj_filename()
-            count = write_mmproj(ckpt, stage / vision_info["mmproj"])
-            log(f"wrote {vision_info['mmproj']} for llama.cpp: {count} tensors")
+            vision_entry = dataclasses.replace(vision_entry, mmproj=mmproj_filename())
+            count = write_mmproj(ckpt, stage / mmproj_filename())
+            log(f"wrote {mmproj_filename()} for llama.cpp: {count} tensors")
 
         base = stage / "text-source.gguf"
         base_is_f32 = write_text_gguf(ckpt, base, log, progress)
@@ -255,46 +258,33 @@ def convert(
         else:
             base.unlink()
 
-        files = {
-            f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size}
-            for f in sorted(stage.iterdir())
-        }
+        files = {f.name: FileEntry.of(f) for f in sorted(stage.iterdir())}
         layout_entry = None
         if layout is not None:
             layout_entry, layout_files = write_layout(layout, stage, ckpt.model_version, log)
             files = dict(sorted({**files, **layout_files}.items()))
         else:
             log(layout_hint(ckpt.model_version, out))
-        import gguf
-        import llama_cpp
-
-        manifest = {
-            "format": BUNDLE_FORMAT,
-            "format_version": BUNDLE_FORMAT_VERSION,
-            "id": bundle_id(ckpt.path.resolve().name, files, ckpt.prompt_style),
-            "model_version": ckpt.model_version,
-            "prompt_style": ckpt.prompt_style,
-            "source": {"path": str(ckpt.path.resolve()), "name": str(source)},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "converter": {
-                "ppvl_batch": __version__,
-                "gguf": getattr(gguf, "__version__", None) or _dist_version("gguf"),
-                "llama_cpp_python": llama_cpp.__version__,
-                "seconds": round(time.monotonic() - started, 1),
-            },
-            "text": {
-                "quants": {q: f"text-{q}.gguf" for q in quant_names},
-                "default_quant": quant_names[0],
-                "context_length": ckpt.text.max_position_embeddings,
-                "vocab_size": ckpt.text.vocab_size,
-                "tied_output": "lm_head.weight" not in ckpt.tensor_names(),
-            },
-            "vision": {"file": "vision.safetensors", **vision_info},
-            **({"layout": layout_entry} if layout_entry else {}),
-            "files": files,
-        }
+        manifest = Manifest(
+            id=bundle_id(ckpt.path.resolve().name, files, ckpt.prompt_style),
+            model_version=ckpt.model_version,
+            prompt_style=ckpt.prompt_style,
+            source=Source(path=str(ckpt.path.resolve()), name=str(source)),
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            converter=_converter(time.monotonic() - started),
+            text=TextEntry(
+                quants={q: f"text-{q}.gguf" for q in quant_names},
+                default_quant=quant_names[0],
+                context_length=ckpt.text.max_position_embeddings,
+                vocab_size=ckpt.text.vocab_size,
+                tied_output="lm_head.weight" not in ckpt.tensor_names(),
+            ),
+            vision=vision_entry,
+            layout=layout_entry,
+            files=files,
+        )
         # The manifest is written last: a folder without one is never taken for a bundle.
-        (stage / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        write_manifest(stage, manifest)
         _move_into_place(stage, out)
     except OSError as exc:
         shutil.rmtree(stage, ignore_errors=True)
@@ -308,6 +298,20 @@ def convert(
     return out
 
 
+def _converter(seconds: float) -> dict[str, Any]:
+    """The manifest's `converter` entry: what made the bundle, and how long it took."""
+    import gguf
+
+    from ..engine.llama import binding_version
+
+    return {
+        "ppvl_batch": __version__,
+        "gguf": getattr(gguf, "__version__", None) or _dist_version("gguf"),
+        "llama_cpp_python": binding_version(),
+        "seconds": round(seconds, 1),
+    }
+
+
 def _dist_version(name: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -318,16 +322,20 @@ def _dist_version(name: str) -> str | None:
 
 
 def _move_into_place(stage: Path, out: Path) -> None:
-    """Rename the finished staging folder to `out`; an old bundle there is replaced only after
-    the new one is complete."""
+    """Rename the finished staging folder to `out`. An old bundle there is renamed aside first and
+    put back if the new one cannot take its place, so it is never lost; it is deleted only once
+    the new one is in place."""
     fsync_tree(stage)  # the files' data first, so a power cut cannot leave a bundle of holes
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.rename(out, old)
+    if not out.exists():
         os.rename(stage, out)
         fsync_dir(out.parent)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    os.rename(out, old)
+    try:
         os.rename(stage, out)
-        fsync_dir(out.parent)
-
+    except BaseException:
+        os.rename(old, out)
+        raise
+    fsync_dir(out.parent)
+    shutil.rmtree(old, ignore_errors=True)

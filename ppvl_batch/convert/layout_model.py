@@ -14,16 +14,17 @@ mode carry it. Only the files are checked here; loading them is layout/detector.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
+from ..bundle import Bundle, Log, no_log
+from ..bundle.manifest import FileEntry, LayoutEntry, Source, write_manifest
 from ..errors import ModelError, OutputError
-from ..files import atomic_write, fsync_dir, fsync_tree
-from . import MANIFEST, Bundle, Log, bundle_id, no_log, sha256_file
+from ..files import fsync_dir, fsync_tree
 from .checkpoint import resolve_source
 
 LAYOUT_DIR = "layout"
@@ -57,7 +58,7 @@ def read_layout_source(source: str) -> tuple[Path, str, str]:
     if not folder.is_dir() or not config_file.is_file():
         raise ModelError(f"{source}: not a layout model folder (no config.json)")
     try:
-        model_type = json.loads(config_file.read_text()).get("model_type")
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
     except (OSError, ValueError, AttributeError) as exc:
         raise ModelError(f"{config_file}: unreadable ({exc})") from exc
     if model_type not in LAYOUT_MODEL_TYPES:
@@ -69,7 +70,7 @@ def read_layout_source(source: str) -> tuple[Path, str, str]:
     return folder, LAYOUT_MODEL_TYPES[model_type], model_type
 
 
-def write_layout(source: str, root: Path, model_version: str, log: Log = no_log) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+def write_layout(source: str, root: Path, model_version: str, log: Log = no_log) -> tuple[LayoutEntry, dict[str, FileEntry]]:
     """Copy the layout checkpoint into root/layout; returns the manifest's `layout` entry and the
     files' entries (`layout/NAME` -> sha256, bytes)."""
     folder, version, model_type = read_layout_source(source)
@@ -82,14 +83,12 @@ def write_layout(source: str, root: Path, model_version: str, log: Log = no_log)
         if (folder / name).is_file():
             shutil.copyfile(folder / name, target / name)
     fsync_tree(target)
-    files = {f"{LAYOUT_DIR}/{f.name}": {"sha256": sha256_file(f), "bytes": f.stat().st_size} for f in sorted(target.iterdir())}
-    digest = hashlib.sha256(json.dumps({n: files[n]["sha256"] for n in sorted(files)}).encode()).hexdigest()[:8]
-    entry = {
-        "dir": LAYOUT_DIR, "version": version, "model_type": model_type,
-        "id": f"{folder.resolve().name or 'layout'}-{digest}",
-        "source": {"path": str(folder.resolve()), "name": str(source)},
-    }
-    log(f"added layout model PP-DocLayout{version.upper()} ({entry['id']})")
+    files = {f"{LAYOUT_DIR}/{f.name}": FileEntry.of(f) for f in sorted(target.iterdir())}
+    digest = hashlib.sha256(json.dumps({n: files[n].sha256 for n in sorted(files)}).encode()).hexdigest()[:8]
+    entry = LayoutEntry(dir=LAYOUT_DIR, version=version, model_type=model_type,
+                        id=f"{folder.resolve().name or 'layout'}-{digest}",
+                        source=Source(path=str(folder.resolve()), name=str(source)))
+    log(f"added layout model PP-DocLayout{version.upper()} ({entry.id})")
     return entry, files
 
 
@@ -98,9 +97,9 @@ def add_layout(bundle_path: str | Path, source: str, *, overwrite: bool = False,
     files and renamed into place, then the manifest (with the new id) replaces the old one in
     one rename; until then the bundle is the old one."""
     bundle = Bundle.open(bundle_path)
-    manifest = dict(bundle.manifest)
-    if "layout" in manifest and not overwrite:
-        raise OutputError(f"{bundle.path}: already has a layout model ({manifest['layout']['id']}); "
+    manifest = bundle.manifest
+    if manifest.layout is not None and not overwrite:
+        raise OutputError(f"{bundle.path}: already has a layout model ({manifest.layout.id}); "
                           "pass --overwrite to replace it")
     stage = bundle.path / f".{LAYOUT_DIR}.partial-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
@@ -116,12 +115,10 @@ def add_layout(bundle_path: str | Path, source: str, *, overwrite: bool = False,
         raise OutputError(f"{bundle.path}: cannot add the layout model ({exc.strerror or exc})") from exc
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    kept = {n: f for n, f in manifest["files"].items() if not n.startswith(f"{LAYOUT_DIR}/")}
-    manifest["files"] = dict(sorted({**kept, **files}.items()))
-    manifest["layout"] = entry
-    name = Path(manifest.get("source", {}).get("path", bundle.path.name)).name
-    manifest["id"] = bundle_id(name, manifest["files"], manifest.get("prompt_style", "?"))
-    atomic_write(bundle.path / MANIFEST, json.dumps(manifest, indent=2).encode())
+    kept = {n: f for n, f in manifest.files.items() if not n.startswith(f"{LAYOUT_DIR}/")}
+    manifest = dataclasses.replace(manifest, files=dict(sorted({**kept, **files}.items())), layout=entry)
+    manifest = manifest.with_new_id(bundle.path.name)
+    write_manifest(bundle.path, manifest)
     shutil.rmtree(old, ignore_errors=True)
-    log(f"bundle id is now {manifest['id']}")
+    log(f"bundle id is now {manifest.id}")
     return Bundle.open(bundle.path)

@@ -4,7 +4,7 @@ ppvl-ocr never reads this file to answer a page."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import MANIFEST, Bundle, Log, mmproj_filename, no_log, sha256_file
-from ..bundle.checkpoint import Checkpoint, text_hparams
+from ..bundle import Bundle, Log, mmproj_filename, no_log
+from ..bundle.manifest import FileEntry, write_manifest
 from ..errors import ModelError, UsageError
-from ..files import fsync_dir, fsync_tree
+from ..files import fsync_tree
+from .checkpoint import Checkpoint, text_hparams
 
 MMPROJ_TYPES = {"F16": "MOSTLY_F16", "F32": "ALL_F32"}  # --outtype of llama.cpp's converter -> LlamaFileType
 
@@ -125,25 +126,23 @@ def add_mmproj(bundle: str | Path, log: Log = no_log) -> Path:
     from safetensors import safe_open
 
     opened = Bundle.open(bundle)
+    source_name = Path(opened.manifest.source.path).name if opened.manifest.source else opened.path.name
     with safe_open(str(opened.vision_file), framework="pt") as st:
         sources = {n: (opened.vision_file, n) for n in st.keys()}
     name = mmproj_filename()
     partial = opened.path / f".{name}.partial-{os.getpid()}"
     try:
         count = _write_mmproj(sources, opened.config["vision_config"], opened.preprocessor,
-                              text_hparams(opened.config).hidden_size, Path(opened.manifest["source"]["path"]).name, partial, "F16")
+                              text_hparams(opened.config).hidden_size, source_name, partial, "F16")
         os.replace(partial, opened.path / name)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
     manifest = opened.manifest
-    manifest["vision"]["mmproj"] = name
-    manifest["files"][name] = {"sha256": sha256_file(opened.path / name), "bytes": (opened.path / name).stat().st_size}
-    # Replace the manifest in one rename: a reader never sees half of it.
-    staged = opened.path / f".{MANIFEST}.partial-{os.getpid()}"
-    staged.write_text(json.dumps(manifest, indent=2))
-    fsync_tree(opened.path)
-    os.replace(staged, opened.path / MANIFEST)
-    fsync_dir(opened.path)
+    # The mmproj is left out of the bundle id (ppvl-ocr never reads it): the id stays.
+    manifest = dataclasses.replace(manifest, vision=dataclasses.replace(manifest.vision, mmproj=name),
+                                   files={**manifest.files, name: FileEntry.of(opened.path / name)})
+    fsync_tree(opened.path)  # the GGUF's data before the manifest that lists it
+    write_manifest(opened.path, manifest)
     log(f"added {name} to {opened.path}: {count} tensors")
     return opened.path / name
