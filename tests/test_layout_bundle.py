@@ -78,7 +78,7 @@ def test_add_layout_to_an_existing_bundle(tiny_bundle, layout_v3_dir, layout_v2_
 def test_bad_layout_sources_change_nothing(tiny_bundle, tiny_checkpoint, tmp_path):
     target = copy_bundle(tiny_bundle, tmp_path / "b")
     manifest = Bundle.open(target).manifest
-    for source, message in ((tiny_checkpoint, "is not a PP-DocLayoutV2/V3 model"), (tmp_path / "nowhere", "not a layout model folder")):
+    for source, message in ((tiny_checkpoint, "is not a PP-DocLayoutV2/V3/V4 model"), (tmp_path / "nowhere", "not a layout model folder")):
         result = run("convert", "--add-layout", str(source), str(target))
         assert result.exit_code == ExitCode.MODEL and message in result.stderr, result.output
         assert Bundle.open(target).manifest == manifest and not (target / "layout").exists()
