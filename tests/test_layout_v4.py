@@ -20,16 +20,16 @@ import types
 
 import numpy as np
 import pytest
+import tiny_layout
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from test_layout_detector import pages
 
-import tiny_layout
 from ppvl_batch.layout.detector import LayoutDetector, Preprocessing
 from ppvl_batch.layout.labels import LABELS
 from ppvl_batch.layout.postprocess import Detection, LayoutRules, apply_rules
 from ppvl_batch.layout.quads import _first_cycle, reading_order
-from test_layout_detector import pages
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -45,7 +45,7 @@ def version_in(name: str) -> str | None:
     if match is None:
         return None
     number = match.group(1)
-    return number[:-2] if number.endswith(".0") else number
+    return number.removesuffix(".0")
 
 
 def fits_prompt_style(version: str, prompt_style: str) -> bool:
@@ -78,7 +78,7 @@ def _metadata_names(folder: Path) -> list[tuple[str, str]]:
 
 def detect_version(folder: Path, prompt_style: str) -> ModelVersion:
     """The release of the checkpoint in `folder` whose template has `prompt_style`."""
-    passed_over = []
+    passed_over: list[str] = []
     candidates = _metadata_names(folder)
     candidates += [("folder name" if i == 0 else "path", part) for i, part in enumerate(reversed(folder.resolve().parts))]
     for where, name in candidates:

@@ -38,7 +38,7 @@ V3_THRESHOLD = 0.3  # PaddleOCR-VL 1.5 and 1.6 (PP-DocLayoutV3): one threshold f
 # (docs/layout.md, "PaddleX rules")
 VERSIONS = ("v2", "v3", "v4")
 
-Quad = tuple[tuple[float, float], tuple[float, float], tuple[float, float], tuple[float, float]]
+Quad = tuple[tuple[float, float], ...]  # four corners, TL TR BR BL
 
 
 @dataclass(frozen=True)
