@@ -34,7 +34,7 @@ def full_size_detector(version: str, device: str = "cpu"):
     from ppvl_batch.layout.postprocess import LayoutRules
 
     model = tiny_layout.make_model(version, "full", seed=0)
-    pre = Preprocessing.from_config(tiny_layout.preprocessor_config(version), "bench")
+    pre = Preprocessing.from_config(tiny_layout.preprocessor_config(version), "bench", rescale_first=version == "v4")
     return RuledDetector(LayoutDetector(model, version, pre, device), LayoutRules.for_version(version))
 
 

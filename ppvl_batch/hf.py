@@ -78,6 +78,13 @@ def no_init_weights() -> AbstractContextManager[Any]:
     return skip()
 
 
+def missing_class(class_name: str) -> str | None:
+    """None when the installed transformers has `class_name`, else its version (for the error)."""
+    import transformers
+
+    return None if hasattr(transformers, class_name) else transformers.__version__
+
+
 def load_pretrained(class_name: str, folder: Path, **options: Any) -> Any:
     """transformers' model class `class_name` from a local folder."""
     import transformers

@@ -15,8 +15,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import tiny_model  # noqa: E402  (tools/ is not part of the installed package)
 
-# (layout, version) of the checkpoints the tests use.
-LAYOUTS = {"v1-original": ("original", "1"), "v15-transformers": ("transformers", "1.5")}
+# (layout, version) of the checkpoints the tests use. "v18-original": 1.8-shaped (1.5's files,
+# which 1.8's are expected to be; its model card names 1.8, its folder name does not).
+LAYOUTS = {"v1-original": ("original", "1"), "v15-transformers": ("transformers", "1.5"), "v18-original": ("original", "1.8")}
 TEST_QUANTS = ["F32", "F16", "Q8_0", "Q4_K_M"]
 
 
@@ -163,3 +164,13 @@ def fast_model(monkeypatch, tiny_bundle, loaded_recognizers):
 
     monkeypatch.setattr(Recognizer, "load", classmethod(cached))
     return tiny_bundle
+
+@pytest.fixture(scope="session")
+def layout_v4_bundle(bundle_dirs, tmp_path_factory) -> Path:
+    """The tiny 1.8-shaped bundle (F32 decoder only) with a tiny PP-DocLayoutV4, the pair 1.8 was
+    published with, its page-geometry head included. Its model finds `text` blocks."""
+    import tiny_layout
+
+    root = tmp_path_factory.mktemp("layout-v4")
+    layout = tiny_layout.build_layout_checkpoint(root / "PP-DocLayoutV4", version="v4", seed=0, confident="text", warp=True)
+    return bundle_with_layout(bundle_dirs["v18-original"], layout, root / "bundle")

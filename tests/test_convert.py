@@ -25,7 +25,7 @@ def field(reader: gguf.GGUFReader, key: str):
     return reader.get_field(key).contents()
 
 
-@pytest.mark.parametrize("name", ["v15-transformers", "v1-original"])
+@pytest.mark.parametrize("name", ["v15-transformers", "v1-original", "v18-original"])
 def test_gguf_metadata_is_what_llama_cpp_expects(name, bundle_dirs, checkpoint_dirs):
     config = json.loads((checkpoint_dirs[name] / "config.json").read_text())
     text = config.get("text_config", config)
@@ -108,6 +108,23 @@ def test_v1_bundle_keeps_bf16_vision_and_v1_prompt(bundle_dirs):
     bundle = Bundle.open(bundle_dirs["v1-original"])
     assert bundle.manifest.vision.dtype == "bfloat16"
     assert bundle.prompt_style == "v1" and bundle.model_version == "1"
+
+
+def test_a_18_checkpoint_is_named_18_by_its_metadata_and_pairs_with_v4(checkpoint_dirs, bundle_dirs, tmp_path):
+    """1.8-shaped (1.5's files; its model card names 1.8): 1.8 in the manifest, the log, inspect
+    and the layout hint, even from a folder whose name says 1.5."""
+    bundle = Bundle.open(bundle_dirs["v18-original"])
+    assert (bundle.model_version, bundle.prompt_style, bundle.manifest.model_version_source) == ("1.8", "v1.5", "README.md title")
+    src = shutil.copytree(checkpoint_dirs["v18-original"], tmp_path / "PaddleOCR-VL-1.5")
+    result = run("convert", str(src), "-o", str(tmp_path / "b"), "--quant", "F32")
+    assert result.exit_code == 0, result.output
+    assert "(PaddleOCR-VL 1.8, from the README.md title; prompt style v1.5)" in result.stderr
+    assert "PaddleOCR-VL 1.8 pairs with PP-DocLayoutV4" in result.stderr
+    assert "hf download PaddlePaddle/PP-DocLayoutV4_safetensors" in result.stderr
+    assert Bundle.open(tmp_path / "b").model_version == "1.8"
+    shown = run("inspect", str(tmp_path / "b"))
+    assert "PaddleOCR-VL 1.8 (prompt style v1.5; version from the README.md title)" in shown.stdout
+    assert json.loads(run("inspect", str(tmp_path / "b"), "--json").stdout)["model_version"] == "1.8"
 
 
 def test_convert_cli_writes_a_bundle_and_reports_on_stderr(tiny_checkpoint, tmp_path):

@@ -78,7 +78,7 @@ def test_add_layout_to_an_existing_bundle(tiny_bundle, layout_v3_dir, layout_v2_
 def test_bad_layout_sources_change_nothing(tiny_bundle, tiny_checkpoint, tmp_path):
     target = copy_bundle(tiny_bundle, tmp_path / "b")
     manifest = Bundle.open(target).manifest
-    for source, message in ((tiny_checkpoint, "is not a PP-DocLayoutV2/V3 model"), (tmp_path / "nowhere", "not a layout model folder")):
+    for source, message in ((tiny_checkpoint, "is not a PP-DocLayoutV2/V3/V4 model"), (tmp_path / "nowhere", "not a layout model folder")):
         result = run("convert", "--add-layout", str(source), str(target))
         assert result.exit_code == ExitCode.MODEL and message in result.stderr, result.output
         assert Bundle.open(target).manifest == manifest and not (target / "layout").exists()
@@ -97,3 +97,17 @@ def test_the_hint_names_the_paired_layout_model():
     assert "PP-DocLayoutV2" in layout_hint("1", "b") and "PP-DocLayoutV2_safetensors" in layout_hint("1", "b")
     assert "PP-DocLayoutV3" in layout_hint("1.5", "b") and "PP-DocLayoutV3" in layout_hint("1.6", "b")
     assert "ppvl-ocr convert --add-layout LAYOUT b" in layout_hint("1", "b")
+
+
+def test_pp_doclayout_v4_in_a_18_bundle(layout_v4_bundle, bundle_dirs, tiny_bundle, tmp_path):
+    bundle = Bundle.open(layout_v4_bundle)
+    assert (bundle.model_version, bundle.layout["version"], bundle.layout["model_type"]) == ("1.8", "v4", "pp_doclayout_v4")
+    assert bundle.verify() == [] and bundle.id != Bundle.open(bundle_dirs["v18-original"]).id
+    assert LayoutDetector.load(bundle.layout_dir).version == "v4"
+    assert "PP-DocLayoutV4 in layout/" in run("inspect", str(layout_v4_bundle)).stdout
+    # a 1.5 bundle takes V4 too, with a warning naming its pair
+    target = copy_bundle(tiny_bundle, tmp_path / "b15")
+    added = run("convert", "--add-layout", str(layout_v4_bundle / "layout"), str(target))
+    assert added.exit_code == 0, added.output
+    assert "published with PP-DocLayoutV3, not V4" in added.stderr
+    assert Bundle.open(target).layout["version"] == "v4" and Bundle.open(target).verify() == []

@@ -358,7 +358,7 @@ def _copy_folder(src, dst, edit_config=None, edit_pre=None):
 
 @pytest.mark.parametrize("breakage, message", [
     ("no_config", "no config.json"),
-    ("other_model", "model_type 'rt_detr' is not a PP-DocLayoutV2/V3 model"),
+    ("other_model", "model_type 'rt_detr' is not a PP-DocLayoutV2/V3/V4 model"),
     ("labels", "not the 25 PP-DocLayout labels"),
     ("resample", "unsupported preprocessor setting(s) resample"),
     ("size", "unsupported preprocessor setting(s) size, image_std"),

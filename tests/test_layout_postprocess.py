@@ -39,8 +39,9 @@ def test_pipeline_defaults():
     assert V3.threshold("table") == V3.threshold("text") == V3.min_threshold() == 0.3
     assert (V2.iou_same, V2.iou_diff, V2.min_side, V2.overlap, V2.containment) == (0.6, 0.98, 4, 0.7, 0.9)
     assert V2.large_merge_labels == {"chart", "display_formula", "doc_title", "inline_formula", "paragraph_title"}
-    with pytest.raises(ValueError, match="v4"):
-        LayoutRules.for_version("v4")
+    assert LayoutRules.for_version("v4") == V3  # PP-DocLayoutV4: V3's rules (docs/layout.md)
+    with pytest.raises(ValueError, match="v5"):
+        LayoutRules.for_version("v5")
 
 
 def test_threshold_is_strict_per_label_and_in_float32():

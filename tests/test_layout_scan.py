@@ -19,7 +19,7 @@ from ppvl_batch.errors import ExitCode
 
 SMALL = ["--max-new-tokens", "4", "--dpi", "72"]
 BLOCK_FIELDS = {"id", "order", "label", "bbox", "score", "task", "text", "format", "image", "finish_reason",
-                "output_tokens", "error"}
+                "output_tokens", "error", "polygon"}
 
 
 @pytest.fixture(autouse=True)
@@ -49,9 +49,11 @@ def test_layout_mode_records_resume_and_markdown(layout_bundle, tmp_path):
     layout_id = orjson.loads((layout_bundle / "manifest.json").read_bytes())["layout"]["id"]
     for r in got:
         assert r["status"] == "ok" and r["task"] == "layout" and r["layout_model"] == layout_id
+        assert "warp_params" not in r
         assert r["blocks"], "the confident tiny model finds a block on every page"
         for b in r["blocks"]:
             assert set(b) == BLOCK_FIELDS and b["label"] == "text" and b["task"] == "ocr" and b["error"] is None
+            assert b["polygon"] is None  # V3: the bbox is the block
             x0, y0, x1, y1 = b["bbox"]
             assert 0 <= x0 < x1 <= r["width"] and 0 <= y0 < y1 <= r["height"]
         assert r["output_tokens"] == sum(b["output_tokens"] for b in r["blocks"])
@@ -76,6 +78,28 @@ def test_layout_mode_records_resume_and_markdown(layout_bundle, tmp_path):
     stricter = scan(str(pdf), "-o", str(out), "--model", str(layout_bundle), "--layout-threshold", "0.5", *SMALL)
     assert stricter.exit_code == 0 and "0 already done" in stricter.stderr, stricter.output
     assert len({r["key"] for r in records(out)}) == 9
+
+
+def test_a_18_bundle_with_pp_doclayout_v4_records_quads_and_warp_params_and_resumes(layout_v4_bundle, tmp_path):
+    """The 1.8 pair end to end: every block keeps its bbox (the quad's extent) and adds its quad
+    as `polygon`; every page records the model's warp_params (not applied); resume reads nothing."""
+    pdf = make_pdf(tmp_path / "docs" / "q.pdf", pages=2, size=(300, 400), label="Quad page")
+    out = tmp_path / "out.jsonl"
+    result = scan(str(pdf), "-o", str(out), "--model", str(layout_v4_bundle), *SMALL)
+    assert result.exit_code == 0, result.output
+    got = records(out)
+    assert [r["page"] for r in got] == [1, 2]
+    for r in got:
+        assert r["status"] == "ok" and r["blocks"] and len(r["warp_params"]) == 5
+        assert all(isinstance(v, float) for v in r["warp_params"])
+        for b in r["blocks"]:
+            assert set(b) == BLOCK_FIELDS and b["label"] == "text" and b["error"] is None
+            xs, ys = [x for x, _ in b["polygon"]], [y for _, y in b["polygon"]]
+            assert len(b["polygon"]) == 4 and b["bbox"] == [min(xs), min(ys), max(xs), max(ys)]
+            assert 0 <= min(xs) and max(xs) <= r["width"] and 0 <= min(ys) and max(ys) <= r["height"]
+    again = scan(str(pdf), "-o", str(out), "--model", str(layout_v4_bundle), *SMALL)
+    assert again.exit_code == 0 and "2 already done" in again.stderr, again.output
+    assert records(out) == got
 
 
 def test_image_blocks_are_saved_and_linked(layout_bundle, tmp_path, monkeypatch):

@@ -108,9 +108,14 @@ def test_block_record_round_trip():
     assert record == {
         "id": 3, "order": None, "label": "table", "bbox": [10, 20, 300, 400], "score": 0.9123, "task": "table",
         "text": "<table></table>", "format": "html", "image": None, "finish_reason": "stop", "output_tokens": 17,
-        "error": None,
+        "error": None, "polygon": None,
     }  # fmt: skip
     assert Block.from_record(record).to_record() == record
+    # a record from before PP-DocLayoutV4 (no polygon) still loads; a V4 block keeps its quad
+    old = {k: v for k, v in record.items() if k != "polygon"}
+    assert Block.from_record(old).to_record() == record
+    quad = Block(0, "text", (0, 0, 9, 9), 0.5, polygon=((4.0, 0), (9, 4), (5, 9), (0, 5)))
+    assert Block.from_record(quad.to_record()).polygon == quad.to_record()["polygon"] == [[4, 0], [9, 4], [5, 9], [0, 5]]
     block.fail("crop", "empty crop")
     assert block.to_record()["error"] == {"type": "crop", "message": "empty crop"} and block.text == ""
 

@@ -34,7 +34,7 @@ def recognizers(bundle_dirs):
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
-@pytest.mark.parametrize("name", ["v15-transformers", "v1-original"])
+@pytest.mark.parametrize("name", ["v15-transformers", "v1-original", "v18-original"])
 def test_ocr_matches_reference_for_every_shape(name, shape, recognizers, checkpoint_dirs):
     image = page(*SHAPES[shape])
     [ours] = recognizers[name].recognize([image], "ocr", max_new_tokens=MAX_NEW, repetition_guard=False)
@@ -44,7 +44,8 @@ def test_ocr_matches_reference_for_every_shape(name, shape, recognizers, checkpo
     assert ours.output_tokens == len(ref_tokens)
 
 
-@pytest.mark.parametrize("name,tasks", [("v15-transformers", list(TASKS)), ("v1-original", list(V1_TASKS))])
+@pytest.mark.parametrize("name,tasks", [("v15-transformers", list(TASKS)), ("v1-original", list(V1_TASKS)),
+                                        ("v18-original", list(TASKS))])
 def test_every_task_prompt_matches_reference(name, tasks, recognizers, checkpoint_dirs):
     for i, task in enumerate(tasks):
         image = page(*SHAPES["odd" if i % 2 else "landscape"], seed=i)
@@ -67,7 +68,7 @@ def test_free_prompt_matches_reference(recognizers, checkpoint_dirs):
     assert ours.token_ids == ref_tokens
 
 
-@pytest.mark.parametrize("name", ["v15-transformers", "v1-original"])
+@pytest.mark.parametrize("name", ["v15-transformers", "v1-original", "v18-original"])
 @pytest.mark.parametrize("text", list(TASKS.values()) + ["What is the total?\nAnswer in one line: ünïcödé 12.50 €"])
 def test_prompt_ids_equal_hf_tokenizer_and_template(name, text, recognizers, checkpoint_dirs):
     rec = recognizers[name]
@@ -81,7 +82,8 @@ def test_prompt_ids_equal_hf_tokenizer_and_template(name, text, recognizers, che
 def test_prompt_endings_follow_the_model_version(recognizers):
     v1 = recognizers["v1-original"].detokenize(recognizers["v1-original"].prompt_ids("ocr")[1])
     v15 = recognizers["v15-transformers"].detokenize(recognizers["v15-transformers"].prompt_ids("ocr")[1])
-    assert v1.endswith("Assistant: ") and v15.endswith("Assistant:\n")
+    v18 = recognizers["v18-original"].detokenize(recognizers["v18-original"].prompt_ids("ocr")[1])
+    assert v1.endswith("Assistant: ") and v15.endswith("Assistant:\n") and v18.endswith("Assistant:\n")
 
 
 def test_pages_are_independent_of_order_and_batching(recognizers):

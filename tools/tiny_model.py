@@ -52,6 +52,10 @@ CHAT_TEMPLATES = {
     "1": _TEMPLATE + "{%- if add_generation_prompt -%}{{- 'Assistant: ' -}}{%- endif -%}",
     "1.5": _TEMPLATE + "{%- if add_generation_prompt -%}{{- 'Assistant:\\n' -}}{%- endif -%}",
 }
+# PaddleOCR-VL 1.8 "uses the same network architecture as 1.5 and 1.6 with updated weights"
+# (PaddleOCR 3.8.0 docs). Its template, preprocessor and tokenizer files could not be read here:
+# the 1.8-shaped fixtures assume 1.5's, and say so (docs/design.md section 1).
+CHAT_TEMPLATES["1.8"] = CHAT_TEMPLATES["1.5"]
 
 # Tokenizers that differ from the published one in ways fine-tuned checkpoints do (issue 10):
 TOKENIZER_VARIANTS = {
@@ -65,6 +69,16 @@ PREPROCESSOR = {
     "1": {"min_pixels": 147384, "max_pixels": 2822400},
     "1.5": {"min_pixels": 112896, "max_pixels": 1003520},
 }
+PREPROCESSOR["1.8"] = PREPROCESSOR["1.5"]
+
+
+def model_card(version: str) -> str:
+    """A README.md as a hub repo has one: YAML front matter (naming another model, as a
+    `base_model` does), then the title, which names the release ("PaddleOCR-VL" for v1)."""
+    name = "PaddleOCR-VL" if version == "1" else f"PaddleOCR-VL-{version}"
+    return (f"---\nlicense: apache-2.0\nbase_model: PaddlePaddle/PaddleOCR-VL-1.6\n---\n\n"
+            f"<div align=\"center\">\n<h1 align=\"center\">\n{name}: random weights for tests\n</h1>\n</div>\n\n"
+            "## Model introduction\n\nPaddleOCR-VL-0.9B, narrow and shallow.\n")
 
 _CORPUS_WORDS = ["the", "of", "and", "to", "in", "is", "for", "on", "with", "as", "by", "at", "from", "this", "that", "be", "are", "was", "it", "an", "or", "which", "invoice", "total", "amount", "date", "page", "table", "figure", "formula", "chart", "document", "report", "summary", "number", "name", "address", "account", "payment", "due", "item", "quantity", "price", "tax", "order", "customer", "OCR", "Table", "Recognition", "Formula", "Chart", "Spotting", "Seal", "User", "Assistant", "alpha", "beta", "gamma", "delta", "epsilon", "sigma", "pi", "sum", "integral", "matrix", "vector", "value", "result"]
 
@@ -306,6 +320,7 @@ def save_checkpoint(
         if f.is_file():
             shutil.copy(f, out_dir / f.name)
     write_preprocessor(out_dir, version, pixels)
+    (out_dir / "README.md").write_text(model_card(version))
     (out_dir / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}))
     return out_dir
 

@@ -43,13 +43,15 @@ def make_record(
     warnings: list[str] | tuple[str, ...] = (),
     blocks: list[dict[str, Any]] | None = None,
     layout_model: str | None = None,
+    warp_params: list[float] | None = None,
 ) -> Record:
     """One JSONL record: a page read by the model (`result`, a recognizer PageResult), a blank
     page the model was spared (`blank`, `size` of the rendered page), or a page or document
     that failed (`error` = (type, message); `page` None when the whole document failed before
     its pages could be counted). `warnings` (e.g. a repaired PDF) and `blank` appear only when
     set. In layout mode (`layout_model` given) every record has `blocks` (Block.to_record
-    entries; [] for a blank page, null for a failed one) and `layout_model`."""
+    entries; [] for a blank page, null for a failed one) and `layout_model`, and `warp_params`
+    when the layout model predicts them (PP-DocLayoutV4's page-geometry head)."""
     ok = error is None
     if blank:
         result = _Blank(*size) if size else _Blank()
@@ -75,6 +77,8 @@ def make_record(
     if layout_model is not None:
         record["blocks"] = ([] if blank else blocks) if ok else None
         record["layout_model"] = layout_model
+        if warp_params is not None:
+            record["warp_params"] = warp_params
     if blank:
         record["blank"] = True
     if warnings:

@@ -125,7 +125,8 @@ class PageWork:
             return make_record(**common, seconds=page.seconds, blank=True, size=page.size)
         if page.error is None:
             blocks = [b.to_record() for b in result.blocks] if self.layout else None
-            return make_record(**common, seconds=page.seconds + result.seconds, result=result, blocks=blocks)
+            return make_record(**common, seconds=page.seconds + result.seconds, result=result, blocks=blocks,
+                               warp_params=getattr(result, "warp_params", None))
         return make_record(**common, seconds=page.seconds, error=(page.error.type, page.error.message))
 
     def failed_record(self, item: DocFailed) -> Record:

@@ -69,6 +69,7 @@ def describe(bundle: Bundle) -> dict[str, Any]:
         "bundle": str(bundle.path),
         "id": bundle.id,
         "model_version": bundle.model_version,
+        "model_version_source": bundle.manifest.model_version_source,
         "prompt_style": bundle.prompt_style,
         "source": bundle.manifest.source.name if bundle.manifest.source else None,
         "created": bundle.manifest.created,
@@ -98,7 +99,8 @@ def render_text(info: dict[str, Any]) -> str:
     lines = [
         f"bundle          {info['bundle']}",
         f"id              {info['id']}",
-        f"model           PaddleOCR-VL {info['model_version']} (prompt style {info['prompt_style']})",
+        f"model           PaddleOCR-VL {info['model_version']} (prompt style {info['prompt_style']}"
+        + (f"; version from the {info['model_version_source']})" if info["model_version_source"] else ")"),
         f"source          {info['source']}",
         f"decoder         {text['arch']}: {text['layers']} layers, width {text['hidden']}, "
         f"{text['heads']} heads / {text['kv_heads']} KV heads, M-RoPE sections {text['rope_sections']}",

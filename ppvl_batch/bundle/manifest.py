@@ -101,6 +101,7 @@ class Manifest:
     created: str | None = None
     converter: dict[str, Any] = field(default_factory=dict)
     layout: LayoutEntry | None = None
+    model_version_source: str | None = None  # where convert read the version (bundle/versions.py)
     format_version: int = BUNDLE_FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # keys a later version wrote, kept as they are
 
@@ -115,6 +116,7 @@ class Manifest:
             return cls(
                 id=str(data["id"]),
                 model_version=str(data.get("model_version", "?")),
+                model_version_source=data.get("model_version_source"),
                 prompt_style=str(data.get("prompt_style", "?")),
                 text=TextEntry(**data["text"]),
                 vision=VisionEntry(**data["vision"]),
@@ -136,8 +138,10 @@ class Manifest:
             "format_version": self.format_version,
             "id": self.id,
             "model_version": self.model_version,
-            "prompt_style": self.prompt_style,
         }
+        if self.model_version_source is not None:
+            data["model_version_source"] = self.model_version_source
+        data["prompt_style"] = self.prompt_style
         if self.source is not None:
             data["source"] = dataclasses.asdict(self.source)
         if self.created is not None:

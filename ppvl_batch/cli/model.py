@@ -30,14 +30,16 @@ def convert(source: str, output: str | None, quants: tuple[str, ...], overwrite:
             layout: str | None, add_layout: str | None, quiet: bool) -> None:
     """Convert a PaddleOCR-VL checkpoint into a model bundle.
 
-    CHECKPOINT is a local folder of the Hugging Face checkpoint (PaddleOCR-VL v1, 1.5 or 1.6,
+    CHECKPOINT is a local folder of the Hugging Face checkpoint (PaddleOCR-VL v1, 1.5, 1.6 or 1.8,
     as PaddlePaddle published it or as transformers saved it), or a hub id such as
-    PaddlePaddle/PaddleOCR-VL that is in the local Hugging Face cache (or downloadable).
+    PaddlePaddle/PaddleOCR-VL that is in the local Hugging Face cache (or downloadable). The
+    version is read from the checkpoint's own metadata, else from its folder name, else from its
+    chat template (docs/design.md section 1).
 
     The text decoder becomes a GGUF for llama.cpp (arch `paddleocr`), quantized in process; the
     vision encoder and projector stay at the checkpoint's precision. Nothing is written to OUTPUT
     until the bundle is complete. v1 pairs with the layout model PP-DocLayoutV2, 1.5 and 1.6
-    with PP-DocLayoutV3.
+    with PP-DocLayoutV3, 1.8 with PP-DocLayoutV4 (transformers 5.25 or later).
 
     \b
     ppvl-ocr convert ./PaddleOCR-VL -o paddleocr-vl

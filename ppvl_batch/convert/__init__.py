@@ -13,7 +13,7 @@ A bundle is a folder:
     text-<QUANT>.gguf        the ERNIE decoder for llama.cpp (arch `paddleocr`), one per quant
     mmproj-F16.gguf          optional (--mmproj): vision + projector as llama.cpp's own mmproj,
                              to compare our PyTorch vision with llama.cpp running the whole model
-    layout/                  optional (--layout): a PP-DocLayoutV2/V3 checkpoint for document
+    layout/                  optional (--layout): a PP-DocLayoutV2/V3/V4 checkpoint for document
                              parsing, as published (layout_model.py)
 
 The pieces: checkpoint.py (a checkpoint folder, either layout, under canonical tensor names),
@@ -226,7 +226,10 @@ def convert(
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
     try:
-        log(f"converting {ckpt.path} (PaddleOCR-VL {ckpt.model_version}, prompt style {ckpt.prompt_style})")
+        log(f"converting {ckpt.path} (PaddleOCR-VL {ckpt.model_version}, from the {ckpt.version.source}; "
+            f"prompt style {ckpt.prompt_style})")
+        for note in ckpt.version.passed_over:
+            log(f"warning: version not taken from it: {note}")
         (stage / "config.json").write_text(json.dumps(ckpt.config, indent=2), encoding="utf-8")
         (stage / "preprocessor_config.json").write_text(json.dumps(ckpt.preprocessor, indent=2), encoding="utf-8")
         # The tokenizer files as the checkpoint has them: transformers loads the bundle's tokenizer
@@ -268,6 +271,7 @@ def convert(
         manifest = Manifest(
             id=bundle_id(ckpt.path.resolve().name, files, ckpt.prompt_style),
             model_version=ckpt.model_version,
+            model_version_source=ckpt.version.source,
             prompt_style=ckpt.prompt_style,
             source=Source(path=str(ckpt.path.resolve()), name=str(source)),
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

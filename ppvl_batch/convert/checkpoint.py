@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
+from .versions import ModelVersion, detect_version
 
 # Vision tensors the reference implementation never uses.
 _UNUSED = ("packing_position_embedding", "vision_model.head")
@@ -86,12 +87,14 @@ class Checkpoint:
 
         return detect_prompt_style(PromptTokenizer.load(self.path).render("OCR:"))
 
+    @cached_property
+    def version(self) -> ModelVersion:
+        """The release and where it was read: the checkpoint's metadata first (bundle/versions.py)."""
+        return detect_version(self.path, self.prompt_style)
+
     @property
     def model_version(self) -> str:
-        match = re.search(r"PaddleOCR-VL-(\d+(?:\.\d+)?)", str(self.path.resolve()), re.IGNORECASE)
-        if match:
-            return match.group(1)
-        return "1" if self.prompt_style == "v1" else "1.5"
+        return self.version.version
 
     def tensor_names(self) -> dict[str, tuple[Path, str]]:
         """canonical name -> (file, name in that file), for every tensor the model uses."""

@@ -1,6 +1,6 @@
 """The layout model inside a bundle (document parsing, docs/layout-text.md).
 
-A bundle may hold a PP-DocLayoutV2 or V3 checkpoint in `layout/`, as published in transformers
+A bundle may hold a PP-DocLayoutV2, V3 or V4 checkpoint in `layout/`, as published in transformers
 format (config.json, model.safetensors, preprocessor_config.json). Its files are listed in the
 manifest under `layout/NAME`, so the bundle id covers them, and the manifest's `layout` entry
 says which model it is:
@@ -31,15 +31,32 @@ LAYOUT_DIR = "layout"
 # What a published PP-DocLayout folder holds that the detector reads; the first two are required.
 LAYOUT_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 # config.json model_type -> our name for the model
-LAYOUT_MODEL_TYPES = {"pp_doclayout_v2": "v2", "pp_doclayout_v3": "v3"}
-# The layout model each PaddleOCR-VL version was published with, and where to get it.
-PAIRED_LAYOUT = {"1": "v2", "1.5": "v3", "1.6": "v3"}
-LAYOUT_REPOS = {"v2": "PaddlePaddle/PP-DocLayoutV2_safetensors", "v3": "PaddlePaddle/PP-DocLayoutV3_safetensors"}
+LAYOUT_MODEL_TYPES = {"pp_doclayout_v2": "v2", "pp_doclayout_v3": "v3", "pp_doclayout_v4": "v4"}
+# The layout model each PaddleOCR-VL version was published with (1.8: PaddleOCR 3.8.0's release
+# notes), and where to get it.
+PAIRED_LAYOUT = {"1": "v2", "1.5": "v3", "1.6": "v3", "1.8": "v4"}
+LAYOUT_REPOS = {
+    "v2": "PaddlePaddle/PP-DocLayoutV2_safetensors",
+    "v3": "PaddlePaddle/PP-DocLayoutV3_safetensors",
+    "v4": "PaddlePaddle/PP-DocLayoutV4_safetensors",
+}
+
+
+def _number(version: str) -> tuple[int, ...]:
+    """"1.8" -> (1, 8); () for anything else."""
+    parts = version.split(".")
+    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else ()
 
 
 def paired_version(model_version: str) -> str:
-    """The layout model version ("v2" / "v3") that pairs with a PaddleOCR-VL version."""
-    return PAIRED_LAYOUT.get(model_version, "v3")
+    """The layout model version ("v2" / "v3" / "v4") that pairs with a PaddleOCR-VL version; a
+    version not in PAIRED_LAYOUT takes the pair of the latest listed version before it (a 1.7
+    or a 2.0 is assumed to keep the layout model of the release before it)."""
+    if model_version in PAIRED_LAYOUT:
+        return PAIRED_LAYOUT[model_version]
+    number = _number(model_version)
+    earlier = [v for v in PAIRED_LAYOUT if number and _number(v) <= number]
+    return PAIRED_LAYOUT[max(earlier, key=_number)] if earlier else "v3"
 
 
 def layout_hint(model_version: str, bundle: str | Path) -> str:
@@ -52,7 +69,7 @@ def layout_hint(model_version: str, bundle: str | Path) -> str:
 
 def read_layout_source(source: str) -> tuple[Path, str, str]:
     """(folder, version, model_type) of a layout checkpoint given as a folder or cached hub id;
-    a folder that is not a PP-DocLayoutV2/V3 checkpoint is a ModelError naming what is wrong."""
+    a folder that is not a PP-DocLayoutV2/V3/V4 checkpoint is a ModelError naming what is wrong."""
     folder = resolve_source(source)
     config_file = folder / "config.json"
     if not folder.is_dir() or not config_file.is_file():
@@ -62,7 +79,7 @@ def read_layout_source(source: str) -> tuple[Path, str, str]:
     except (OSError, ValueError, AttributeError) as exc:
         raise ModelError(f"{config_file}: unreadable ({exc})") from exc
     if model_type not in LAYOUT_MODEL_TYPES:
-        raise ModelError(f"{source}: model_type {model_type!r} is not a PP-DocLayoutV2/V3 model "
+        raise ModelError(f"{source}: model_type {model_type!r} is not a PP-DocLayoutV2/V3/V4 model "
                          f"(expected one of {', '.join(LAYOUT_MODEL_TYPES)})")
     if not (folder / "model.safetensors").is_file():
         raise ModelError(f"{source}: no model.safetensors (the transformers-format checkpoint, e.g. "

@@ -1,14 +1,17 @@
-"""PP-DocLayoutV2 / V3 layout detection with transformers' model classes and our own pre- and
-post-processing.
+"""PP-DocLayoutV2 / V3 / V4 layout detection with transformers' model classes and our own pre-
+and post-processing.
 
 transformers' image processors for these models subclass its torchvision backend, and
 torchvision does not load with our CPU torch; so the two ends are ours, written from its code
-(transformers 5.24, docs/layout.md) and checked against it in tests/test_layout_detector.py:
+(transformers 5.24 / 5.25, docs/layout.md) and checked against it in tests/test_layout_detector.py
+and tests/test_layout_v4.py:
 
     preprocess   page (RGB) -> uint8 CHW -> bicubic resize to 800 x 800 without antialiasing, on
-                 the uint8 tensor as torchvision does on the CPU -> (x - mean*255) / (std*255)
+                 the uint8 tensor as torchvision does on the CPU -> (x - mean*255) / (std*255);
+                 V4: resized as floats, rounded and clamped to uint8, then x / 255, then normalized
     decode       sigmoid scores, top-k over query x label, xyxy boxes in page pixels, the model's
-                 reading order by "win accumulation" of the pairwise order logits; sorted by it
+                 reading order by "win accumulation" of the pairwise order logits; sorted by it.
+                 V4: quads and its two order heads (quads.py)
 
 What `detect` returns is what `post_process_object_detection` would; PaddleX's rules come after
 (postprocess.py). V3 also predicts masks, which transformers turns into polygons with OpenCV; we
@@ -30,13 +33,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import ModelError
+from ..hf import load_pretrained, missing_class
 from .labels import LABELS
-from .postprocess import Detection, LayoutBlock, LayoutRules, apply_rules
+from .postprocess import Detection, LayoutRules, PageLayout, apply_rules
+from .quads import decode_v4
 
 # config.json model_type -> (our version name, transformers class)
 MODEL_TYPES = {
     "pp_doclayout_v2": ("v2", "PPDocLayoutV2ForObjectDetection"),
     "pp_doclayout_v3": ("v3", "PPDocLayoutV3ForObjectDetection"),
+    "pp_doclayout_v4": ("v4", "PPDocLayoutV4ForObjectDetection"),  # transformers >= 5.25
 }
 
 # Pages per detection forward pass. One 800 x 800 page holds about 0.35 GB of activations at its
@@ -55,12 +61,16 @@ DEFAULT_PREPROCESSOR: dict[str, Any] = {
 class Preprocessing:
     height: int
     width: int
-    mean: torch.Tensor  # (3,) float32, already divided by the rescale factor
+    mean: torch.Tensor  # (3,) float32; V2/V3: already divided by the rescale factor
     std: torch.Tensor
+    # V4: the rescale factor, applied to the resized, rounded pixels before normalizing; None:
+    # rescale fused into mean and std (V2/V3)
+    rescale_first: float | None = None
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], where: str) -> Preprocessing:
-        """Accept only settings this module implements; anything else is an error naming it."""
+    def from_config(cls, config: dict[str, Any], where: str, rescale_first: bool = False) -> Preprocessing:
+        """Accept only settings this module implements; anything else is an error naming it.
+        `rescale_first`: PPDocLayoutV4ImageProcessor's order (see __call__)."""
         merged = {**DEFAULT_PREPROCESSOR, **config}
         unsupported = [
             key for key, ok in (
@@ -81,6 +91,11 @@ class Preprocessing:
         if unsupported:
             raise ModelError(f"{where}: unsupported preprocessor setting(s) {', '.join(unsupported)} "
                              "(expected the published PP-DocLayout values: bicubic resize to a fixed size, rescale, normalize)")
+        if rescale_first:
+            return cls(height=size["height"], width=size["width"],
+                       mean=torch.tensor(merged["image_mean"], dtype=torch.float32),
+                       std=torch.tensor(merged["image_std"], dtype=torch.float32),
+                       rescale_first=float(merged["rescale_factor"]))
         # transformers fuses rescale into normalize this way: mean / factor, std / factor (float32)
         factor = 1.0 / float(merged["rescale_factor"])
         return cls(
@@ -94,6 +109,15 @@ class Preprocessing:
         if image.mode != "RGB":
             image = image.convert("RGB")
         pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
+        if self.rescale_first is not None:
+            # V4's processor: resize as floats, then round and saturate to uint8 as cv2.resize
+            # does, then rescale (a product), then normalize on its own
+            if pixels.shape[1:] != (self.height, self.width):
+                resized = F.interpolate(pixels[None].float(), size=[self.height, self.width], mode="bicubic",
+                                        align_corners=False, antialias=False)[0]
+                pixels = resized.round().clamp(0, 255).to(torch.uint8)
+            rescaled = pixels.to(torch.float32) * self.rescale_first
+            return (rescaled - self.mean[:, None, None]) / self.std[:, None, None]
         if pixels.shape[1:] != (self.height, self.width):
             # uint8 in, uint8 out: torchvision's CPU path for bicubic (rounding inside the kernel),
             # which is not the same as resizing floats and rounding afterwards
@@ -145,7 +169,7 @@ def decode(
 
 
 class LayoutDetector:
-    """A PP-DocLayoutV2 or V3 checkpoint folder, ready to detect blocks on pages."""
+    """A PP-DocLayoutV2, V3 or V4 checkpoint folder, ready to detect blocks on pages."""
 
     def __init__(self, model: torch.nn.Module, version: str, preprocessing: Preprocessing, device: str = "cpu") -> None:
         self.model = model.to(device).eval()
@@ -169,7 +193,7 @@ class LayoutDetector:
             raise ModelError(f"{config_file}: unreadable ({exc})") from exc
         model_type = config.get("model_type")
         if model_type not in MODEL_TYPES:
-            raise ModelError(f"{folder}: model_type {model_type!r} is not a PP-DocLayoutV2/V3 model "
+            raise ModelError(f"{folder}: model_type {model_type!r} is not a PP-DocLayoutV2/V3/V4 model "
                              f"(expected one of {', '.join(MODEL_TYPES)})")
         labels = [config.get("id2label", {}).get(str(i)) for i in range(len(LABELS))]
         if labels != list(LABELS) or len(config.get("id2label", {})) != len(LABELS):
@@ -179,11 +203,9 @@ class LayoutDetector:
             pre_config = json.loads(pre_file.read_text(encoding="utf-8")) if pre_file.is_file() else {}
         except (OSError, ValueError) as exc:
             raise ModelError(f"{pre_file}: unreadable ({exc})") from exc
-        preprocessing = Preprocessing.from_config(pre_config, str(pre_file))
-
-        from ..hf import load_pretrained
-
         version, class_name = MODEL_TYPES[model_type]
+        preprocessing = Preprocessing.from_config(pre_config, str(pre_file), rescale_first=version == "v4")
+        _check_model_class(class_name, folder)
         try:
             model = load_pretrained(class_name, folder, dtype=torch.float32)
         except Exception as exc:  # missing or mismatched weights: one line for the user
@@ -204,14 +226,19 @@ class LayoutDetector:
             batch = images[start:start + batch_size]
             with torch.inference_mode(), _boxes_of_masks_by_projection(self.version):
                 out = self.model(pixel_values=self.preprocess(batch))
-            pages += decode(out.logits, out.pred_boxes, out.order_logits,
-                            [image.size for image in batch], threshold, self.labels)
+            sizes = [image.size for image in batch]
+            if self.version == "v4":
+                pages += decode_v4(out.logits, out.pred_boxes, out.relative_order_logits, out.successor_order_logits,
+                                   sizes, threshold, self.labels, out.warp_params)
+            else:
+                pages += decode(out.logits, out.pred_boxes, out.order_logits, sizes, threshold, self.labels)
         return pages
 
     def blocks(self, images: Sequence[Image.Image], rules: LayoutRules | None = None,
-               batch_size: int | None = None) -> list[list[LayoutBlock]]:
+               batch_size: int | None = None) -> list[PageLayout]:
         """Per page, the layout blocks after PaddleX's rules (the pipeline's defaults for this
-        model unless `rules` is given); decoded at the lowest threshold of any label."""
+        model unless `rules` is given), with the page's warp_params (V4 with that head);
+        decoded at the lowest threshold of any label."""
         rules = rules or LayoutRules.for_version(self.version)
         found = self.detect(images, rules.min_threshold(), batch_size)
         return [apply_rules(page, *image.size, self.version, rules) for image, page in zip(images, found)]
@@ -219,6 +246,14 @@ class LayoutDetector:
     def with_rules(self, rules: LayoutRules | None = None, batch_size: int | None = None) -> RuledDetector:
         """This detector as DocumentParser takes it: `detect(pages)` gives the kept blocks."""
         return RuledDetector(self, rules or LayoutRules.for_version(self.version), batch_size)
+
+
+def _check_model_class(class_name: str, folder: Path) -> None:
+    """A one-line error when the installed transformers lacks the layout model's class."""
+    installed = missing_class(class_name)
+    if installed is not None:
+        raise ModelError(f"{folder}: {class_name} needs a newer transformers (PP-DocLayoutV4: 5.25 or later; "
+                         f"installed {installed})")
 
 
 def _without_decoder_masks(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -289,5 +324,5 @@ class RuledDetector:
     rules: LayoutRules
     batch_size: int | None = None  # pages per forward pass; None: the device's default
 
-    def detect(self, images: Sequence[Image.Image]) -> list[list[LayoutBlock]]:
+    def detect(self, images: Sequence[Image.Image]) -> list[PageLayout]:
         return self.detector.blocks(images, self.rules, self.batch_size)

@@ -109,12 +109,17 @@ class Block:
     finish_reason: str | None = None
     output_tokens: int | None = None
     error: dict[str, str] | None = None  # {"type", "message"}: this block failed, not the page
+    # PP-DocLayoutV4's quad, [[x, y]] TL TR BR BL in the bbox's pixels (bbox is its extent);
+    # None for V2/V3, whose blocks are their bbox
+    polygon: list[list[int]] | None = None
 
     def __post_init__(self) -> None:
         check_label(self.label)
         if self.format not in FORMATS:
             raise ValueError(f"unknown block format {self.format!r}")
         self.bbox = tuple(int(v) for v in self.bbox)  # type: ignore[assignment]
+        if self.polygon is not None:
+            self.polygon = [[int(x), int(y)] for x, y in self.polygon]
 
     def fail(self, type: str, message: str) -> None:
         """Mark this block failed (a crop the preprocessor cannot take, a decoder error)."""

@@ -36,7 +36,9 @@ if TYPE_CHECKING:
 class DetectedBox(Protocol):
     """What the parser needs of one detected block (the detector's LayoutBlock has it):
     a label of labels.LABELS, a score, x0 y0 x1 y1 in pixels of the page given to `detect`.
-    A box may also carry `polygon` (PP-DocLayoutV3), a list of (x, y) points."""
+    A box may also carry `polygon` (PP-DocLayoutV3), a list of (x, y) points outside which its
+    crop is painted white, or `quad` (PP-DocLayoutV4), four corners that are recorded as the
+    block's `polygon` while its crop is the bbox (docs/layout-text.md, "Crops")."""
 
     @property
     def label(self) -> str: ...
@@ -53,6 +55,12 @@ class Detector(Protocol):
     reading order."""
 
     def detect(self, images: list[Image.Image]) -> list[list[DetectedBox]]: ...
+
+
+def _warp_params(boxes: object) -> list[float] | None:
+    """A page's warp_params, when its detections carry them (postprocess.PageLayout)."""
+    warp = getattr(boxes, "warp_params", None)
+    return None if warp is None else [float(v) for v in warp]
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,9 @@ class ParsedPage:
     decode_seconds: float  # its share of the decoding, by its blocks' prefill + decode time
     finish_reason: str = "stop"  # the first block's that did not stop: length or repetition
     errors: int = 0  # blocks with an error entry
+    # PP-DocLayoutV4's page geometry (roll, quadrant confidence, shear, kx, ky) when the layout
+    # model has that head: recorded, not applied
+    warp_params: list[float] | None = None
 
     @property
     def text(self) -> str:
@@ -179,8 +190,9 @@ class DocumentParser:
         # each page's share of the decoding wall time, by its blocks' own prefill + decode time
         busy = sum(j.busy_seconds for j in jobs)
         return [
-            self._page(page, blocks, [j for j in jobs if j.page == p], layout_seconds, decode_wall / busy if busy else 0.0)
-            for p, (page, blocks) in enumerate(zip(pages, page_blocks))
+            self._page(page, blocks, [j for j in jobs if j.page == p], layout_seconds, decode_wall / busy if busy else 0.0,
+                       _warp_params(boxes))
+            for p, (page, blocks, boxes) in enumerate(zip(pages, page_blocks, detected))
         ]
 
     def markdown(self, pages: Iterable[ParsedPage | Sequence[Block]]) -> str:
@@ -204,6 +216,7 @@ class DocumentParser:
                 order=order,
                 task=block_task(box.label, charts=self.o.charts, seals=self.o.seals),
                 format=block_format(box.label, charts=self.o.charts, seals=self.o.seals),
+                polygon=getattr(box, "quad", None),
             )
             for i, (box, order) in enumerate(zip(boxes, orders))
         ]
@@ -282,7 +295,8 @@ class DocumentParser:
             job.busy_seconds = outcome.prefill_seconds + outcome.decode_seconds
         return time.perf_counter() - started
 
-    def _page(self, page: Image.Image, blocks: list[Block], own: list[_Job], layout_seconds: float, decode_scale: float) -> ParsedPage:
+    def _page(self, page: Image.Image, blocks: list[Block], own: list[_Job], layout_seconds: float, decode_scale: float,
+              warp_params: list[float] | None) -> ParsedPage:
         reasons = [b.finish_reason for b in blocks if b.finish_reason not in (None, "stop")]
         return ParsedPage(
             blocks=blocks,
@@ -297,4 +311,5 @@ class DocumentParser:
             decode_seconds=decode_scale * sum(j.busy_seconds for j in own),
             finish_reason=reasons[0] if reasons else "stop",
             errors=sum(b.error is not None for b in blocks),
+            warp_params=warp_params,
         )

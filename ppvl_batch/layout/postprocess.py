@@ -33,29 +33,48 @@ V2_THRESHOLDS: Mapping[str, float] = {
 }
 V2_DEFAULT_THRESHOLD = 0.5
 V3_THRESHOLD = 0.3  # PaddleOCR-VL 1.5 and 1.6 (PP-DocLayoutV3): one threshold for every label
+# PP-DocLayoutV4 (PaddleOCR-VL 1.8): V3's rules, for want of a public source that says otherwise
+# (docs/layout.md, "PaddleX rules")
+VERSIONS = ("v2", "v3", "v4")
+
+Quad = tuple[tuple[float, float], ...]  # four corners, TL TR BR BL
 
 
 @dataclass(frozen=True)
 class Detection:
     """One decoded query: what transformers' post_process_object_detection returns per box.
     `box` is x0 y0 x1 y1 in page pixels, unclipped floats; `order` the model's reading-order rank
-    (0-based; two labels of one query share it)."""
+    (0-based; two labels of one query share it); `quad` the corners TL TR BR BL (PP-DocLayoutV4
+    only), `box` their extent."""
 
     label: str
     score: float
     box: tuple[float, float, float, float]
     order: int
+    quad: Quad | None = None
 
 
 @dataclass(frozen=True)
 class LayoutBlock:
     """A kept layout block: bbox x0 y0 x1 y1 in whole page pixels (x1, y1 exclusive, as a crop
-    `img[y0:y1, x0:x1]`); `order` 1..n in reading order, None for labels that take none."""
+    `img[y0:y1, x0:x1]`); `order` 1..n in reading order, None for labels that take none; `quad`
+    (PP-DocLayoutV4) the corners TL TR BR BL in whole page pixels inside the page, `bbox` their
+    extent."""
 
     label: str
     score: float
     bbox: tuple[int, int, int, int]
     order: int | None
+    quad: tuple[tuple[int, int], ...] | None = None
+
+
+class PageLayout(list):
+    """A page's detections or blocks: a list, plus the page's `warp_params` (roll, quadrant
+    confidence, shear, kx, ky) when the model has PP-DocLayoutV4's page-geometry head, else None."""
+
+    def __init__(self, items: Iterable = (), warp_params: tuple[float, ...] | None = None) -> None:
+        super().__init__(items)
+        self.warp_params = warp_params
 
 
 @dataclass(frozen=True)
@@ -79,13 +98,14 @@ class LayoutRules:
 
     @classmethod
     def for_version(cls, version: str, **overrides: object) -> LayoutRules:
-        """The pipeline's settings for PP-DocLayout "v2" (PaddleOCR-VL v1) or "v3" (1.5, 1.6)."""
+        """The pipeline's settings for PP-DocLayout "v2" (PaddleOCR-VL v1), "v3" (1.5, 1.6) or "v4"
+        (1.8: V3's, docs/layout.md)."""
         if version == "v2":
             base = cls(thresholds=dict(V2_THRESHOLDS), default_threshold=V2_DEFAULT_THRESHOLD)
-        elif version == "v3":
+        elif version in ("v3", "v4"):
             base = cls(thresholds={}, default_threshold=V3_THRESHOLD)
         else:
-            raise ValueError(f"unknown layout model version {version!r} (expected v2 or v3)")
+            raise ValueError(f"unknown layout model version {version!r} (expected one of {', '.join(VERSIONS)})")
         return replace(base, **overrides)  # type: ignore[arg-type]
 
     def threshold(self, label: str) -> float:
@@ -104,8 +124,10 @@ class LayoutRules:
 
 
 def _rounded(d: Detection) -> Detection:
-    # numpy rounds halves to even, as PaddleX's np.round does
-    return replace(d, box=tuple(float(v) for v in np.round(np.asarray(d.box, dtype=np.float64))))
+    # numpy rounds halves to even, as PaddleX's np.round does. Rounding is monotone, so the
+    # rounded quad's extent is the rounded box.
+    quad = None if d.quad is None else tuple((float(x), float(y)) for x, y in np.round(np.asarray(d.quad, dtype=np.float64)))
+    return replace(d, box=tuple(float(v) for v in np.round(np.asarray(d.box, dtype=np.float64))), quad=quad)
 
 
 def above_threshold(detections: Iterable[Detection], rules: LayoutRules) -> list[Detection]:
@@ -180,7 +202,7 @@ def merge_contained(detections: list[Detection], rules: LayoutRules) -> list[Det
 
 def sort_by_order(detections: list[Detection], version: str) -> list[Detection]:
     """The model's reading order. V2 (PaddleX's 8-column output): by order, then by descending
-    score; V3 (7 columns): by order alone (stable)."""
+    score; V3 (7 columns) and V4: by order alone (stable)."""
     if not detections:
         return []
     order = np.array([d.order for d in detections])
@@ -204,7 +226,10 @@ def to_blocks(detections: list[Detection], width: int, height: int, rules: Layou
         order = None
         if d.label not in rules.skip_order_labels:
             order, next_order = next_order, next_order + 1
-        blocks.append(LayoutBlock(d.label, d.score, (x0, y0, x1, y1), order))
+        quad = None
+        if d.quad is not None:  # clipped as the box is, so the quad's extent is the bbox
+            quad = tuple((int(min(max(x, 0.0), float(width))), int(min(max(y, 0.0), float(height)))) for x, y in d.quad)
+        blocks.append(LayoutBlock(d.label, d.score, (x0, y0, x1, y1), order, quad))
     return blocks
 
 
@@ -243,8 +268,9 @@ def filter_overlaps(blocks: list[LayoutBlock], rules: LayoutRules) -> list[Layou
 
 def apply_rules(
     detections: Iterable[Detection], width: int, height: int, version: str, rules: LayoutRules | None = None
-) -> list[LayoutBlock]:
-    """All the pipeline's rules, in the pipeline's order, on one page of `width` x `height`."""
+) -> PageLayout:
+    """All the pipeline's rules, in the pipeline's order, on one page of `width` x `height`; the
+    page's warp_params, if `detections` has them, go along."""
     rules = rules or LayoutRules.for_version(version)
     kept = above_threshold((_rounded(d) for d in detections), rules)
     if rules.nms:
@@ -252,4 +278,4 @@ def apply_rules(
     kept = drop_large_images(kept, width, height, rules)
     kept = merge_contained(kept, rules)
     kept = sort_by_order(kept, version)
-    return filter_overlaps(to_blocks(kept, width, height, rules), rules)
+    return PageLayout(filter_overlaps(to_blocks(kept, width, height, rules), rules), getattr(detections, "warp_params", None))
