@@ -101,7 +101,7 @@ def test_the_hint_names_the_paired_layout_model():
 
 def test_pp_doclayout_v4_in_a_18_bundle(layout_v4_bundle, bundle_dirs, tiny_bundle, tmp_path):
     bundle = Bundle.open(layout_v4_bundle)
-    assert (bundle.model_version, bundle.layout["version"], bundle.layout["model_type"]) == ("1.8", "v4", "pp_doclayout_v4")
+    assert (bundle.model_version, bundle.layout.version, bundle.layout.model_type) == ("1.8", "v4", "pp_doclayout_v4")
     assert bundle.verify() == [] and bundle.id != Bundle.open(bundle_dirs["v18-original"]).id
     assert LayoutDetector.load(bundle.layout_dir).version == "v4"
     assert "PP-DocLayoutV4 in layout/" in run("inspect", str(layout_v4_bundle)).stdout
@@ -110,4 +110,4 @@ def test_pp_doclayout_v4_in_a_18_bundle(layout_v4_bundle, bundle_dirs, tiny_bund
     added = run("convert", "--add-layout", str(layout_v4_bundle / "layout"), str(target))
     assert added.exit_code == 0, added.output
     assert "published with PP-DocLayoutV3, not V4" in added.stderr
-    assert Bundle.open(target).layout["version"] == "v4" and Bundle.open(target).verify() == []
+    assert Bundle.open(target).layout.version == "v4" and Bundle.open(target).verify() == []

@@ -1,4 +1,4 @@
-"""Which PaddleOCR-VL release a checkpoint folder is (bundle/versions.py): metadata first, then
+"""Which PaddleOCR-VL release a checkpoint folder is (convert/versions.py): metadata first, then
 the folder's path, then the prompt style; names that contradict the template are passed over."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ppvl_batch.bundle.layout_model import layout_hint, paired_version
-from ppvl_batch.bundle.versions import detect_version, version_in
+from ppvl_batch.convert.layout_model import layout_hint, paired_version
+from ppvl_batch.convert.versions import detect_version, version_in
 
 
 @pytest.mark.parametrize("name, version", [

@@ -101,7 +101,7 @@ class Manifest:
     created: str | None = None
     converter: dict[str, Any] = field(default_factory=dict)
     layout: LayoutEntry | None = None
-    model_version_source: str | None = None  # where convert read the version (bundle/versions.py)
+    model_version_source: str | None = None  # where convert read the version (convert/versions.py)
     format_version: int = BUNDLE_FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # keys a later version wrote, kept as they are
 

@@ -89,7 +89,7 @@ class Checkpoint:
 
     @cached_property
     def version(self) -> ModelVersion:
-        """The release and where it was read: the checkpoint's metadata first (bundle/versions.py)."""
+        """The release and where it was read: the checkpoint's metadata first (convert/versions.py)."""
         return detect_version(self.path, self.prompt_style)
 
     @property
