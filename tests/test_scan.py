@@ -476,7 +476,7 @@ def test_progress_lines_quiet_and_bar(in_tmp: Path, fast_model: Path) -> None:
 
     terminal = Terminal()
     options = ScanOptions(inputs=["a.pdf"], output="bar.jsonl", min_pixels=784, max_pixels=3136, max_new_tokens=4)
-    load = lambda: Recognizer.load(fast_model, min_pixels=784, max_pixels=3136, max_new_tokens=4)  # noqa: E731
+    load = lambda **decoder: Recognizer.load(fast_model, min_pixels=784, max_pixels=3136, max_new_tokens=4, **decoder)  # noqa: E731
     summary = Scan(options, load, log=terminal).run()
     assert summary.pages_ok == 3 and summary.exit_code == 0
     assert "file 1/1" in terminal.getvalue() and "3/3" in terminal.getvalue()
@@ -533,6 +533,9 @@ class SlowModel:
     max_pixels = 3136
     tasks = ("ocr",)
 
+    def __init__(self, **recognizer_options) -> None:  # what the page strategy asks for (parallel)
+        pass
+
     def prepare(self, image, task):
         return bytearray(1 << 20)
 
@@ -578,7 +581,7 @@ def test_rasterizer_stays_a_bounded_number_of_pages_ahead(in_tmp: Path) -> None:
 class FlakyModel(SlowModel):
     """Vision fails for any batch holding the 2nd page prepared; decoding fails for the 4th."""
 
-    def __init__(self) -> None:
+    def __init__(self, **recognizer_options) -> None:
         self.calls = 0
 
     def prepare(self, image, task):
@@ -612,7 +615,7 @@ def test_model_failures_fail_only_their_page(in_tmp: Path) -> None:
 class PacedModel(SlowModel):
     """Decoding takes 50 ms, and the test can see how many pages were decoded."""
 
-    def __init__(self) -> None:
+    def __init__(self, **recognizer_options) -> None:
         self.decoded = 0
 
     def prepare(self, image, task):
@@ -642,7 +645,7 @@ def test_ctrl_c_stops_with_130_and_whole_records(in_tmp: Path, signals: int) -> 
     handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when the suite runs in the background
     threading.Thread(target=interrupt, daemon=True).start()
     options = ScanOptions(inputs=["a.pdf"], output="o.jsonl", dpi=10, batch_size=2, quiet=True)
-    summary = Scan(options, lambda: model).run()
+    summary = Scan(options, lambda **_: model).run()
     assert summary.interrupted and summary.exit_code == 130
     done = records("o.jsonl")
     assert 3 <= len(done) < 40 and summary.pages_ok == len(done)

@@ -216,6 +216,10 @@ class OpenDocument(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def size_pt(self, number: int) -> tuple[float, float] | None:
+        """A PDF page's size in points, as shown (rotation applied); None for an image."""
+        return None
+
     def __enter__(self) -> OpenDocument:
         return self
 
@@ -264,6 +268,10 @@ class PdfDocument(OpenDocument):
         if pix.width == 0 or pix.height == 0:
             raise PageError("empty", f"page {number} has zero size")
         return Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
+
+    def size_pt(self, number: int) -> tuple[float, float] | None:
+        rect = self._doc.load_page(number - 1).rect
+        return (rect.width, rect.height)
 
     def close(self) -> None:
         self._doc.close()
