@@ -89,14 +89,16 @@ def test_markdown_added_to_a_finished_run_reads_no_page(in_tmp: Path) -> None:
 def test_a_page_read_again_rewrites_its_documents_markdown_with_the_newest_record(in_tmp: Path) -> None:
     make_pdf(in_tmp / "a.pdf", pages=2)
     model = CountingModel()
-    options = ScanOptions(inputs=["a.pdf"], output="o.jsonl", dpi=20, quiet=True, markdown=Path("md"), retry_failed=True)
+    options = ScanOptions(inputs=["a.pdf"], output="o.jsonl", dpi=20, quiet=True, markdown=Path("md"),
+                          retry_failed=True)
     assert Scan(options, lambda **_: model).run().exit_code == 0
     # Page 2 failed in an "earlier run" (its record is replaced by an error), then is read again.
     recs = records("o.jsonl")
     failed = {**recs[1], "status": "error", "text": None, "error": {"type": "recognition", "message": "oops"}}
     with open("o.jsonl", "ab") as f:
         f.write(orjson.dumps(failed) + b"\n")
-    assert Scan(ScanOptions(inputs=["a.pdf"], output="o.jsonl", dpi=20, quiet=True), lambda **_: model).run().exit_code == 0
+    plain = ScanOptions(inputs=["a.pdf"], output="o.jsonl", dpi=20, quiet=True)
+    assert Scan(plain, lambda **_: model).run().exit_code == 0
     assert "recognition: oops" not in Path("md/a.pdf.md").read_text()  # no new record: the file stays
     summary = Scan(options, lambda **_: model).run()
     assert summary.exit_code == 0 and model.decoded == 3
@@ -165,7 +167,8 @@ def test_records_carry_the_results_warnings_and_optional_fields() -> None:
 
 def test_pdf_records_have_their_page_size_in_points(in_tmp: Path) -> None:
     make_pdf(in_tmp / "a.pdf", pages=1)
-    assert Scan(ScanOptions(inputs=["a.pdf"], output="o.jsonl", dpi=20, quiet=True), lambda **_: CountingModel()).run().exit_code == 0
+    options = ScanOptions(inputs=["a.pdf"], output="o.jsonl", dpi=20, quiet=True)
+    assert Scan(options, lambda **_: CountingModel()).run().exit_code == 0
     [record] = records("o.jsonl")
     assert record["page_size_pt"] == [144.0, 108.0]  # makedocs: a 2 x 1.5 inch page
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import orjson
 
+from ppvl_batch.documents.pages import file_sha256
 from ppvl_batch.errors import OutputError
 from ppvl_batch.files import atomic_write
-from ppvl_batch.documents.pages import file_sha256
 
 HEADER = {"ppvl_hash_cache": 1}
 _RACY_NS = 1_000_000_000  # a file changed this close to its hashing is hashed again next run

@@ -26,8 +26,7 @@ from typing import BinaryIO
 import orjson
 
 from ppvl_batch.errors import OutputError
-from ppvl_batch.files import fsync_dir
-from ppvl_batch.files import output_error
+from ppvl_batch.files import fsync_dir, output_error
 
 from .records import RECORD_START, Record
 

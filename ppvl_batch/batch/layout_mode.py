@@ -64,8 +64,9 @@ class LayoutPlan:
 class LayoutPages:
     """Pages parsed block by block; one parser call per run of consecutive pages of one document."""
 
-    whole_batch = True  # the parser reads its pages together
-    task = "layout"
+    whole_batch: bool = True  # the parser reads its pages together
+    task: str = "layout"
+    layout_model: str | None
 
     def __init__(self, plan: LayoutPlan, recognizer: Any, detector: RuledDetector, cwd: Path) -> None:
         self.plan = plan
@@ -91,17 +92,18 @@ class LayoutPages:
         else:
             images_dir = default_images_dir(markdown_file) if markdown_file else None
         links_from = markdown_file.parent if markdown_file else self.cwd
-        return DocumentParser(self.rec, self.detector, replace(plan.parser, images_dir=images_dir, links_from=links_from))
+        options = replace(plan.parser, images_dir=images_dir, links_from=links_from)
+        return DocumentParser(self.rec, self.detector, options)
 
     def read(self, pages: Sequence[Rendered]) -> Iterator[tuple[Rendered, Any]]:
         """If a parser call fails, page by page, so one bad page fails alone. A folder the images
         cannot be written to ends the run (OutputError)."""
-        runs = groupby(enumerate(pages), key=lambda ip: (ip[1].task.path, ip[1].task.page - ip[0]))
+        runs = groupby(enumerate(pages), key=lambda ip: (ip[1].task.path, _number(ip[1]) - ip[0]))
         for _, run in runs:
             group = [page for _, page in run]
             parser = self.parser(InputFile(group[0].task.source, Path(group[0].task.path)))
             try:
-                results: list[Any] = parser.parse([p.input for p in group], first_page=group[0].task.page)
+                results: list[Any] = parser.parse([p.input for p in group], first_page=_number(group[0]))
             except OutputError:
                 raise
             except Exception:
@@ -113,12 +115,17 @@ class LayoutPages:
     @staticmethod
     def _alone(parser: DocumentParser, page: Rendered) -> Any:
         try:
-            (result,) = parser.parse([page.input], first_page=page.task.page)
+            (result,) = parser.parse([page.input], first_page=_number(page))
             return result
         except OutputError:
             raise
         except Exception as e:
             return PageError("recognition", f"layout parsing failed: {type(e).__name__}: {e}")
+
+
+def _number(page: Rendered) -> int:
+    assert page.task.page is not None  # a rendered page, not a whole document
+    return page.task.page
 
 
 def layout_plan(o: ScanOptions, bundle: Any) -> LayoutPlan | None:

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ppvl_batch.errors import UsageError
 from ppvl_batch.documents.inputs import InputFile, Inputs
-from ppvl_batch.documents.pages import OpenDocument
-from ppvl_batch.documents.pages import PageError, classify_error, open_document
+from ppvl_batch.documents.pages import OpenDocument, PageError, classify_error, open_document
+from ppvl_batch.errors import UsageError
 
 from .hashcache import HashCache
 from .journal import RecordWriter

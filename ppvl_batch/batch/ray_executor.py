@@ -44,11 +44,18 @@ import orjson
 from ppvl_batch.errors import UsageError
 
 from .ray_cluster import RayOptions, Signals, connect, import_ray
-from .ray_worker import (SharedPathMissing, TaskWork, Worker, WorkerLoadError, WorkerMismatch, WorkerOutputError,
-                         _Attempts, worker_error)
+from .ray_worker import (
+    SharedPathMissing,
+    TaskWork,
+    Worker,
+    WorkerLoadError,
+    WorkerMismatch,
+    WorkerOutputError,
+    _Attempts,
+    worker_error,
+)
 from .records import CRASHED, Record
 from .task import PageTask
-
 
 __all__ = ["CRASHED", "RayRun", "Sink", "SharedPathMissing", "WorkerLoadError", "WorkerMismatch", "WorkerOutputError",
            "WorkerStats", "run_on_ray"]

@@ -21,8 +21,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -161,7 +161,7 @@ class RayScan:
                     continue
                 if isinstance(item, DocStart):
                     start = item
-                elif waiting or isinstance(item, CopyPage) and session.writer.status(item.key) is None:
+                elif waiting or isinstance(item, CopyPage) and session.writer.status(item.task.key) is None:
                     waiting = True  # this copy and the rest of its document, after the run
                     plan.later.append(item)
                     continue

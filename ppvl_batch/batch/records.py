@@ -89,7 +89,8 @@ def build_record(
     `warnings`: the document's; `size_pt`: a PDF page's size in points."""
     if isinstance(outcome, Copied):
         original = outcome.original
-        return {**original, "source": task.source, "seconds": 0.0, "same_as": original.get("same_as") or original["source"]}
+        same_as = original.get("same_as") or original["source"]
+        return {**original, "source": task.source, "seconds": 0.0, "same_as": same_as}
     error = outcome if isinstance(outcome, PageError) else None
     ok = error is None
     result = outcome if ok else None

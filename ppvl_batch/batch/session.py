@@ -71,11 +71,11 @@ def open_session(
     try:
         hashes.load(outs.overwrite)
         # Without a checkpoint, an existing file at one of our output paths is someone else's.
-        existing = next((t for option, t in targets if t.exists()), None) if writer.fresh and not outs.overwrite else None
-        if existing is not None:
-            option = next(option for option, t in targets if t == existing)
-            raise OutputError(f"{existing} exists and no checkpoint of this output wrote it; "
-                              f"use another {option} folder or --overwrite")
+        if writer.fresh and not outs.overwrite:
+            existing = next(((option, t) for option, t in targets if t.exists()), None)
+            if existing is not None:
+                raise OutputError(f"{existing[1]} exists and no checkpoint of this output wrote it; "
+                                  f"use another {existing[0]} folder or --overwrite")
         rec = load_recognizer(**plan.recognizer_options())
         try:
             work = PageWork(plan.start(rec, cwd), options.page, rec.model_id)

@@ -73,8 +73,8 @@ class WholePagePlan:
 class WholePage:
     """A page read whole: one vision batch for the batch's pages, then decoding, `parallel` at once."""
 
-    layout_model = None
-    whole_batch = False
+    layout_model: str | None = None
+    whole_batch: bool = False
 
     def __init__(self, recognizer: Any, page: PageOptions) -> None:
         self.rec = recognizer
@@ -94,8 +94,8 @@ class WholePage:
             if id(p) not in encoded:
                 yield p, p.error
         o = self.page
-        requests = ((encoded[id(p)], self.rec.request(encoded[id(p)], o.task, o.prompt, max_new_tokens=o.max_new_tokens))
-                    for p in jobs)
+        requests = ((e, self.rec.request(e, o.task, o.prompt, max_new_tokens=o.max_new_tokens))
+                    for e in (encoded[id(p)] for p in jobs))
         for index, outcome in self.rec.decode_many(requests):
             page = jobs[index]
             page.input = None
