@@ -110,19 +110,21 @@ def write_done_journal(journal: Path, files: list[tuple[str, str]]) -> None:
 
     from ppvl_batch.batch.options import ScanOptions
     from ppvl_batch.batch.plan import page_settings
-    from ppvl_batch.batch.records import checkpoint_key, make_record
+    from ppvl_batch.batch.records import RunFields, build_record, checkpoint_key
+    from ppvl_batch.batch.task import PageTask
     from ppvl_batch.recognizer import Recognizer
 
     with Recognizer.load(None, lazy=True) as rec:
         model_id = rec.model_id
-    settings = page_settings(ScanOptions(inputs=[]), model_id)
+    settings = page_settings(ScanOptions(inputs=[]).page, model_id)
+    run = RunFields("ocr", None, model_id)
     result = type("R", (), dict(width=448, height=588, text="done", finish_reason="stop", image_tokens=336,
-                                output_tokens=1))
+                                output_tokens=1, seconds=1.0))
     with open(journal, "wb") as f:
         for source, sha in files:
             key = checkpoint_key(settings, sha, 1)
-            f.write(orjson.dumps(make_record(source=source, sha256=sha, page=1, page_count=1, task="ocr",
-                                             prompt=None, model=model_id, key=key, seconds=1.0, result=result)) + b"\n")
+            task = PageTask(key, source, source, 1, 1, sha)
+            f.write(orjson.dumps(build_record(run, task, result)) + b"\n")
 
 
 def drop_caches() -> bool:

@@ -1,11 +1,13 @@
 """Writing files so that a crash never leaves a half-written one: atomic replace and directory
 fsync, and the one-line OutputError for a write that fails (disk full, permissions). Shared by
-the batch journal, the hash cache and the bundle converter."""
+the batch journal, the hash cache, the document outputs and the bundle converter."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from ppvl_batch.errors import OutputError
@@ -35,14 +37,16 @@ def fsync_tree(folder: Path) -> None:
     fsync_dir(folder)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file or the whole new one, never a part."""
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` for the block to write (with any library); when the block
+    ends without an error it replaces `path`, so readers see the old file or the whole new one.
+    An OSError comes out as an OutputError naming `path`."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)  # else a power cut can undo the rename
@@ -51,3 +55,9 @@ def atomic_write(path: Path, data: bytes) -> None:
         if isinstance(e, OSError):
             raise output_error("write", path, e) from e
         raise
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so readers see the old file or the whole new one, never a part."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)

@@ -108,3 +108,17 @@ def page(width: int, height: int, seed: int = 0) -> Image.Image:
     for y in range(4, height - 10, 24):
         draw.text((4, y), f"Line {y} total {width * y}", fill=(0, 0, 0))
     return img
+
+def detector_pages() -> list[Image.Image]:
+    """A portrait and a landscape page with a few dark blocks, and a noisy one."""
+    out = []
+    for size in [(300, 420), (500, 260)]:
+        page = Image.new("RGB", size, "white")
+        draw = ImageDraw.Draw(page)
+        draw.rectangle([20, 20, size[0] - 20, 60], fill=(30, 30, 30))
+        draw.rectangle([20, 90, size[0] // 2, size[1] - 30], fill=(90, 60, 40))
+        draw.ellipse([size[0] // 2 + 10, 90, size[0] - 20, size[1] // 2], fill=(10, 120, 200))
+        out.append(page)
+    rng = np.random.default_rng(3)
+    out.append(Image.fromarray(rng.integers(0, 256, (333, 257, 3), dtype=np.uint8)))
+    return out

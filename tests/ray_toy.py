@@ -17,7 +17,8 @@ from typing import Any
 
 import orjson
 
-from ppvl_batch.batch.ray_executor import CRASHED, Unit
+from ppvl_batch.batch.ray_executor import CRASHED
+from ppvl_batch.batch.task import PageTask
 
 
 class ToyWork:
@@ -29,10 +30,10 @@ class ToyWork:
     def fingerprint(self) -> str:
         return self.s["fingerprint"]
 
-    def run(self, units: list[Unit]) -> list[dict[str, Any]]:
+    def run(self, units: list[PageTask]) -> list[dict[str, Any]]:
         return [self._page(u) for u in units]
 
-    def _page(self, u: Unit) -> dict[str, Any]:
+    def _page(self, u: PageTask) -> dict[str, Any]:
         if u.key == self.s.get("raise_on"):  # a bug in the page work: it must not raise
             raise ValueError(f"toy bug on {u.source} page {u.page}")
         time.sleep(self.s.get("sleep", 0))
@@ -40,17 +41,17 @@ class ToyWork:
             head = Path(u.path).read_bytes()[:64]
         except OSError as e:
             return record(u, error=("missing", str(e)))
-        return record(u, text=f"{u.source} p{u.page}/{u.pages} {hashlib.sha256(head + bytes([u.page])).hexdigest()[:12]}")
+        return record(u, text=f"{u.source} p{u.page}/{u.page_count} {hashlib.sha256(head + bytes([u.page])).hexdigest()[:12]}")
 
 
-def record(u: Unit, text: str | None = None, error: tuple[str, str] | None = None) -> dict[str, Any]:
+def record(u: PageTask, text: str | None = None, error: tuple[str, str] | None = None) -> dict[str, Any]:
     return {
-        "source": u.source, "page": u.page, "page_count": u.pages, "status": "ok" if error is None else "error",
+        "source": u.source, "page": u.page, "page_count": u.page_count, "status": "ok" if error is None else "error",
         "text": text, "error": None if error is None else {"type": error[0], "message": error[1]}, "key": u.key,
     }
 
 
-def crashed_record(u: Unit, message: str) -> dict[str, Any]:
+def crashed_record(u: PageTask, message: str) -> dict[str, Any]:
     return record(u, error=(CRASHED, message))
 
 
@@ -84,7 +85,7 @@ class JsonlSink:
         self._f.close()
 
 
-def make_units(root: Path, docs: int, pages: int) -> list[Unit]:
+def make_units(root: Path, docs: int, pages: int) -> list[PageTask]:
     """`docs` small files under root (made once) with `pages` pages each; keys from path and page."""
     root.mkdir(parents=True, exist_ok=True)
     units = []
@@ -94,6 +95,6 @@ def make_units(root: Path, docs: int, pages: int) -> list[Unit]:
             path.write_bytes(f"document {d} ".encode() * 8)
         for p in range(1, pages + 1):
             key = hashlib.sha256(f"{path}\0{p}".encode()).hexdigest()[:32]
-            units.append(Unit(key=key, path=str(path), source=f"doc{d}.bin", page=p, pages=pages))
+            units.append(PageTask(key=key, path=str(path), source=f"doc{d}.bin", page=p, page_count=pages, sha256=None))
     return units
 

@@ -3,6 +3,8 @@ the in-process command and its records, and a stand-in recognizer. Fixtures are 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +14,8 @@ from click.testing import CliRunner
 
 from ppvl_batch.cli import main
 
+PPVL = str(Path(sys.executable).with_name("ppvl-ocr"))
+BOOK = 48  # pages in the interrupted book
 SMALL = ["--min-pixels", "784", "--max-pixels", "3136", "--max-new-tokens", "4"]
 
 
@@ -32,6 +36,9 @@ class SlowModel:
     model_id = "fake:F32"
     max_pixels = 3136
     tasks = ("ocr",)
+
+    def __init__(self, **recognizer_options) -> None:  # what the page strategy asks for (parallel)
+        pass
 
     def prepare(self, image, task):
         return bytearray(1 << 20)
@@ -57,3 +64,12 @@ class SlowModel:
 
     def close(self) -> None:
         pass
+
+def wait_for_lines(path: Path, count: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= count:
+            return
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not reach {count} lines")

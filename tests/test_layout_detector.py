@@ -23,7 +23,8 @@ import pytest
 import tiny_layout
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from makedocs import detector_pages
+from PIL import Image
 
 from ppvl_batch.errors import ModelError
 from ppvl_batch.layout.detector import LayoutDetector, Preprocessing, boxes_of_masks
@@ -98,19 +99,6 @@ def reference_pixels(images: list[Image.Image], height: int, width: int) -> torc
     return torch.stack([t.to(torch.float32).sub_(mean[:, None, None]).div_(std[:, None, None]) for t in out])
 
 
-def pages() -> list[Image.Image]:
-    """A portrait and a landscape page with a few dark blocks, and a noisy one."""
-    out = []
-    for size in [(300, 420), (500, 260)]:
-        page = Image.new("RGB", size, "white")
-        draw = ImageDraw.Draw(page)
-        draw.rectangle([20, 20, size[0] - 20, 60], fill=(30, 30, 30))
-        draw.rectangle([20, 90, size[0] // 2, size[1] - 30], fill=(90, 60, 40))
-        draw.ellipse([size[0] // 2 + 10, 90, size[0] - 20, size[1] // 2], fill=(10, 120, 200))
-        out.append(page)
-    rng = np.random.default_rng(3)
-    out.append(Image.fromarray(rng.integers(0, 256, (333, 257, 3), dtype=np.uint8)))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +169,7 @@ def test_v3_skips_the_decoders_polygon_masks(detectors):
     """Our V3 forward makes 1 x 1 masks instead of the (6 layers x 300 queries x H/4 x W/4) ones
     nobody reads; the rest of the output is bit-identical (test_detection_equals_transformers)."""
     detector = detectors["v3"]
-    pixels = detector.preprocess(pages()[:1])
+    pixels = detector.preprocess(detector_pages()[:1])
     with torch.inference_mode():
         ours_out = detector.model(pixel_values=pixels)
         model = copy.deepcopy(detector.model)
@@ -217,7 +205,7 @@ def test_detect_puts_transformers_mask_to_box_coordinate_back(detectors):
     from transformers.models.pp_doclayout_v3 import modeling_pp_doclayout_v3 as modeling
 
     original = modeling.mask_to_box_coordinate
-    detectors["v3"].detect(pages()[:1], 0.5)
+    detectors["v3"].detect(detector_pages()[:1], 0.5)
     assert modeling.mask_to_box_coordinate is original
 
 
@@ -225,7 +213,7 @@ def test_detect_puts_transformers_mask_to_box_coordinate_back(detectors):
 @pytest.mark.parametrize("case", ["random", "confident", "full_page", "zero_size", "nothing"])
 def test_detection_equals_transformers(version, case, detectors, reference_processors):
     detector = crafted(detectors[version], case)
-    images = pages()
+    images = detector_pages()
     if case == "random":
         # a threshold equal to some query's score: the >= boundary is part of the comparison
         all_scores = sorted(s for page in ours(detector, images, 0.0) for _, s, _, _ in page)
@@ -281,7 +269,7 @@ def test_two_labels_of_one_query_share_its_order(detectors, reference_processors
         classes.bias.fill_(-200.0)
         classes.bias[[text, footnote]] = 0.0
         classes.weight[footnote] = classes.weight[text]
-    images = pages()[:1]
+    images = detector_pages()[:1]
     page = detector.detect(images, 0.0)[0]
     assert [(d.label, d.score, d.box, d.order) for d in page] == reference_detections(
         detector, reference_processors["v3"], images, 0.0)[0]
@@ -300,7 +288,7 @@ def test_blocks_lose_nothing_by_decoding_at_the_lowest_threshold(version, detect
     """blocks() decodes once at the lowest label threshold (V2: 0.4, below most labels' 0.5):
     the same blocks as decoding everything and letting the rules filter."""
     detector = crafted(detectors[version], "confident")
-    images = pages()
+    images = detector_pages()
     got = detector.blocks(images)
     assert got == [apply_rules(page, *im.size, version) for im, page in zip(images, detector.detect(images, 0.0))]
     assert any(got)
@@ -309,7 +297,7 @@ def test_blocks_lose_nothing_by_decoding_at_the_lowest_threshold(version, detect
 
 
 def test_preprocessing_equals_reference():
-    images = pages() + [Image.new("RGB", (800, 800), (12, 200, 77))]
+    images = detector_pages() + [Image.new("RGB", (800, 800), (12, 200, 77))]
     pre = Preprocessing.from_config({}, "defaults")
     got = torch.stack([pre(im) for im in images])
     expected = reference_pixels(images, 800, 800)
@@ -324,7 +312,7 @@ def test_preprocessing_equals_reference():
 def test_preprocessing_resizes_uint8_like_torchvision_on_cpu():
     """Resizing the uint8 page (torchvision's CPU path) differs from resizing floats and rounding,
     so the float shortcut would not match the reference."""
-    image = pages()[2]
+    image = detector_pages()[2]
     got = Preprocessing.from_config({}, "defaults")(image)
     as_float = F.interpolate(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float(), size=[800, 800],
                              mode="bicubic", align_corners=False).clamp(0, 255).round()[0] / 255
@@ -341,7 +329,7 @@ def test_grey_and_rgba_pages_are_converted_to_rgb(detectors):
 def test_load_uses_the_folders_preprocessor_size(checkpoints):
     detector = LayoutDetector.load(checkpoints["v3"])
     assert (detector.version, detector.preprocessing.height, detector.preprocessing.width) == ("v3", 128, 128)
-    assert detector.preprocess(pages()).shape == (3, 3, 128, 128)
+    assert detector.preprocess(detector_pages()).shape == (3, 3, 128, 128)
 
 
 def _copy_folder(src, dst, edit_config=None, edit_pre=None):

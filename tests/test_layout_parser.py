@@ -334,14 +334,17 @@ def test_a_block_too_long_for_the_context_fails_alone(tiny_bundle, tmp_path: Pat
 
 def test_the_context_holds_blocks_above_the_pages_max_pixels(bundle_dirs, tmp_path: Path) -> None:
     """The recognizer's context is sized by its max_pixels (v1: nothing more; 1.5 also covers
-    spotting's larger budget); blocks have their own limits, so the parser makes room for them
-    (here in a decoder already loaded): a block larger than a small max_pixels is read, not
-    failed for its prompt's length."""
+    spotting's larger budget); blocks have their own limits, so a recognizer for layout parsing is
+    built with `context_pixels` (as scan and ask --layout build it): a block larger than a small
+    max_pixels is read, not failed for its prompt's length. The parser changes no recognizer."""
     layout = [Box("text", 0.9, (50, 170, 950, 740))]  # over 640 image tokens
-    with Recognizer.load(bundle_dirs["v1-original"], min_pixels=784, max_pixels=3136, max_new_tokens=4) as rec:
+    v1 = bundle_dirs["v1-original"]
+    with Recognizer.load(v1, min_pixels=784, max_pixels=3136, max_new_tokens=4, lazy=True) as pages_only:
+        assert pages_only.n_ctx < 640
+    with Recognizer.load(v1, min_pixels=784, max_pixels=3136, max_new_tokens=4, context_pixels=BLOCK_MAX_PIXELS) as rec:
         before = rec.decoder.ctx_per_sequence
         [parsed] = DocumentParser(rec, StandIn(layout), options(tmp_path)).parse([synthetic_page()])
-        assert before < 640 < BLOCK_MAX_PIXELS // 28**2 < rec.decoder.ctx_per_sequence
+        assert 640 < BLOCK_MAX_PIXELS // 28**2 < rec.decoder.ctx_per_sequence == before
     [block] = parsed.blocks
     assert block.error is None and block.output_tokens
 

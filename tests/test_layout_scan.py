@@ -262,11 +262,10 @@ def test_ctrl_c_during_a_batch_records_every_page_parsed(layout_bundle, tmp_path
 @pytest.mark.parametrize("given, layout, expected", [(None, True, 4), (None, False, 1), (2, True, 2)])
 def test_parallel_defaults_to_four_blocks_in_layout_mode(layout_bundle, tmp_path, given, layout, expected):
     """Without --parallel, layout mode decodes 4 blocks together (LAYOUT_PARALLEL) and whole pages go
-    one at a time; a given --parallel is kept (the decoder is not loaded yet either way)."""
-    from ppvl_batch.batch.layout_mode import layout_mode
+    one at a time; a given --parallel is kept. The strategy says so before the recognizer is built."""
     from ppvl_batch.batch.options import ScanOptions
-    from ppvl_batch.engine.recognizer import Recognizer
+    from ppvl_batch.batch.strategy import choose_strategy
+    from ppvl_batch.bundle import Bundle
 
-    with Recognizer.load(layout_bundle, parallel=given or 1, lazy=True) as rec:
-        layout_mode(rec, ScanOptions(inputs=[], output="o.jsonl", parallel=given, layout=layout), tmp_path)
-        assert rec.load_options()["parallel"] == expected
+    plan = choose_strategy(ScanOptions(inputs=[], output="o.jsonl", parallel=given, layout=layout), Bundle.open(layout_bundle))
+    assert plan.recognizer_options()["parallel"] == expected

@@ -23,8 +23,8 @@ import pytest
 import tiny_layout
 import torch
 import torch.nn.functional as F
+from makedocs import detector_pages
 from PIL import Image
-from test_layout_detector import pages
 
 from ppvl_batch.layout.detector import LayoutDetector, Preprocessing
 from ppvl_batch.layout.labels import LABELS
@@ -135,7 +135,7 @@ def reference_detections(detector: LayoutDetector, ref, images, threshold: float
 
 
 def test_preprocessing_equals_reference():
-    images = pages() + [Image.new("RGB", (800, 800), (12, 200, 77))]
+    images = detector_pages() + [Image.new("RGB", (800, 800), (12, 200, 77))]
     pre = Preprocessing.from_config({}, "defaults", rescale_first=True)
     got = torch.stack([pre(im) for im in images])
     assert got.dtype == torch.float32 and torch.equal(got, reference_pixels(images, 800))
@@ -148,7 +148,7 @@ def test_preprocessing_equals_reference():
 def test_load_reads_v4(detectors):
     detector = detectors["plain"]
     assert detector.version == "v4" and detector.preprocessing.rescale_first == pytest.approx(1 / 255)
-    assert detector.preprocess(pages()).shape == (3, 3, 128, 128)
+    assert detector.preprocess(detector_pages()).shape == (3, 3, 128, 128)
     assert detectors["warp"].model.config.deform_pred and not detector.model.config.deform_pred
 
 
@@ -183,7 +183,7 @@ CASES = ["random", "confident", "nothing", "two_labels", "page_quads", "zero_siz
 @pytest.mark.parametrize("case", CASES)
 def test_detection_equals_transformers(head, case, detectors, reference):
     detector = crafted(detectors[head], case)
-    images = pages()
+    images = detector_pages()
     threshold = 0.0 if case in ("random", "two_labels") else LayoutRules.for_version("v4").min_threshold()
     expected, out = reference_detections(detector, reference, images, threshold)
     got = detector.detect(images, threshold, batch_size=len(images))  # one forward, as the reference's
@@ -224,7 +224,7 @@ def test_detection_equals_transformers(head, case, detectors, reference):
 
 def test_rules_keep_the_quad_rounded_and_clipped_with_the_bbox_its_extent(detectors):
     detector = crafted(detectors["warp"], "page_quads")
-    images = pages()
+    images = detector_pages()
     blocks = detector.blocks(images)
     assert any(blocks)
     for image, page in zip(images, blocks):

@@ -15,19 +15,20 @@ import pytest
 
 from ppvl_batch.batch.journal import Journal, Lock, RecordWriter
 from ppvl_batch.batch.markdown import render_markdown
-from ppvl_batch.batch.records import RECORD_START, checkpoint_key, make_record, settings_digest
+from ppvl_batch.batch.records import RECORD_START, RunFields, build_record, checkpoint_key, settings_digest
+from ppvl_batch.batch.task import PageTask
+from ppvl_batch.documents.pages import PageError
 from ppvl_batch.errors import OutputError
 from ppvl_batch.files import atomic_write
 
-RESULT = SimpleNamespace(finish_reason="stop", image_tokens=12, output_tokens=3, width=56, height=28)
+RESULT = SimpleNamespace(finish_reason="stop", image_tokens=12, output_tokens=3, width=56, height=28, seconds=1.0)
 
 
 def record(key: str, status: str = "ok", page: int = 1, text: str = "t") -> dict:
-    result = SimpleNamespace(**{**vars(RESULT), "text": text})
-    common = dict(source="a.pdf", sha256="ab", page=page, page_count=3, task="ocr", prompt=None, model="m", key=key, seconds=1.23456)
-    if status == "ok":
-        return make_record(**common, result=result)
-    return make_record(**common, error=("corrupt", "bad -- page"))
+    task = PageTask(key, "/abs/a.pdf", "a.pdf", page, 3, "ab")
+    run = RunFields("ocr", None, "m")
+    outcome = SimpleNamespace(**{**vars(RESULT), "text": text}) if status == "ok" else PageError("corrupt", "bad -- page")
+    return build_record(run, task, outcome, seconds=0.23456)
 
 
 def line(rec: dict) -> bytes:
@@ -207,13 +208,57 @@ def test_lock_excludes_a_second_process_and_names_its_pid(tmp_path: Path) -> Non
     assert not path.exists()
 
 
+CRASH_HOLDING_LOCK = """
+import os, sys
+from pathlib import Path
+from ppvl_batch.batch.journal import Lock
+Lock(Path(sys.argv[1]), "out").acquire()
+print("locked", flush=True)
+sys.stdin.readline()
+os._exit(1)  # dies holding the lock: no release, the lock file and its PID stay
+"""
+
+
 def test_lock_from_a_dead_pid_is_taken_over(tmp_path: Path) -> None:
+    """The lock file a run left when it died names that run's PID; the lock itself died with the
+    process, so the next run takes it over (while the holder lived, it was refused)."""
     path = tmp_path / "out.lock"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    path.write_text(dead.stdout)
+    holder = subprocess.Popen([sys.executable, "-c", CRASH_HOLDING_LOCK, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(OutputError, match=f"pid {holder.pid}"):
+        Lock(path, "x").acquire()
+    holder.communicate("exit\n", timeout=30)
+    assert holder.returncode == 1 and path.read_text().strip() == str(holder.pid)
     lock = Lock(path, "x")
     lock.acquire()
     assert path.read_text().strip() == str(os.getpid())
+    lock.release()
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("failing", ["flock", "write"])
+def test_a_lock_that_cannot_be_taken_leaves_no_descriptor_open(tmp_path: Path, monkeypatch, failing: str) -> None:
+    import ppvl_batch.batch.journal as journal_module
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    if failing == "flock":
+        monkeypatch.setattr(journal_module.fcntl, "flock", no_locks)
+    else:
+        monkeypatch.setattr(journal_module.os, "ftruncate", no_locks)
+    before = _open_fds()
+    for _ in range(3):
+        with pytest.raises(OutputError, match="No locks available"):
+            Lock(tmp_path / "out.lock", "x").acquire()
+    assert _open_fds() == before
+    monkeypatch.undo()
+    lock = Lock(tmp_path / "out.lock", "x")  # nothing holds it
+    lock.acquire()
     lock.release()
 
 

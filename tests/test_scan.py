@@ -23,14 +23,12 @@ import orjson
 import pytest
 from click.testing import CliRunner
 from makedocs import make_pdf, make_zero_page_pdf, shapes_image, text_image
-from scanning import SMALL, SlowModel, records, scan
+from scanning import BOOK, PPVL, SMALL, SlowModel, records, scan, wait_for_lines
 
 from ppvl_batch.batch.journal import Lock
 from ppvl_batch.batch.local import Scan
 from ppvl_batch.batch.options import ScanOptions
 from ppvl_batch.cli import main
-
-PPVL = str(Path(sys.executable).with_name("ppvl-ocr"))
 
 # Every test works in its own folder (relative paths, ./ppvl-ocr.toml lookup): conftest.in_tmp.
 pytestmark = pytest.mark.usefixtures("in_tmp")
@@ -166,14 +164,6 @@ def test_resume_changed_and_moved_files_and_settings(in_tmp: Path, fast_model: P
     ]
 
 
-def _wait_for_lines(path: Path, count: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_bytes().count(b"\n") >= count:
-            return
-        assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.05)
-    raise AssertionError(f"{path} did not reach {count} lines")
 
 
 # Mode -> the bundle fixture that reads that way, for the tests that must hold in either mode:
@@ -186,7 +176,6 @@ def untimed(record: dict) -> dict:
     return {k: v for k, v in record.items() if k != "seconds"}
 
 
-BOOK = 48  # pages in the interrupted book
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -202,7 +191,7 @@ def test_sigterm_then_kill_9_then_resume_gives_every_page_once(in_tmp: Path, fas
 
     # SIGTERM: the page in flight is finished, exit 130 with a resume hint
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_lines(out, 2, proc)
+    wait_for_lines(out, 2, proc)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
@@ -212,7 +201,7 @@ def test_sigterm_then_kill_9_then_resume_gives_every_page_once(in_tmp: Path, fas
 
     # kill -9 at an arbitrary moment, then a torn last line as a crash mid-write would leave
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_lines(out, len(after_term) + 2, proc)
+    wait_for_lines(out, len(after_term) + 2, proc)
     proc.kill()
     proc.wait()
     done = out.read_bytes().count(b"\n")  # whole records; the kill may have torn one more
@@ -419,7 +408,7 @@ def test_progress_lines_quiet_and_bar(in_tmp: Path, fast_model: Path) -> None:
 
     terminal = Terminal()
     options = ScanOptions(inputs=["a.pdf"], output="bar.jsonl", min_pixels=784, max_pixels=3136, max_new_tokens=4)
-    load = lambda: Recognizer.load(fast_model, min_pixels=784, max_pixels=3136, max_new_tokens=4)  # noqa: E731
+    load = lambda **decoder: Recognizer.load(fast_model, min_pixels=784, max_pixels=3136, max_new_tokens=4, **decoder)  # noqa: E731
     summary = Scan(options, load, log=terminal).run()
     assert summary.pages_ok == 3 and summary.exit_code == 0
     assert "file 1/1" in terminal.getvalue() and "3/3" in terminal.getvalue()
@@ -487,7 +476,7 @@ def test_rasterizer_stays_a_bounded_number_of_pages_ahead(in_tmp: Path) -> None:
 class FlakyModel(SlowModel):
     """Vision fails for any batch holding the 2nd page prepared; decoding fails for the 4th."""
 
-    def __init__(self) -> None:
+    def __init__(self, **recognizer_options) -> None:
         self.calls = 0
 
     def prepare(self, image, task):
@@ -521,7 +510,7 @@ def test_model_failures_fail_only_their_page(in_tmp: Path) -> None:
 class PacedModel(SlowModel):
     """Decoding takes 50 ms, and the test can see how many pages were decoded."""
 
-    def __init__(self) -> None:
+    def __init__(self, **recognizer_options) -> None:
         self.decoded = 0
 
     def prepare(self, image, task):
@@ -551,7 +540,7 @@ def test_ctrl_c_stops_with_130_and_whole_records(in_tmp: Path, signals: int) -> 
     handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when the suite runs in the background
     threading.Thread(target=interrupt, daemon=True).start()
     options = ScanOptions(inputs=["a.pdf"], output="o.jsonl", dpi=10, batch_size=2, quiet=True)
-    summary = Scan(options, lambda: model).run()
+    summary = Scan(options, lambda **_: model).run()
     assert summary.interrupted and summary.exit_code == 130
     done = records("o.jsonl")
     assert 3 <= len(done) < 40 and summary.pages_ok == len(done)

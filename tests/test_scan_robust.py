@@ -201,7 +201,7 @@ def test_pages_with_content_are_not_blank() -> None:
 
 
 class CountingModel(SlowModel):
-    def __init__(self) -> None:
+    def __init__(self, **recognizer_options) -> None:
         self.decoded = 0
 
     def prepare(self, image, task):
@@ -219,7 +219,7 @@ def test_blank_pages_get_ok_records_without_the_model(in_tmp: Path) -> None:
     text.save(in_tmp / "front.jpg")
     model = CountingModel()
     options = ScanOptions(inputs=["front.jpg", "back.jpg"], output="o.jsonl", quiet=True)
-    summary = Scan(options, lambda: model).run()
+    summary = Scan(options, lambda **_: model).run()
     assert model.decoded == 1 and (summary.pages_ok, summary.pages_blank) == (2, 1)
     front, back = records("o.jsonl")
     assert "blank" not in front and front["text"] == "x"
@@ -228,7 +228,7 @@ def test_blank_pages_get_ok_records_without_the_model(in_tmp: Path) -> None:
 
     # --no-skip-blank: pages recorded blank before are read now, the others stay done
     summary = Scan(ScanOptions(inputs=["front.jpg", "back.jpg"], output="o.jsonl", quiet=True, skip_blank=False),
-                   lambda: model).run()
+                   lambda **_: model).run()
     assert model.decoded == 2 and summary.pages_done_before == 1
     assert [("blank" in r, r["text"]) for r in records("o.jsonl")] == [(False, "x"), (True, ""), (False, "x")]
 
@@ -242,7 +242,7 @@ def test_identical_files_one_model_run_two_records_and_later_copies(in_tmp: Path
     (in_tmp / "b/copy.pdf").write_bytes((in_tmp / "a/report.pdf").read_bytes())
     model = CountingModel()
     summary = Scan(ScanOptions(inputs=["a", "b"], output="o.jsonl", dpi=20, quiet=True, markdown=Path("md")),
-                   lambda: model).run()
+                   lambda **_: model).run()
     assert model.decoded == 2 and summary.pages_copied == 2 and summary.exit_code == 0
     recs = records("o.jsonl")
     assert [(r["source"], r["page"], r.get("same_as")) for r in recs] == [
@@ -255,7 +255,7 @@ def test_identical_files_one_model_run_two_records_and_later_copies(in_tmp: Path
     # an identical file added later: copied, not read; the others are simply done
     (in_tmp / "c").mkdir()
     (in_tmp / "c/late.pdf").write_bytes((in_tmp / "a/report.pdf").read_bytes())
-    summary = Scan(ScanOptions(inputs=["a", "b", "c"], output="o.jsonl", dpi=20, quiet=True), lambda: model).run()
+    summary = Scan(ScanOptions(inputs=["a", "b", "c"], output="o.jsonl", dpi=20, quiet=True), lambda **_: model).run()
     assert model.decoded == 2 and summary.pages_copied == 2 and summary.pages_done_before == 4
     assert [(r["source"], r["same_as"]) for r in records("o.jsonl")[4:]] == [("c/late.pdf", "a/report.pdf")] * 2
 
@@ -299,7 +299,7 @@ def test_rerun_over_unchanged_files_reads_no_contents_and_sees_changes(in_tmp: P
     def run(**options) -> Summary:
         for k in counts:
             counts[k] = 0
-        return Scan(ScanOptions(inputs=["docs"], output="o.jsonl", dpi=20, quiet=True, **options), lambda: model).run()
+        return Scan(ScanOptions(inputs=["docs"], output="o.jsonl", dpi=20, quiet=True, **options), lambda **_: model).run()
 
     assert run().files_hashed == 4 and counts == {"hashed": 4, "opened": 4}
     assert Path("o.jsonl.hashes").is_file()

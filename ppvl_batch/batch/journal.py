@@ -40,32 +40,46 @@ class Lock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        """Take the lock or raise OutputError; on failure nothing stays open."""
         while True:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
                 raise output_error("create lock", self.path, e) from e
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                if self._locked(fd):
+                    break
+            except BaseException:
                 os.close(fd)
-                raise OutputError(
-                    f"{self.what} is being written by another ppvl-ocr run (pid {holder}); "
-                    f"wait for it to finish or stop it"
-                ) from None
-            # The previous holder may have unlinked the file between our open and flock: then we
-            # locked an orphan inode and must start over on the current file.
-            try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+                raise
+            os.close(fd)  # an orphan inode: start over on the current file
         self._fd = fd
+
+    def _locked(self, fd: int) -> bool:
+        """Lock `fd` and write our PID; False when the file was unlinked meanwhile."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            raise OutputError(
+                f"{self.what} is being written by another ppvl-ocr run (pid {holder}); "
+                f"wait for it to finish or stop it"
+            ) from None
+        except OSError as e:  # e.g. a file system without locks
+            raise output_error("lock", self.path, e) from e
+        # The previous holder may have unlinked the file between our open and flock: then we
+        # locked an orphan inode and must start over on the current file.
+        try:
+            if os.stat(self.path).st_ino != os.fstat(fd).st_ino:
+                return False
+        except FileNotFoundError:
+            return False
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as e:
+            raise output_error("write", self.path, e) from e
+        return True
 
     def release(self) -> None:
         if self._fd is not None:

@@ -1,5 +1,5 @@
-"""Layout mode of a scan: pages read block by block through layout/parser.DocumentParser instead
-of whole (README, "Document parsing").
+"""Layout mode: pages read block by block through layout/parser.DocumentParser instead of whole
+(README, "Document parsing"), a page strategy (strategy.py).
 
 It is on when the bundle has a layout model, unless --no-layout. The page stays the unit of a
 record and of resume; only the way a page's text is made changes, and the checkpoint key covers
@@ -13,17 +13,24 @@ to the document's Markdown file, or, without --markdown, to the working director
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from ppvl_batch.documents.inputs import InputFile
-from ppvl_batch.errors import UsageError
+from ppvl_batch.documents.pages import PageError
+from ppvl_batch.engine.prompt import TASKS, V1_TASKS
+from ppvl_batch.errors import OutputError, UsageError
 from ppvl_batch.layout.detector import RuledDetector, bundle_detector
-from ppvl_batch.layout.markdown import default_images_dir
+from ppvl_batch.layout.markdown import MarkdownOptions, default_images_dir
 from ppvl_batch.layout.parser import DocumentParser, ParserOptions
 
-from .options import ScanOptions
+from .options import PageOptions, ScanOptions
+from .task import Rendered
 
 # Blocks decoded together when --parallel is not given: blocks are short answers, and on 2 cores
 # four in flight read a full-size 12-block page 1.5x (Q4_K_M) to 2.0x (F16) faster than one at a
@@ -32,47 +39,100 @@ LAYOUT_PARALLEL = 4
 
 
 @dataclass(frozen=True)
-class LayoutMode:
-    detector: RuledDetector
-    options: ParserOptions  # images_dir / links_from are set per document (parser)
+class LayoutPlan:
+    """Layout mode as chosen when the scan opens (picklable: Ray workers start it too)."""
+
+    page: PageOptions
+    parser: ParserOptions  # images_dir / links_from are set per document (LayoutPages.parser)
     model_id: str  # the layout model's id (bundle manifest), in records and keys
+    threshold: float | None  # --layout-threshold
     images: Path | None  # --images
     markdown: Path | None  # --markdown
-    cwd: Path  # the scan's working directory: the two folders above are relative to it, as are mirror paths
+    parallel: int
+
+    def recognizer_options(self) -> dict[str, Any]:
+        # Blocks have pixel limits of their own, above a small --max-pixels: the context holds them.
+        return {"parallel": self.parallel, "context_pixels": self.parser.max_pixels}
+
+    def markdown_options(self) -> MarkdownOptions:
+        return self.parser.markdown_options()
+
+    def start(self, recognizer: Any, cwd: Path) -> LayoutPages:
+        return LayoutPages(self, recognizer, bundle_detector(recognizer.bundle, recognizer.device, self.threshold), cwd)
+
+
+class LayoutPages:
+    """Pages parsed block by block; one parser call per run of consecutive pages of one document."""
+
+    whole_batch: bool = True  # the parser reads its pages together
+    task: str = "layout"
+    layout_model: str | None
+
+    def __init__(self, plan: LayoutPlan, recognizer: Any, detector: RuledDetector, cwd: Path) -> None:
+        self.plan = plan
+        self.rec = recognizer
+        self.detector = detector
+        self.cwd = cwd  # the scan's working directory: --markdown, --images and mirror paths are relative to it
+        self.layout_model = plan.model_id
 
     def key_settings(self) -> dict[str, Any]:
-        """What besides the recognizer changes a page's text in layout mode."""
-        return {"layout_model": self.model_id, "rules": self.detector.rules.settings(), **self.options.prompt_choices()}
+        return {"layout_model": self.plan.model_id, "rules": self.detector.rules.settings(),
+                **self.plan.parser.prompt_choices()}
 
-    def parser(self, recognizer: Any, doc: InputFile) -> DocumentParser:
+    def prepare(self, image: Image.Image) -> Image.Image:
+        return image.convert("RGB")
+
+    def parser(self, doc: InputFile) -> DocumentParser:
         """A parser that saves this document's image blocks where the module docstring says."""
-        mirror = doc.mirror_path(self.cwd)
+        plan, mirror = self.plan, doc.mirror_path(self.cwd)
         # Joined to cwd, not left relative: a Ray worker runs in another working directory.
-        markdown_file = self.cwd / self.markdown / f"{mirror}.md" if self.markdown else None
-        if self.images is not None:
-            images_dir: Path | None = default_images_dir(self.cwd / self.images / f"{mirror}.md")
+        markdown_file = self.cwd / plan.markdown / f"{mirror}.md" if plan.markdown else None
+        if plan.images is not None:
+            images_dir: Path | None = default_images_dir(self.cwd / plan.images / f"{mirror}.md")
         else:
             images_dir = default_images_dir(markdown_file) if markdown_file else None
         links_from = markdown_file.parent if markdown_file else self.cwd
-        return DocumentParser(recognizer, self.detector, replace(self.options, images_dir=images_dir, links_from=links_from))
+        options = replace(plan.parser, images_dir=images_dir, links_from=links_from)
+        return DocumentParser(self.rec, self.detector, options)
+
+    def read(self, pages: Sequence[Rendered]) -> Iterator[tuple[Rendered, Any]]:
+        """If a parser call fails, page by page, so one bad page fails alone. A folder the images
+        cannot be written to ends the run (OutputError)."""
+        runs = groupby(enumerate(pages), key=lambda ip: (ip[1].task.path, _number(ip[1]) - ip[0]))
+        for _, run in runs:
+            group = [page for _, page in run]
+            parser = self.parser(InputFile(group[0].task.source, Path(group[0].task.path)))
+            try:
+                results: list[Any] = parser.parse([p.input for p in group], first_page=_number(group[0]))
+            except OutputError:
+                raise
+            except Exception:
+                results = [self._alone(parser, page) for page in group]
+            for page, result in zip(group, results):
+                page.input = None  # a long run holds only the pages still to parse
+                yield page, result
+
+    @staticmethod
+    def _alone(parser: DocumentParser, page: Rendered) -> Any:
+        try:
+            (result,) = parser.parse([page.input], first_page=_number(page))
+            return result
+        except OutputError:
+            raise
+        except Exception as e:
+            return PageError("recognition", f"layout parsing failed: {type(e).__name__}: {e}")
 
 
-def _has_layout(recognizer: Any) -> bool:
-    bundle = getattr(recognizer, "bundle", None)  # a recognizer without one (a stand-in) reads whole pages
-    return bundle is not None and bundle.layout_dir is not None
+def _number(page: Rendered) -> int:
+    assert page.task.page is not None  # a rendered page, not a whole document
+    return page.task.page
 
 
-def wants_layout(recognizer: Any, o: ScanOptions) -> bool:
-    """Whether the scan reads block by block: --layout/--no-layout, else when the bundle has a layout model."""
-    return _has_layout(recognizer) if o.layout is None else o.layout
-
-
-def layout_mode(recognizer: Any, o: ScanOptions, cwd: Path) -> LayoutMode | None:
-    """The scan's layout mode from its options and the bundle, or None for whole pages. Options
-    that contradict the mode are a UsageError."""
-    bundle = getattr(recognizer, "bundle", None)
-    has_layout = _has_layout(recognizer)
-    if not wants_layout(recognizer, o):
+def layout_plan(o: ScanOptions, bundle: Any) -> LayoutPlan | None:
+    """Layout mode from the options and the bundle, or None for whole pages (--no-layout, or no
+    layout model and no --layout). Options that contradict the mode are a UsageError."""
+    has_layout = bundle is not None and bundle.layout_dir is not None
+    if not (has_layout if o.layout is None else o.layout):
         given = [name for name, used in (("--charts", o.charts), ("--seals", o.seals), ("--images", o.images is not None),
                                          ("--layout-threshold", o.layout_threshold is not None)) if used]
         if given:
@@ -85,10 +145,9 @@ def layout_mode(recognizer: Any, o: ScanOptions, cwd: Path) -> LayoutMode | None
     if o.prompt is not None or o.task != "ocr":
         raise UsageError("--task and --prompt are for whole pages: in layout mode each block is read with its label's prompt "
                          "(use --no-layout)")
-    if o.seals and "seal" not in recognizer.tasks:
+    tasks = V1_TASKS if bundle.prompt_style == "v1" else tuple(TASKS)
+    if o.seals and "seal" not in tasks:
         raise UsageError("--seals: this is a PaddleOCR-VL v1 bundle, which has no seal recognition")
-    if o.parallel is None:
-        recognizer.set_parallel(LAYOUT_PARALLEL)
-    detector = bundle_detector(bundle, recognizer.device, o.layout_threshold)
-    options = ParserOptions(charts=o.charts, seals=o.seals, max_new_tokens=o.max_new_tokens, merge_tables=o.merge_tables)
-    return LayoutMode(detector, options, bundle.layout.id, o.images, o.markdown, cwd)
+    parser = ParserOptions(charts=o.charts, seals=o.seals, max_new_tokens=o.max_new_tokens, merge_tables=o.merge_tables)
+    return LayoutPlan(o.page, parser, bundle.layout.id, o.layout_threshold, o.images, o.markdown,
+                      o.parallel or LAYOUT_PARALLEL)

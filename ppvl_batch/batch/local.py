@@ -3,9 +3,10 @@
     rasterizer thread:  plan each file (hash or hash cache, skip, copy), render pages, spare blank
                         pages the model, prepare the others
                         -> bounded queue (memory stays flat however long the PDF)
-    main thread:        take up to batch_size pages -> one vision forward -> decode them (up to
-                        --parallel at once) -> record (journal, flushed) -> Markdown when a
-                        document is complete
+    main thread:        take up to batch_size pages -> PageWork.read (the page strategy: one
+                        vision forward, decode up to --parallel at once; or layout parsing)
+                        -> record (journal, flushed) -> document outputs when a document is
+                        complete
 
 Items flow in document order, so records come out in document and page order. A signal
 (Ctrl-C, SIGTERM) lets the page in flight finish and stops; a second one stops at once. Either
@@ -29,10 +30,10 @@ from typing import Any, TextIO
 from ppvl_batch.documents.inputs import InputFile
 
 from .options import ScanOptions, Summary
-from .plan import Page
 from .progress import Progress
+from .records import Record
 from .session import finish_summary, open_session
-from .work import needs_model
+from .task import Rendered
 
 
 @dataclass
@@ -46,9 +47,15 @@ _END = object()
 
 
 class Scan:
-    def __init__(self, options: ScanOptions, load_recognizer: Callable[[], Any], *, log: TextIO | None = None) -> None:
+    """The local executor: schedules the planner's items through a rasterizer thread and the model
+    thread (see the module docstring); the page work, records and outputs are the session's."""
+
+    def __init__(self, options: ScanOptions, load_recognizer: Callable[..., Any], *, bundle: Any = None,
+                 log: TextIO | None = None) -> None:
         self.options = options
+        self.pipeline = options.pipeline
         self._load_recognizer = load_recognizer
+        self._bundle = bundle  # which page strategies the model allows (session.open_session)
         self.progress = Progress(quiet=options.quiet, log_interval=options.log_interval, stream=log)
         self.summary = Summary()
         self.stop = threading.Event()
@@ -58,13 +65,14 @@ class Scan:
         """Scan everything; return the summary (its exit_code says how it went). Raises
         UsageError, OutputError, ModelError for problems that stop the run before or while it
         writes."""
-        with open_session(self.options, self._load_recognizer, self.summary, self.progress, render=True) as session:
+        with open_session(self.options, self._load_recognizer, self.summary, self.progress, render=True,
+                          bundle=self._bundle) as session:
             self.planner, self.recorder, self.work = session.planner, session.recorder, session.work
             self._run_pipeline(session.documents)
         return self.summary
 
     def _run_pipeline(self, documents: list[InputFile]) -> None:
-        o = self.options
+        o = self.pipeline
         items: queue.Queue = queue.Queue(maxsize=max(o.prefetch, o.batch_size))
         rasterizer = threading.Thread(target=self._rasterize, args=(documents, items), name="rasterizer", daemon=True)
         started = time.monotonic()
@@ -132,41 +140,41 @@ class Scan:
                 self._flush(batch)
                 return
             batch.append(item)
-            images += needs_model(item)
+            images += isinstance(item, Rendered) and item.needs_model
             # Bounded by pages for the vision batch, and by items so that long runs of failures
             # or skipped pages are still written as they come.
-            if images >= self.options.batch_size or len(batch) >= 8 * self.options.batch_size:
+            size = self.pipeline.batch_size
+            if images >= size or len(batch) >= 8 * size:
                 self._flush(batch)
                 batch, images = [], 0
 
     def _flush(self, batch: list[object]) -> None:
-        """Vision for the batch's pages, then decode them (up to --parallel at once) and record
-        the batch's items in order as their pages finish, so records stay in page order and
-        each is written as soon as everything before it is."""
-        pages = [i for i in batch if needs_model(i)]
-        encoded = self.work.encode(pages)
-        jobs = [p for p in pages if id(p) in encoded]
-        outcomes: dict[int, Any] = {}
+        """Read the batch's pages (PageWork.read) and record the batch's items in order as their
+        pages finish, so records stay in page order and each is written as soon as everything
+        before it is."""
+        pages = [i for i in batch if isinstance(i, Rendered)]
+        records: dict[int, Record] = {}
         waiting = list(batch)
 
         def record_ready() -> None:
-            # Decoded pages are recorded even after a stop request: that is "finish the page in flight".
+            # Read pages are recorded even after a stop request: that is "finish the page in flight".
             while waiting:
                 item = waiting[0]
-                if isinstance(item, Page) and id(item) in encoded and id(item) not in outcomes:
-                    return  # still decoding
+                if isinstance(item, Rendered):
+                    if id(item) not in records:
+                        return  # still being read
+                    self.recorder.page(records.pop(id(item)))
+                else:
+                    self.recorder.item(item)
                 waiting.pop(0)
-                self.recorder.item(item, outcomes.get(id(item)))
 
         record_ready()
-        if not jobs:
-            return
-        for index, outcome in self.work.decode([encoded[id(p)] for p in jobs]):
-            outcomes[id(jobs[index])] = outcome
+        for page, record in self.work.read(pages):
+            records[id(page)] = record
             record_ready()
-            # Pages still in flight are dropped (the next run does them); in layout mode `encode`
-            # has parsed the whole batch already, so all of it is recorded.
-            if self.stop.is_set() and self.work.layout is None:
+            # Pages still in flight are dropped (the next run does them), unless the strategy
+            # has read the whole batch already (layout mode): then all of it is recorded.
+            if self.stop.is_set() and page.needs_model and not self.work.strategy.whole_batch:
                 return
 
 

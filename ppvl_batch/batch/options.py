@@ -1,8 +1,9 @@
-"""What a scan is asked to do (ScanOptions) and what it did (Summary, --summary-json)."""
+"""What a scan is asked to do (ScanOptions, as the command line gives it, and the narrow views
+of it that each part takes) and what it did (Summary, --summary-json)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,69 @@ from ppvl_batch.errors import PPVLError
 from ppvl_batch.files import atomic_write
 
 
+@dataclass(frozen=True)
+class PageOptions:
+    """How a page is opened and read: everything here but `password` and `skip_blank` is part of
+    its checkpoint key (plan.page_settings)."""
+
+    task: str = "ocr"
+    prompt: str | None = None
+    max_new_tokens: int = 1024
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    dpi: float | None = None
+    password: str | None = None
+    skip_blank: bool = True  # blank pages get an ok record without the model
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Which pages a run records."""
+
+    pages: PageRanges | None = None
+    retry_failed: bool = False
+    skip_blank: bool = True  # False: pages recorded blank before are read again
+    rehash: bool = False  # hash every file again instead of trusting the hash cache
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Where results go."""
+
+    output: str = "-"
+    state: Path | None = None
+    markdown: Path | None = None
+    summary_json: Path | None = None
+    images: Path | None = None  # layout mode's image blocks
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class LayoutOptions:
+    """Layout mode (batch/layout_mode.py); `layout` None: on when the bundle has a layout model."""
+
+    layout: bool | None = None
+    charts: bool = False
+    seals: bool = False
+    threshold: float | None = None
+    merge_tables: bool = True
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """How the local executor paces its work, and what it says."""
+
+    batch_size: int = 4
+    prefetch: int = 8  # rendered pages waiting for the model
+    quiet: bool = False
+    log_interval: float = 60.0
+
+
 @dataclass
 class ScanOptions:
+    """One scan as the command line (or a library caller) asks for it; each part of the scan
+    takes only its narrow view (the properties below)."""
+
     inputs: list[str]
     output: str = "-"
     markdown: Path | None = None
@@ -34,18 +96,38 @@ class ScanOptions:
     max_pixels: int | None = None
     batch_size: int = 4
     parallel: int | None = None  # pages (blocks) decoded together in the one llama.cpp context; None: the mode's default
-    prefetch: int = 8  # rendered pages waiting for the model
+    prefetch: int = 8
     quiet: bool = False
     log_interval: float = 60.0
-    skip_blank: bool = True  # blank pages get an ok record without the model
-    rehash: bool = False  # hash every file again instead of trusting the hash cache
-    # layout mode (layout_mode.py); layout None: on when the bundle has a layout model
+    skip_blank: bool = True
+    rehash: bool = False
     layout: bool | None = None
     charts: bool = False
     seals: bool = False
     images: Path | None = None
     layout_threshold: float | None = None
     merge_tables: bool = True
+
+    @property
+    def page(self) -> PageOptions:
+        return PageOptions(self.task, self.prompt, self.max_new_tokens, self.min_pixels, self.max_pixels, self.dpi,
+                           self.password, self.skip_blank)
+
+    @property
+    def plan(self) -> PlanOptions:
+        return PlanOptions(self.pages, self.retry_failed, self.skip_blank, self.rehash)
+
+    @property
+    def outputs(self) -> OutputOptions:
+        return OutputOptions(self.output, self.state, self.markdown, self.summary_json, self.images, self.overwrite)
+
+    @property
+    def layout_options(self) -> LayoutOptions:
+        return LayoutOptions(self.layout, self.charts, self.seals, self.layout_threshold, self.merge_tables)
+
+    @property
+    def pipeline(self) -> PipelineOptions:
+        return PipelineOptions(self.batch_size, self.prefetch, self.quiet, self.log_interval)
 
 
 class InternalError(PPVLError):
@@ -62,8 +144,11 @@ class Summary:
     pages_blank: int = 0  # of pages_ok: blank, not read by the model
     pages_copied: int = 0  # records copied from a file with the same content (`same_as`)
     pages_failed: int = 0
+    pages_read: int = 0  # pages the model read in this run (what pages_per_minute counts)
     pages_done_before: int = 0  # skipped: finished by an earlier run
     pages_failed_before: int = 0  # skipped: failed in an earlier run (see --retry-failed)
+    outputs_written: int = 0  # document outputs (Markdown, ...) written in this run
+    output_errors: list[str] = field(default_factory=list)  # one line per document output not written
     seconds: float = 0.0
     pages_per_minute: float = 0.0
     interrupted: bool = False
@@ -81,8 +166,10 @@ class Summary:
         if self.pages_failed_before:
             text += f", {self.pages_failed_before} failed before and skipped (--retry-failed retries them)"
         extras = [(self.pages_blank, "blank (not read)"), (self.pages_copied, "copied from identical files"),
-                  (self.files_repaired, "repaired PDFs")]
+                  (self.files_repaired, "repaired PDFs"), (len(self.output_errors), "document outputs not written")]
         text += "".join(f", {n} {what}" for n, what in extras if n)
+        if not self.pages_read:
+            return text + f"; no page read by the model, {_duration(self.seconds)}"
         return text + f"; {self.pages_per_minute:.1f} pages/min over {_duration(self.seconds)}"
 
 

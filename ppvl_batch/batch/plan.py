@@ -2,9 +2,10 @@
 
 For each input file the planner decides, page by page, from the journal and the hash cache:
 skip it (recorded before), copy it (a file with the same content was recorded: `same_as`), or
-read it (a Page item, rendered by the `render` hook when the executor renders here, or later on a
-worker). Items come out in document order: DocStart, the document's pages, DocEnd; a file that
-cannot be opened gives one DocFailed (or is skipped or copied like a page).
+read it (a PageTask, or the Rendered page the `render` hook makes of it when the executor renders
+here; a Ray worker renders the PageTask itself). Items come out in document order: DocStart,
+the document's pages, DocEnd; a file that cannot be opened gives one DocFailed (or is skipped
+or copied like a page). Every checkpoint key is computed here, once, and carried.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from ppvl_batch.errors import UsageError
 
 from .hashcache import HashCache
 from .journal import RecordWriter
-from .options import ScanOptions
+from .options import OutputOptions, PageOptions, PlanOptions
 from .records import checkpoint_key, settings_digest
+from .task import PageTask, Rendered
 
 
 @dataclass
@@ -31,34 +33,17 @@ class DocStart:
     sha256: str
     page_count: int
     numbers: list[int]  # the selected pages, including those skipped as done
-    todo: int  # how many of them this run records
-    warnings: tuple[str, ...] = ()
-
-
-@dataclass
-class Page:
-    doc: InputFile
-    sha256: str
-    number: int
-    page_count: int
-    key: str
-    prepared: Any = None  # the recognizer's PreparedImage, or None when `error` is set or blank
-    image: Any = None  # layout mode: the rendered page (PIL), until parsed
-    error: PageError | None = None
-    seconds: float = 0.0  # spent rendering and preparing
-    blank: bool = False
-    size: tuple[int, int] | None = None  # of the rendered page, for a blank one
+    keys: dict[int, str]  # every page of the document -> its checkpoint key (computed here, once)
+    todo: int  # how many of the selected pages this run records
     warnings: tuple[str, ...] = ()
 
 
 @dataclass
 class CopyPage:
-    """A page (or, number 0, a whole failed document) whose content was already recorded under
-    `key` for another path, in this run or an earlier one: its record is copied, not re-read."""
+    """A page (or, page None, a whole failed document) whose content was already recorded under
+    its key for another path, in this run or an earlier one: its record is copied, not re-read."""
 
-    doc: InputFile
-    key: str
-    number: int
+    task: PageTask
 
 
 @dataclass
@@ -68,9 +53,7 @@ class Skipped:
 
 @dataclass
 class DocFailed:
-    doc: InputFile
-    sha256: str | None
-    key: str
+    task: PageTask  # page None
     error: PageError
     seconds: float
 
@@ -80,15 +63,16 @@ class DocEnd:
     start: DocStart
 
 
-def check_outside_inputs(found: Inputs, options: ScanOptions, markdown_targets: list[Path]) -> None:
-    """Refuse outputs inside the input tree: they would be read back as inputs, or overwrite them."""
+def check_outside_inputs(found: Inputs, options: OutputOptions, targets: list[tuple[str, Path]]) -> None:
+    """Refuse outputs inside the input tree: they would be read back as inputs, or overwrite them.
+    `targets`: (option, path) of every document output."""
     outputs: list[tuple[str, Path]] = []
     if options.output != "-":
         outputs.append(("output", Path(options.output)))
     for label, path in (("--state", options.state), ("--summary-json", options.summary_json), ("--images", options.images)):
         if path is not None:
             outputs.append((label, path))
-    outputs += [("--markdown", p) for p in markdown_targets]
+    outputs += targets
     files = {d.path for d in found.documents}
     for label, path in outputs:
         resolved = path.resolve()
@@ -99,7 +83,7 @@ def check_outside_inputs(found: Inputs, options: ScanOptions, markdown_targets: 
             raise UsageError(f"{label} {path} is one of the input files")
 
 
-def page_settings(o: ScanOptions, model_id: str, layout: dict[str, Any] | None = None) -> str:
+def page_settings(o: PageOptions, model_id: str, layout: dict[str, Any] | None = None) -> str:
     """Digest of everything besides the file that changes a page's answer (checkpoint_key);
     `layout`: layout mode's settings (LayoutMode.key_settings), absent in whole-page mode so that
     whole-page keys stay what they were."""
@@ -116,19 +100,21 @@ def page_settings(o: ScanOptions, model_id: str, layout: dict[str, Any] | None =
 
 
 class Planner:
-    """Documents -> items (see the module docstring). `render(document, page)` fills a Page in
-    place (image prepared, or its error); None leaves pages unrendered, for a worker to render."""
+    """Documents -> items (see the module docstring). `render(document, task)` makes a Rendered
+    page (input prepared, or its error); None leaves the PageTask for a worker to render."""
 
     def __init__(
         self,
-        options: ScanOptions,
+        options: PlanOptions,
+        opening: PageOptions,
         writer: RecordWriter,
         hashes: HashCache,
         settings: str,
         max_pixels: int,
-        render: Callable[[OpenDocument, Page], None] | None,
+        render: Callable[[OpenDocument, PageTask], Rendered] | None,
     ) -> None:
         self.o = options
+        self.opening = opening  # --password, --dpi
         self.writer = writer
         self.hashes = hashes
         self.settings = settings
@@ -139,7 +125,6 @@ class Planner:
 
     def items(self, doc: InputFile) -> Iterator[object]:
         """The items of one input file; the file is open only while they are being taken."""
-        o = self.o
         started = time.monotonic()
         sha: str | None = None
         document: OpenDocument | None = None
@@ -147,7 +132,8 @@ class Planner:
             sha = self.hashes.sha256(doc.path)
             page_count = self._page_count_without_opening(sha)
             if page_count is None:
-                document = open_document(doc.path, password=o.password, dpi=o.dpi, max_pixels=self.max_pixels)
+                document = open_document(doc.path, password=self.opening.password, dpi=self.opening.dpi,
+                                         max_pixels=self.max_pixels)
                 page_count = document.page_count
         except Exception as e:  # whatever it is, this file fails alone
             yield from self._failed_items(doc, sha, classify_error(e, "cannot open"), time.monotonic() - started)
@@ -174,47 +160,46 @@ class Planner:
 
     def _failed_items(self, doc: InputFile, sha: str | None, error: PageError, seconds: float) -> Iterator[object]:
         key = checkpoint_key(self.settings, sha or f"path:{doc.path}", 0)
+        task = PageTask(key, str(doc.path), doc.source, None, None, sha)
         if sha is not None and self.writer.journal is not None and (self._skip(key) or sha in self._seen):
-            yield self._skip_or_copy(doc, key, 0)
+            yield self._skip_or_copy(task)
         elif self._skip(key):
             yield Skipped(self.writer.status(key))
         else:
-            yield DocFailed(doc, sha, key, error, seconds)
+            yield DocFailed(task, error, seconds)
         if sha is not None:
             self._seen.setdefault(sha, 0)
 
-    def _skip_or_copy(self, doc: InputFile, key: str, number: int) -> object:
+    def _skip_or_copy(self, task: PageTask) -> object:
         """A page recorded before: skipped when this path has its own record, else copied."""
         journal = self.writer.journal
-        if journal is not None and (key, doc.source) in journal.sources and self._skip(key):
-            return Skipped(journal.status(key))
-        return CopyPage(doc, key, number)
+        if journal is not None and (task.key, task.source) in journal.sources and self._skip(task.key):
+            return Skipped(journal.status(task.key))
+        return CopyPage(task)
 
     def _page_items(
         self, doc: InputFile, sha: str, page_count: int, document: OpenDocument | None
     ) -> Iterator[object]:
         o = self.o
         numbers = o.pages.select(page_count) if o.pages else list(range(1, page_count + 1))
-        keys = {n: checkpoint_key(self.settings, sha, n) for n in numbers}
+        keys = {n: checkpoint_key(self.settings, sha, n) for n in range(1, page_count + 1)}
+        tasks = {n: PageTask(keys[n], str(doc.path), doc.source, n, page_count, sha) for n in numbers}
         # An identical file earlier in this run is read (or skipped) first; its records are copied.
         copying = self.writer.journal is not None and sha in self._seen
         self._seen.setdefault(sha, page_count)
-        plan = {n: self._skip_or_copy(doc, keys[n], n) if copying or self._skip(keys[n]) else None for n in numbers}
+        plan = {n: self._skip_or_copy(tasks[n]) if copying or self._skip(keys[n]) else None for n in numbers}
         todo = sum(not isinstance(p, Skipped) for p in plan.values())
         warnings = document.warnings if document is not None else ()
-        start = DocStart(doc, sha, page_count, numbers, todo, warnings)
+        start = DocStart(doc, sha, page_count, numbers, keys, todo, warnings)
         yield start
         for number in numbers:
             if plan[number] is not None:
                 yield plan[number]
-                continue
-            assert document is not None  # opened whenever a page is to be read
-            began = time.monotonic()
-            page = Page(doc, sha, number, page_count, keys[number], warnings=warnings)
-            if self.render is not None:
-                self.render(document, page)
-            page.seconds = time.monotonic() - began
-            yield page
+            elif self.render is None:
+                yield tasks[number]
+            else:
+                assert document is not None  # opened whenever a page is to be read
+                yield self.render(document, tasks[number])
         yield DocEnd(start)
 
     def _skip(self, key: str) -> bool:

@@ -1,6 +1,7 @@
 """Reaching Ray and sizing the worker pool: the --ray options, importing Ray only when asked,
 connecting the driver (with a fast check for a HOST:PORT where nothing listens: ray.init would
-wait forever there), and the thread limits a worker applies for the CPUs it was given."""
+wait forever there), the driver's signal handling while it runs, and the thread limits a worker
+applies for the CPUs it was given."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -125,3 +128,47 @@ def limit_threads(threads: int) -> None:
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(threads)
+
+
+class Signals:
+    """Ctrl-C and SIGTERM stop the run with KeyboardInterrupt at once (a page can take a minute),
+    except inside a sink call, which finishes first (and the record is counted) so that the
+    journal line or Markdown file is whole. (ray.init made SIGTERM a plain exit; this replaces that for the run.)"""
+
+    def __init__(self) -> None:
+        self.in_sink = False
+        self.stop = False
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if self.in_sink:
+            self.stop = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+
+    @contextlib.contextmanager
+    def sink_call(self) -> Iterator[None]:
+        self.in_sink = True
+        try:
+            yield
+        finally:
+            self.in_sink = False
+
+    @contextlib.contextmanager
+    def whole(self) -> Iterator[None]:
+        """A sink call, then the stop a signal asked for during it."""
+        with self.sink_call():
+            yield
+        if self.stop:
+            raise KeyboardInterrupt

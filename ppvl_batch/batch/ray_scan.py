@@ -1,18 +1,17 @@
 """`scan --ray`: the same planner, page work and recorder as the local scan, with the pages read
 by a pool of Ray workers (ray_executor.run_on_ray).
 
-    driver (this process)   open the session as the local scan does (writer, journal, hash cache,
-                            lazy recognizer: no weights), plan every document without rendering,
-                            record what needs no model (skipped, copied, failed documents) at
-                            once, and turn each Page item into a Unit
-    workers                 ScanWork: load the bundle once with the CPUs Ray gave them (and its
-                            layout model in layout mode), open each unit's file from the shared
-                            path, render, prepare, one vision batch per task, decode (in layout
-                            mode: parse the task's pages, saving image blocks where a local scan
-                            would), and return each page's record (PageWork.page_record)
-    driver                  record each returned record once (by key), a document's Markdown
-                            when its last page is in; then the copies of files identical to one
-                            read in this run (their originals are recorded by then)
+    driver (this process)   open the session as the local scan does (strategy, writer, journal,
+                            hash cache, lazy recognizer: no weights), plan every document without
+                            rendering, record what needs no model (skipped, copied, failed
+                            documents) at once, and hand the planner's PageTasks to Ray as they are
+    workers                 ScanWork: load the bundle once with the CPUs Ray gave them, start the
+                            driver's strategy plan (layout mode: its layout model too), and turn
+                            each task's pages into records with the local scan's functions
+                            (work.TaskReader: PageWork.render, PageWork.read, build_record)
+    driver                  record each returned record once (by key), a document's outputs when
+                            its last page is in; then the copies of files identical to one read in
+                            this run (their originals are recorded by then)
 
 Records and keys are those of the local scan; only their order differs.
 """
@@ -22,24 +21,24 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
 from ppvl_batch.bundle import MANIFEST
-from ppvl_batch.documents.inputs import InputFile
-from ppvl_batch.documents.pages import OpenDocument, PageError, classify_error, open_document
-from ppvl_batch.errors import UsageError
+from ppvl_batch.errors import ModelError
 
-from .layout_mode import layout_mode
-from .options import ScanOptions, Summary
-from .plan import CopyPage, DocEnd, DocStart, Page
+from .options import PageOptions, ScanOptions, Summary
+from .plan import CopyPage, DocEnd, DocStart
 from .progress import Progress
-from .ray_cluster import RayOptions, preflight
-from .ray_executor import CRASHED, Record, Signals, Unit, run_on_ray
-from .records import make_record
+from .ray_cluster import RayOptions, Signals, preflight
+from .ray_executor import run_on_ray
+from .records import Record, crash_record
 from .session import Session, finish_summary, open_session
-from .work import PageWork, needs_model
+from .strategy import StrategyPlan, WholePagePlan
+from .task import PageTask
+from .work import PageWork, TaskReader
 
 # Test hooks, read on the driver and carried to the workers in their settings (a worker of a
 # cluster does not share the driver's environment). Never set them outside tests.
@@ -50,7 +49,7 @@ TEST_HOOK_MODEL = "PPVL_TEST_HOOK_WORKER_MODEL"  # a bundle path the workers loa
 def fingerprint(work: PageWork) -> str:
     """What a worker must have to write records under the driver's keys: model id and the digest
     of the settings that change a page's answer (layout mode's included)."""
-    return f"{work.rec.model_id} settings {work.settings}"
+    return f"{work.run.model} settings {work.settings}"
 
 
 @dataclass(frozen=True)
@@ -59,105 +58,45 @@ class WorkerSettings:
 
     bundle: str  # absolute: the same path on every node
     recognizer: dict[str, Any]  # Recognizer.load options (Recognizer.load_options), threads replaced
-    options: ScanOptions
+    plan: StrategyPlan  # the driver's, as chosen when the session opened
+    page: PageOptions
     cwd: str  # the driver's, resolved: layout mode's output folders and mirror paths are relative to it
     exit_on: str | None = None  # TEST_HOOK_EXIT_ON
 
 
 class ScanWork:
-    """A worker's page work (ray_executor.PageWork): one recognizer for the worker's life."""
+    """A worker's TaskWork (ray_worker): one recognizer and the scan's page work for the worker's life."""
 
     def __init__(self, settings: WorkerSettings, threads: int) -> None:
         from ppvl_batch.engine.recognizer import Recognizer
 
-        self.s = settings
-        self.rec = Recognizer.load(settings.bundle, **{**settings.recognizer, "threads": threads})
+        self.exit_on = settings.exit_on
+        rec = Recognizer.load(settings.bundle, **{**settings.recognizer, "threads": threads})
         try:
-            layout = layout_mode(self.rec, settings.options, Path(settings.cwd))
-        except UsageError:
-            # The driver's options passed with its bundle, so this one differs (no layout model, no
-            # seal task): no layout mode, and the fingerprint check stops the job with both sides.
-            layout = None
-        self.work = PageWork(self.rec, settings.options, layout)
-        # The file of the last unit; its one InputFile lets layout mode parse its pages together.
-        self._open: tuple[InputFile, OpenDocument | PageError] | None = None
+            strategy = settings.plan.start(rec, Path(settings.cwd))
+        except ModelError:
+            # This node's bundle differs from the driver's (no layout model): read whole pages, and
+            # the fingerprint check stops the job naming both sides.
+            strategy = WholePagePlan(settings.page).start(rec, Path(settings.cwd))
+        self.work = PageWork(strategy, settings.page, rec.model_id)
+        self.reader = TaskReader(self.work, rec.max_pixels)
 
     def fingerprint(self) -> str:
         return fingerprint(self.work)
 
-    def run(self, units: list[Unit]) -> list[Record]:
-        """The task's pages: rendered one by one (each file opened once for consecutive pages),
-        one vision batch, decoded together; one record per unit, whatever happens to a page."""
-        pages = [self._render(u) for u in units]
-        self._close()
-        work = self.work
-        wanted = [p for p in pages if needs_model(p)]
-        encoded = work.encode(wanted)
-        jobs = [p for p in wanted if id(p) in encoded]
-        outcomes = {id(jobs[i]): outcome for i, outcome in work.decode([encoded[id(p)] for p in jobs])}
-        return [work.page_record(p, outcomes.get(id(p))) for p in pages]
-
-    def _render(self, unit: Unit) -> Page:
-        if self.s.exit_on == f"{Path(unit.path).name}:{unit.page}":
-            os._exit(1)  # test hook: a page that takes its worker down every time
-        began = time.monotonic()
-        doc, document = self._document(unit)
-        if isinstance(document, PageError):
-            page = Page(doc, unit.sha256, unit.page, unit.pages, unit.key, error=document)
-        else:
-            page = Page(doc, unit.sha256, unit.page, unit.pages, unit.key, warnings=document.warnings)
-            self.work.render(document, page)
-        page.seconds = time.monotonic() - began
-        return page
-
-    def _document(self, unit: Unit) -> tuple[InputFile, OpenDocument | PageError]:
-        doc = InputFile(unit.source, Path(unit.path))
-        if self._open is None or self._open[0] != doc:
-            self._close()
-            o = self.s.options
-            try:
-                opened: OpenDocument | PageError = open_document(
-                    Path(unit.path), password=o.password, dpi=o.dpi, max_pixels=self.rec.max_pixels
-                )
-            except Exception as e:  # changed or gone since the driver planned it: this page fails alone
-                opened = classify_error(e, "cannot open")
-            self._open = (doc, opened)
-        return self._open
-
-    def _close(self) -> None:
-        if self._open is not None and not isinstance(self._open[1], PageError):
-            self._open[1].close()
-        self._open = None
-
-
-@dataclass(frozen=True)
-class CrashedRecord:
-    """The record of a page that took its worker down on every try (built on a worker)."""
-
-    task: str
-    prompt: str | None
-    model: str
-    layout_model: str | None
-
-    @classmethod
-    def of(cls, work: PageWork) -> CrashedRecord:
-        """The fields every record of `work`'s run has."""
-        return cls(work.task, work.o.prompt, work.rec.model_id, work.layout_model)
-
-    def __call__(self, unit: Unit, message: str) -> Record:
-        return make_record(
-            source=unit.source, sha256=unit.sha256, page=unit.page, page_count=unit.pages, task=self.task,
-            prompt=self.prompt, model=self.model, key=unit.key, seconds=0.0, error=(CRASHED, message),
-            layout_model=self.layout_model,
-        )
+    def run(self, tasks: list[PageTask]) -> list[Record]:
+        for task in tasks:
+            if self.exit_on == f"{Path(task.path).name}:{task.page}":
+                os._exit(1)  # test hook: a page that takes its worker down every time
+        return self.reader.records(tasks)
 
 
 @dataclass
 class _Planned:
     """The plan as the driver keeps it while the workers read."""
 
-    units: list[Unit] = field(default_factory=list)
-    starts: dict[str, DocStart] = field(default_factory=dict)  # source -> its DocStart, for documents with units
+    tasks: list[PageTask] = field(default_factory=list)
+    starts: dict[str, DocStart] = field(default_factory=dict)  # source -> its DocStart, for documents with tasks
     later: list[object] = field(default_factory=list)  # copies of pages read in this run, and their DocEnds
 
 
@@ -169,18 +108,21 @@ class _Sink:
         self.starts = plan.starts
 
     def write(self, record: Record) -> None:
-        self.recorder.page_record(self.starts[record["source"]].doc, record)
+        self.recorder.page(record)
 
     def document_done(self, source: str) -> None:
         self.recorder.finish_document(self.starts[source])
 
 
 class RayScan:
-    def __init__(self, options: ScanOptions, load_recognizer: Callable[[], Any], ray: RayOptions, *,
-                 log: TextIO | None = None) -> None:
+    """The Ray executor: plans on the driver, schedules the pages on Ray (see the module docstring)."""
+
+    def __init__(self, options: ScanOptions, load_recognizer: Callable[..., Any], ray: RayOptions, *,
+                 bundle: Any = None, log: TextIO | None = None) -> None:
         self.options = options
         self.ray = ray
         self._load_recognizer = load_recognizer
+        self._bundle = bundle
         self.progress = Progress(quiet=options.quiet, log_interval=options.log_interval, stream=log)
         self.summary = Summary()
 
@@ -188,7 +130,8 @@ class RayScan:
         """As Scan.run; also RayUnavailable (Ray missing or unreachable: exit 2), SharedPathMissing
         (2) and WorkerMismatch / WorkerLoadError (3), before any page is read."""
         preflight(self.ray.address)
-        with open_session(self.options, self._load_recognizer, self.summary, self.progress, render=False) as session:
+        with open_session(self.options, self._load_recognizer, self.summary, self.progress, render=False,
+                          bundle=self._bundle) as session:
             started = time.monotonic()
             self.progress.start(started)
             interrupted = False
@@ -205,20 +148,20 @@ class RayScan:
         return self.summary
 
     def _plan(self, session: Session, signals: Signals) -> _Planned:
-        """Every document's items: Page items become units, the rest is recorded now, except
+        """Every document's items: its PageTasks go to Ray, the rest is recorded now, except
         copies of files being read in this run, which wait for their originals."""
         plan = _Planned()
         for doc in session.documents:
             waiting = False
             start: DocStart | None = None  # the planner yields a document's DocStart before its pages
             for item in session.planner.items(doc):
-                if isinstance(item, Page):
-                    plan.units.append(Unit(item.key, str(doc.path), doc.source, item.number, item.page_count, item.sha256))
+                if isinstance(item, PageTask):
+                    plan.tasks.append(item)
                     plan.starts[doc.source] = start
                     continue
                 if isinstance(item, DocStart):
                     start = item
-                elif waiting or isinstance(item, CopyPage) and session.writer.status(item.key) is None:
+                elif waiting or isinstance(item, CopyPage) and session.writer.status(item.task.key) is None:
                     waiting = True  # this copy and the rest of its document, after the run
                     plan.later.append(item)
                     continue
@@ -229,19 +172,18 @@ class RayScan:
         return plan
 
     def _read(self, session: Session, plan: _Planned) -> bool:
-        """The units on Ray; whether the run was interrupted."""
-        if not plan.units:
+        """The tasks on Ray; whether the run was interrupted."""
+        if not plan.tasks:
             return False
-        rec, o = session.recognizer, self.options
+        rec = session.recognizer
         hooked = os.environ.get(TEST_HOOK_MODEL)
         bundle = Path(hooked or rec.bundle.path).resolve()
-        # The input list stays here: it may be a million paths, and workers get theirs per unit.
-        settings = WorkerSettings(str(bundle), rec.load_options(), replace(o, inputs=[]), str(session.cwd),
+        settings = WorkerSettings(str(bundle), rec.load_options(), session.plan, self.options.page, str(session.cwd),
                                   os.environ.get(TEST_HOOK_EXIT_ON))
         manifest = Path(rec.bundle.path).resolve() / MANIFEST
         run = run_on_ray(
-            plan.units, ScanWork, settings, fingerprint(session.work), _Sink(session, plan),
-            CrashedRecord.of(session.work), self.ray, probes={str(manifest): manifest.stat().st_size},
+            plan.tasks, ScanWork, settings, fingerprint(session.work), _Sink(session, plan),
+            partial(crash_record, session.work.run), self.ray, probes={str(manifest): manifest.stat().st_size},
             say=self.progress.say,
         )
         self.summary.ray = {

@@ -1,5 +1,6 @@
-"""Records: one JSON object per page (or per document that could not be opened), and the key
-that says which page and which settings it answers (the README lists the fields)."""
+"""Records: one JSON object per page (or per document that could not be opened), the key that
+says which page and which settings it answers, and the one function that builds a record from
+whatever became of a page (`build_record`; the README lists the fields)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,21 @@ from typing import Any
 
 import orjson
 
+from ppvl_batch.documents.pages import PageError
+
+from .task import PageTask
+
 Record = dict[str, Any]
-RECORD_START = b'{"source":'  # every record starts with its `source` field (see make_record)
+RECORD_START = b'{"source":'  # every record starts with its `source` field (see build_record)
+CRASHED = "worker_crashed"  # error type of a page that took its Ray worker down on every try
+
+# Fields of the shared record schema that a result (engine PageResult, layout ParsedPage) may
+# carry beyond the base record: copied when the result has them and they are not None. A new
+# field of that kind is added here, and nowhere else.
+OPTIONAL_RESULT_FIELDS = (
+    "confidence", "min_token_prob", "needs_review", "review_reasons", "lines", "positions", "text_source",
+    "warp_params",
+)
 
 
 def settings_digest(settings: dict[str, Any]) -> str:
@@ -25,70 +39,19 @@ def checkpoint_key(settings: str, content: str, page: int) -> str:
     return hashlib.sha256(f"{settings}\0{content}\0{page}".encode()).hexdigest()[:32]
 
 
-def make_record(
-    *,
-    source: str,
-    sha256: str | None,
-    page: int | None,
-    page_count: int | None,
-    task: str,
-    prompt: str | None,
-    model: str,
-    key: str,
-    seconds: float,
-    result: Any = None,
-    error: tuple[str, str] | None = None,
-    blank: bool = False,
-    size: tuple[int, int] | None = None,
-    warnings: list[str] | tuple[str, ...] = (),
-    blocks: list[dict[str, Any]] | None = None,
-    layout_model: str | None = None,
-    warp_params: list[float] | None = None,
-) -> Record:
-    """One JSONL record: a page read by the model (`result`, a recognizer PageResult), a blank
-    page the model was spared (`blank`, `size` of the rendered page), or a page or document
-    that failed (`error` = (type, message); `page` None when the whole document failed before
-    its pages could be counted). `warnings` (e.g. a repaired PDF) and `blank` appear only when
-    set. In layout mode (`layout_model` given) every record has `blocks` (Block.to_record
-    entries; [] for a blank page, null for a failed one) and `layout_model`, and `warp_params`
-    when the layout model predicts them (PP-DocLayoutV4's page-geometry head)."""
-    ok = error is None
-    if blank:
-        result = _Blank(*size) if size else _Blank()
-    record = {
-        "source": source,
-        "sha256": sha256,
-        "page": page,
-        "page_count": page_count,
-        "width": result.width if ok else None,
-        "height": result.height if ok else None,
-        "task": task,
-        "prompt": prompt,
-        "text": result.text if ok else None,
-        "finish_reason": result.finish_reason if ok else None,
-        "status": "ok" if ok else "error",
-        "error": None if ok else {"type": error[0], "message": error[1]},
-        "image_tokens": result.image_tokens if ok else None,
-        "output_tokens": result.output_tokens if ok else None,
-        "seconds": round(seconds, 3),
-        "model": model,
-        "key": key,
-    }
-    if layout_model is not None:
-        record["blocks"] = ([] if blank else blocks) if ok else None
-        record["layout_model"] = layout_model
-        if warp_params is not None:
-            record["warp_params"] = warp_params
-    if blank:
-        record["blank"] = True
-    if warnings:
-        record["warnings"] = list(warnings)
-    return record
+@dataclass(frozen=True)
+class RunFields:
+    """What every record of a run has in common (picklable: a Ray worker builds records too)."""
+
+    task: str  # "layout" in layout mode
+    prompt: str | None
+    model: str
+    layout_model: str | None = None  # layout mode: records add `blocks` and `layout_model`
 
 
 @dataclass(frozen=True)
-class _Blank:
-    """What a blank page records in place of a model's answer."""
+class Blank:
+    """A blank page, not read by the model: in place of its answer (size of the rendered page)."""
 
     width: int | None = None
     height: int | None = None
@@ -96,3 +59,77 @@ class _Blank:
     finish_reason: None = None
     image_tokens: int = 0
     output_tokens: int = 0
+    seconds: float = 0.0
+    blocks: tuple[()] = ()
+
+
+@dataclass(frozen=True)
+class Copied:
+    """A page of a file identical to one already recorded: that record, with this file's source."""
+
+    original: Record
+
+
+Outcome = Any  # a result (PageResult, ParsedPage), Blank, PageError (a failed page, or a crash), Copied
+
+
+def build_record(
+    run: RunFields,
+    task: PageTask,
+    outcome: Outcome,
+    *,
+    seconds: float = 0.0,
+    warnings: tuple[str, ...] | list[str] = (),
+    size_pt: tuple[float, float] | None = None,
+) -> Record:
+    """The one record builder. `outcome`: a model's result (anything with text, width, height,
+    finish_reason, image_tokens, output_tokens, seconds; `blocks` in layout mode; `warnings` and
+    the OPTIONAL_RESULT_FIELDS when it has them), a Blank page, a PageError (the page or, page None,
+    the document failed), or Copied. `seconds`: time spent before the model (rendering);
+    `warnings`: the document's; `size_pt`: a PDF page's size in points."""
+    if isinstance(outcome, Copied):
+        original = outcome.original
+        same_as = original.get("same_as") or original["source"]
+        return {**original, "source": task.source, "seconds": 0.0, "same_as": same_as}
+    error = outcome if isinstance(outcome, PageError) else None
+    ok = error is None
+    result = outcome if ok else None
+    record: Record = {
+        "source": task.source,
+        "sha256": task.sha256,
+        "page": task.page,
+        "page_count": task.page_count,
+        "width": result.width if ok else None,
+        "height": result.height if ok else None,
+        "task": run.task,
+        "prompt": run.prompt,
+        "text": result.text if ok else None,
+        "finish_reason": result.finish_reason if ok else None,
+        "status": "ok" if ok else "error",
+        "error": None if error is None else {"type": error.type, "message": error.message},
+        "image_tokens": result.image_tokens if ok else None,
+        "output_tokens": result.output_tokens if ok else None,
+        "seconds": round(seconds + (result.seconds if ok else 0.0), 3),
+        "model": run.model,
+        "key": task.key,
+    }
+    if run.layout_model is not None:
+        record["blocks"] = [b.to_record() for b in result.blocks] if ok else None
+        record["layout_model"] = run.layout_model
+    if isinstance(result, Blank):
+        record["blank"] = True
+    warnings = [*warnings, *getattr(result, "warnings", ())]
+    if warnings:
+        record["warnings"] = warnings
+    if size_pt is not None and task.page is not None:
+        record["page_size_pt"] = [round(size_pt[0], 3), round(size_pt[1], 3)]
+    for name in OPTIONAL_RESULT_FIELDS:
+        value = getattr(result, name, None)
+        if value is not None:
+            record[name] = value
+    return record
+
+
+def crash_record(run: RunFields, task: PageTask, message: str) -> Record:
+    """The record of a page that took its worker down on every try (built on a Ray worker)."""
+    return build_record(run, task, PageError(CRASHED, message))

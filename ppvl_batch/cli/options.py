@@ -39,17 +39,26 @@ def model_options(func: Callable) -> Callable:
     return func
 
 
-def load_recognizer(
-    model: str | None, quant: str | None, device: str, vision_dtype: str, threads: int | None,
-    n_gpu_layers: int, kv_type: str, ctx_size: int | None, **extra: Any,
-):
-    """A Recognizer from the shared model options; says so on stderr when the demo model is used."""
-    from ..bundle import GET_A_MODEL
-    from ..engine.recognizer import Recognizer
+def open_bundle(model: Any):
+    """The bundle the --model option names (a Bundle already opened is kept); says so on stderr
+    when the demo model is used."""
+    from ..bundle import GET_A_MODEL, Bundle, resolve_model
 
+    if isinstance(model, Bundle):
+        return model
     if model in (None, "", "demo"):
         click.echo(f"ppvl-ocr: using the small bundled demo model; for real documents {GET_A_MODEL}", err=True)
-    return Recognizer.load(
-        model or None, quant=quant, device=device, dtype=vision_dtype, threads=threads,
+    return Bundle.open(resolve_model(model or None))
+
+
+def load_recognizer(
+    model: Any, quant: str | None, device: str, vision_dtype: str, threads: int | None,
+    n_gpu_layers: int, kv_type: str, ctx_size: int | None, **extra: Any,
+):
+    """A Recognizer from the shared model options (`model`: a --model value or an opened Bundle)."""
+    from ..engine.recognizer import Recognizer
+
+    return Recognizer(
+        open_bundle(model), quant=quant, device=device, dtype=vision_dtype, threads=threads,
         n_gpu_layers=n_gpu_layers, kv_type=kv_type, n_ctx=ctx_size, **extra,
     )

@@ -10,7 +10,7 @@ import click
 from ..config import config_option
 from ..engine.prompt import TASKS
 from ..errors import exit_codes_help
-from .options import load_recognizer, model_options
+from .options import load_recognizer, model_options, open_bundle
 
 
 def _parse_pages(ctx: click.Context, param: click.Parameter, value: str | None):
@@ -202,10 +202,11 @@ def scan(ctx: click.Context, inputs: tuple[str, ...], **opts: Any) -> None:
     if opts["min_pixels"] and opts["max_pixels"] and opts["min_pixels"] > opts["max_pixels"]:
         raise UsageError("--min-pixels is larger than --max-pixels")
     options = ScanOptions(inputs=list(inputs), **opts)
+    model["model"] = bundle = open_bundle(model["model"])  # the page strategy is chosen from it first
 
-    def load():
+    def load(**decoder: Any):  # what the page strategy asks for: parallel, context_pixels
         rec = load_recognizer(**model, min_pixels=options.min_pixels, max_pixels=options.max_pixels,
-                              max_new_tokens=options.max_new_tokens, parallel=options.parallel or 1, lazy=True)
+                              max_new_tokens=options.max_new_tokens, lazy=True, **decoder)
         if options.task not in rec.tasks:
             rec.close()
             raise UsageError(f"--task {options.task} is not available with this model (it has: {', '.join(rec.tasks)})")
@@ -217,7 +218,7 @@ def scan(ctx: click.Context, inputs: tuple[str, ...], **opts: Any) -> None:
         return rec
 
     if ray["address"] is None:
-        summary = Scan(options, load).run()
+        summary = Scan(options, load, bundle=bundle).run()
     else:  # Ray is imported only here
         from ..batch.ray_cluster import RayOptions, parse_workers
         from ..batch.ray_scan import RayScan
@@ -226,7 +227,7 @@ def scan(ctx: click.Context, inputs: tuple[str, ...], **opts: Any) -> None:
         ray_options = RayOptions(address=ray["address"], workers=workers, cpus_per_worker=ray["cpus_per_worker"],
                                  gpus_per_worker=ray["gpus_per_worker"], pages_per_task=ray["pages_per_task"],
                                  task_retries=ray["task_retries"])
-        summary = RayScan(options, load, ray_options).run()
+        summary = RayScan(options, load, ray_options, bundle=bundle).run()
     if options.summary_json:
         write_summary_json(options.summary_json, summary)
     if not options.quiet:

@@ -11,7 +11,7 @@ import click
 
 from ..config import config_option
 from ..errors import exit_codes_help
-from .options import FAILED, INTERRUPTED, MODEL, OK, USAGE, load_recognizer, model_options
+from .options import FAILED, INTERRUPTED, MODEL, OK, USAGE, load_recognizer, model_options, open_bundle
 
 SERVE_EPILOG = """\b
 Endpoints:
@@ -170,18 +170,26 @@ def ask(images: tuple[Path, ...], page: int, text: str, server: str | None, api_
 
 def _ask_layout(images: tuple[Path, ...], page: int, text: str, server: str | None, stream: bool, max_tokens: int,
                 model: dict[str, Any]) -> None:
-    """ask --layout: the pages parsed in one batch, their Markdown on stdout (tables merged
-    across them), a line on stderr for each block that failed."""
-    from ..errors import UsageError
-    from ..layout.parser import DocumentParser, ParserOptions
+    """ask --layout: the pages parsed in one batch as `scan` parses them in layout mode (the same
+    strategy, recognizer settings and page rendering), their Markdown on stdout through the one
+    document assembler (tables merged across them), a line on stderr for each block that failed."""
+    from ..batch.options import ScanOptions
+    from ..batch.strategy import choose_strategy
+    from ..documents.inputs import InputFile
+    from ..errors import ModelError, UsageError
     from ..serve.client import load_page
 
     refused = [name for name, given in (("--server", server), ("--stream", stream), ("--text", text != "OCR:")) if given]
     if refused:
         raise UsageError(f"--layout does not take {', '.join(refused)}: it runs the model here and each block gets its label's prompt")
-    pages = [load_page(path, page) for path in images]
-    with load_recognizer(**model, max_new_tokens=max_tokens) as rec:
-        parser = DocumentParser.for_recognizer(rec, ParserOptions(max_new_tokens=max_tokens))
+    bundle = open_bundle(model["model"])
+    if bundle.layout_dir is None:
+        raise ModelError(f"{bundle.path}: has no layout model; add one with `ppvl-ocr convert --add-layout LAYOUT {bundle.path}`")
+    plan = choose_strategy(ScanOptions(inputs=[], layout=True, max_new_tokens=max_tokens), bundle)
+    with load_recognizer(**{**model, "model": bundle}, max_new_tokens=max_tokens, **plan.recognizer_options()) as rec:
+        strategy = plan.start(rec, Path.cwd())
+        pages = [strategy.prepare(load_page(path, page, max_pixels=rec.max_pixels)) for path in images]
+        parser = strategy.parser(InputFile(str(images[0]), images[0].resolve()))
         parsed = parser.parse(pages)
     for path, result in zip(images, parsed):
         for block in result.blocks:

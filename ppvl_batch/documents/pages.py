@@ -36,7 +36,6 @@ from PIL import Image, UnidentifiedImageError
 
 from .images import IMAGE_FORMATS, to_rgb
 from .inputs import DOCUMENT_EXTENSIONS
-
 from .mupdf import pymupdf
 
 if TYPE_CHECKING:
@@ -177,6 +176,10 @@ class OpenDocument(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def size_pt(self, number: int) -> tuple[float, float] | None:
+        """A PDF page's size in points, as shown (rotation applied); None for an image."""
+        return None
+
     def text_layer(self, number: int) -> TextLayer | None:
         """The page's own text layer, or None for a document without one (images)."""
         return None
@@ -246,6 +249,9 @@ class PdfDocument(OpenDocument):
             raise TextLayerError(f"text layer unreadable: {classify_error(e, f'page {number}').message}") from e
         size = (page.rect * pymupdf.Matrix(zoom, zoom)).irect  # the pixmap render() makes (tested)
         return read_text_layer(page, (size.width, size.height))
+    def size_pt(self, number: int) -> tuple[float, float] | None:
+        rect = self._doc.load_page(number - 1).rect
+        return (rect.width, rect.height)
 
     def close(self) -> None:
         self._doc.close()

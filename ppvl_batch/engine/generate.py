@@ -38,6 +38,7 @@ class Generation:
     prompt_tokens: int  # including image tokens
     prefill_seconds: float
     decode_seconds: float
+    warnings: list[str] = field(default_factory=list)  # e.g. an answer the context cut short
 
 
 class RepetitionGuard:
@@ -104,6 +105,7 @@ class _Sequence:
         self.request = request
         self.n_prompt = n_prompt
         self.prefill_seconds = prefill_seconds
+        self.capacity = capacity
         self.budget = min(request.max_new_tokens, capacity - n_prompt)
         image = request.image
         self.next_pos = len(request.before_image) + max(image.rows, image.cols) + len(request.after_image)
@@ -158,6 +160,14 @@ class _Sequence:
             if on_text is not None and self.finish != "abort" and tail:
                 on_text(tail)
             text = self.text.text
+        warnings = []
+        if self.finish == "length" and len(self.out) < self.request.max_new_tokens:
+            # The context, not max_new_tokens, ended the answer: say so rather than cut it silently.
+            warnings.append(
+                f"answer cut at {len(self.out)} of {self.request.max_new_tokens} new tokens: the prompt "
+                f"({self.n_prompt} tokens) left no more room in the context ({self.capacity} per page); "
+                "raise --ctx-size"
+            )
         return Generation(
             token_ids=self.out,
             text=text,
@@ -165,6 +175,7 @@ class _Sequence:
             prompt_tokens=self.n_prompt,
             prefill_seconds=self.prefill_seconds,
             decode_seconds=time.perf_counter() - (self.started or time.perf_counter()),
+            warnings=warnings,
         )
 
 
@@ -181,7 +192,8 @@ def generate_many(decoder: TextDecoder, requests: Iterable[DecodeRequest]) -> It
     llama_decode over every active page's next token, which reads the weights once for all
     of them (single-sequence decoding on a CPU is bound by reading the weights). Yields
     (index of the request, Generation) as pages finish, not necessarily in order; a page
-    that cannot be decoded yields its DecoderError instead and the others go on."""
+    that cannot be decoded yields its DecoderError instead and the others go on (a failed
+    step fails the pages in it, and the pages after them are decoded)."""
     pending = iter(enumerate(requests))
     active: dict[int, _Sequence] = {}  # seq id -> page in flight
     exhausted = False
@@ -217,7 +229,12 @@ def generate_many(decoder: TextDecoder, requests: Iterable[DecodeRequest]) -> It
             step_pos.append(state.next_pos)
             state.next_pos += 1
         if step_tokens:
-            decoder.decode_step(step_tokens, step_pos, step_seqs)
+            try:
+                decoder.decode_step(step_tokens, step_pos, step_seqs)
+            except DecoderError as exc:  # the step's pages fail; their sequences are free again
+                for seq in step_seqs:
+                    yield active.pop(seq).index, DecoderError(f"decoding step failed: {exc}")
+                continue
             for row, seq in enumerate(step_seqs):
                 active[seq].pick(decoder.logits(row))
 

@@ -50,6 +50,7 @@ class PageResult:
     prefill_seconds: float
     decode_seconds: float
     token_ids: list[int] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. an answer the context cut short
 
     @property
     def seconds(self) -> float:
@@ -74,7 +75,9 @@ class Recognizer:
     tower and the llama.cpp decoder (lazily with `lazy=True`: at the first page). `recognize(images,
     task or prompt)` answers each page; `encode` and `decode` are its two halves, which scan and the
     server schedule themselves (vision for a batch, then several pages decoded together). Use it as
-    a context manager, or call close(), to free llama.cpp's memory."""
+    a context manager, or call close(), to free llama.cpp's memory. Its settings
+    (context size, parallel decoding) are fixed when it is built; callers that need others build
+    another."""
 
     def __init__(
         self,
@@ -91,10 +94,15 @@ class Recognizer:
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         kv_type: str = "f16",
         parallel: int = 1,
+        context_pixels: int | None = None,
         lazy: bool = False,
     ):
-        """`lazy`: load the weights only when the first page needs them, so a run that finds
-        nothing to do (a nightly scan of an unchanged archive) costs no model load."""
+        """`parallel`: pages (or layout blocks) decoded together, each with its own KV cache;
+        `context_pixels`: the largest image a prompt will carry when it is above the pages' own
+        (layout blocks have pixel limits of their own), for the context's size (a given n_ctx wins).
+        Both are fixed for the recognizer's life. `lazy`: load the weights only when the first
+        page needs them, so a run that finds nothing to do (a nightly scan of an unchanged
+        archive) costs no model load."""
         import torch
 
         from .llama import default_threads
@@ -115,7 +123,7 @@ class Recognizer:
         self._detokenizer: Detokenizer | None = None
         self.max_new_tokens = max_new_tokens
         # The llama.cpp context of one page: the largest image, the prompt text and the answer.
-        self.n_ctx = n_ctx or self._context(self._max_image_pixels(), max_new_tokens)
+        self.n_ctx = n_ctx or self._context(max(self._max_image_pixels(), context_pixels or 0), max_new_tokens)
         self._decoder_options = dict(
             n_ctx=self.n_ctx,
             threads=self.threads,
@@ -123,7 +131,6 @@ class Recognizer:
             kv_type=kv_type,
             n_seq=parallel,
         )
-        self._n_ctx_given = n_ctx is not None
         self._vision: VisionEncoder | None = None
         self._decoder: TextDecoder | None = None
         if device == "cpu":
@@ -189,29 +196,6 @@ class Recognizer:
         """One page's context in tokens: its image (smart_resize keeps to max_pixels), the prompt
         text and the answer."""
         return max_pixels // self.preprocessor.factor**2 + 1 + PROMPT_TEXT_TOKENS + max_new_tokens
-
-    def fit_context(self, max_pixels: int, max_new_tokens: int | None = None) -> None:
-        """Make the decoder's context hold an image of up to `max_pixels` and an answer of
-        `max_new_tokens` (default: the recognizer's): layout blocks have pixel limits of their own,
-        above a small max_pixels. A context given as n_ctx is kept; a decoder already loaded with
-        a smaller one is loaded again at its next use."""
-        needed = self._context(max_pixels, max_new_tokens or self.max_new_tokens)
-        if self._n_ctx_given or needed <= self.n_ctx:
-            return
-        self.n_ctx = needed
-        self._reconfigure(n_ctx=needed)
-
-    def set_parallel(self, parallel: int) -> None:
-        """Decode up to `parallel` pages (or layout blocks) together from now on; a decoder already
-        loaded for another number is loaded again at its next use."""
-        if parallel != self._decoder_options["n_seq"]:
-            self._reconfigure(n_seq=parallel)
-
-    def _reconfigure(self, **decoder_options: Any) -> None:
-        self._decoder_options.update(decoder_options)
-        if self._decoder is not None:
-            self._decoder.close()
-            self._decoder = None
 
     # -- stage 1: vision ----------------------------------------------------------------------
 
@@ -321,6 +305,7 @@ class Recognizer:
             prefill_seconds=gen.prefill_seconds,
             decode_seconds=gen.decode_seconds,
             token_ids=gen.token_ids,
+            warnings=gen.warnings,
         )
 
     def recognize(

@@ -1,4 +1,6 @@
-"""Blocks -> Markdown, in reading order (docs/layout-text.md, "Markdown").
+"""Blocks -> Markdown, in reading order (docs/layout-text.md, "Markdown"), and a document's
+Markdown from its pages (`document_markdown`: the one assembler of scan, ask --layout and
+DocumentParser.markdown).
 
 A page's Markdown is its blocks' Markdown in list order (the layout model's reading order),
 joined by blank lines. Labels PaddleX leaves out (headers, footers, page numbers, footnotes,
@@ -12,6 +14,7 @@ import dataclasses
 import os
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from .labels import MARKDOWN_IGNORE_LABELS, Block
@@ -213,6 +216,61 @@ def pages_markdown(
         pages = merge_tables_across_pages(pages)
     ignore = frozenset(ignore)
     return [page_markdown(page, ignore=ignore, formula_numbers=formula_numbers) for page in pages]
+
+
+# -- a document -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MarkdownOptions:
+    merge_tables: bool = True  # join tables that run over a page break
+    ignore_labels: frozenset[str] = MARKDOWN_IGNORE_LABELS  # kept in the blocks, left out of Markdown
+    formula_numbers: bool = False  # put formula numbers on their formula as \tag*{n}
+
+
+@dataclass(frozen=True)
+class PageText:
+    """One page as a document's Markdown sees it: a read page's text, or (layout mode) its blocks,
+    from which its Markdown is made again so that tables merge across pages; or its error."""
+
+    number: int | None = None  # None: no page comments (a batch of pages, not a numbered document)
+    text: str = ""
+    blocks: Sequence[Block] | None = None
+    error: str | None = None  # "type: message"
+
+
+def document_markdown(pages: Sequence[PageText], options: MarkdownOptions = MarkdownOptions()) -> str:
+    """One document's Markdown, pages in the order given. Numbered pages are each introduced by an
+    HTML comment (invisible when rendered, easy to split on), a failed one by a comment saying
+    why; unnumbered ones are joined by blank lines. Tables merge within runs of consecutive pages
+    with blocks (a failed, blank or missing page in between breaks a run)."""
+    texts = [p.text for p in pages]
+    run: list[int] = []
+
+    def flush() -> None:
+        made = pages_markdown([pages[i].blocks or () for i in run], merge_tables=options.merge_tables,
+                              ignore=options.ignore_labels, formula_numbers=options.formula_numbers)
+        for i, text in zip(run, made):
+            texts[i] = text
+        run.clear()
+
+    for i, page in enumerate(pages):
+        readable = page.error is None and bool(page.blocks)
+        follows = run and (page.number is None or pages[run[-1]].number == page.number - 1)
+        if not (readable and follows):
+            flush()
+        if readable:
+            run.append(i)
+    flush()
+    if all(p.number is None for p in pages):
+        return "\n\n".join(t for p, t in zip(pages, texts) if p.error is None and t)
+    parts = []
+    for page, text in zip(pages, texts):
+        if page.error is None:
+            parts.append(f"<!-- page {page.number} -->\n\n{text.strip()}\n")
+        else:
+            parts.append(f"<!-- page {page.number}: {page.error.replace('--', '- -')} -->\n")  # no "--" in a comment
+    return "\n".join(parts)
 
 
 # -- image files --------------------------------------------------------------------------------

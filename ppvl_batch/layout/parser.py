@@ -9,7 +9,9 @@ page's Markdown (docs/layout-text.md, "The parser").
 One `parse` call is one batch: the detector sees all its pages at once, every block of every page
 goes through the vision encoder together, and the blocks are decoded through `decode_many`
 (`parallel` of them in flight, as the recognizer was loaded). A block that cannot be cut,
-encoded or decoded gets its own `error`; the page and the other blocks go on.
+encoded or decoded gets its own `error`; the page and the other blocks go on. The parser never
+changes its recognizer: load it with `context_pixels` set to the blocks' max_pixels (as scan
+and ask --layout do) so that a block above the pages' own pixel limit fits the context.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ..engine.llama import DecoderError
 from ..errors import OutputError
 from .blocks import BLOCK_MAX_PIXELS, BLOCK_MIN_PIXELS, CropError, block_input, crop_block, finish_text
 from .labels import MARKDOWN_IGNORE_LABELS, Block, block_format, block_task, prompt_table, reading_orders, saves_image
-from .markdown import image_filename, image_link, page_markdown, pages_markdown
+from .markdown import MarkdownOptions, PageText, document_markdown, image_filename, image_link, page_markdown
 
 if TYPE_CHECKING:
     from ..engine.recognizer import EncodedPage, Recognizer
@@ -75,6 +77,9 @@ class ParserOptions:
     formula_numbers: bool = False  # put formula numbers on their formula as \tag*{n}
     images_dir: Path | None = None  # where image blocks are saved; None: not saved (no link)
     links_from: Path | None = None  # folder the Markdown file is in; None: images_dir's parent
+
+    def markdown_options(self) -> MarkdownOptions:
+        return MarkdownOptions(self.merge_tables, self.ignore_labels, self.formula_numbers)
 
     def prompt_choices(self) -> dict[str, object]:
         """What of these options a block's text depends on (for a checkpoint key)."""
@@ -155,7 +160,6 @@ class DocumentParser:
             raise ValueError("seal recognition needs a PaddleOCR-VL 1.5 or later bundle")
         if self.o.min_pixels > self.o.max_pixels:
             raise ValueError(f"block min_pixels {self.o.min_pixels} is above max_pixels {self.o.max_pixels}")
-        recognizer.fit_context(self.o.max_pixels, self.o.max_new_tokens)
 
     # -- the batch ----------------------------------------------------------------------------
 
@@ -199,9 +203,7 @@ class DocumentParser:
         """One document's Markdown from its consecutive pages (parsed pages, or the blocks of
         records read back): tables merged across pages unless merge_tables is off."""
         blocks = [p.blocks if isinstance(p, ParsedPage) else list(p) for p in pages]
-        parts = pages_markdown(blocks, merge_tables=self.o.merge_tables, ignore=self.o.ignore_labels,
-                               formula_numbers=self.o.formula_numbers)
-        return "\n\n".join(part for part in parts if part)
+        return document_markdown([PageText(blocks=b) for b in blocks], self.o.markdown_options())
 
     # -- steps --------------------------------------------------------------------------------
 

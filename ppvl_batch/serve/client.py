@@ -39,10 +39,11 @@ class Reply:
     completion_tokens: int
 
 
-def load_page(path: Path, page: int = 1) -> Image.Image:
-    """Page `page` (1-based) of an image, PDF or TIFF file, as RGB. Errors as `scan` words them."""
+def load_page(path: Path, page: int = 1, max_pixels: int = RENDER_MAX_PIXELS) -> Image.Image:
+    """Page `page` (1-based) of an image, PDF or TIFF file, as RGB, a PDF page rendered to about
+    `max_pixels` (ask --layout: the recognizer's, as scan renders). Errors as `scan` words them."""
     try:
-        with open_document(path, max_pixels=RENDER_MAX_PIXELS) as document:
+        with open_document(path, max_pixels=max_pixels) as document:
             if page > document.page_count:
                 raise UsageError(f"{path}: --page {page}, but it has {document.page_count} page(s)")
             return document.render(page)
