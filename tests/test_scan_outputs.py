@@ -205,12 +205,12 @@ def test_scan_options_reach_the_writers(in_tmp: Path) -> None:
 
     make_pdf(in_tmp / "in" / "a.pdf", pages=1)
     inside = scan("in", "-o", "o.jsonl", "--hocr", "in/hocr", model=None)
-    assert inside.exit_code == 2 and "--hocr in/hocr is inside the input folder" in inside.stderr
+    assert inside.exit_code == 2 and "--hocr in/hocr/in/a.pdf.hocr is inside the input folder" in inside.stderr
     from_env = scan("in", "-o", "o.jsonl", model=None, env={"PPVL_ALTO": "in/alto"})
-    assert from_env.exit_code == 2 and "--alto in/alto is inside the input folder" in from_env.stderr
+    assert from_env.exit_code == 2 and "--alto in/alto/in/a.pdf.alto.xml is inside" in from_env.stderr
     (in_tmp / "ppvl-ocr.toml").write_text('[scan]\npdf = "in/pdf"\n')
     from_config = scan("in", "-o", "o.jsonl", model=None)
-    assert from_config.exit_code == 2 and "--pdf in/pdf is inside the input folder" in from_config.stderr
+    assert from_config.exit_code == 2 and "--pdf in/pdf/in/a.pdf.pdf is inside" in from_config.stderr
     (in_tmp / "ppvl-ocr.toml").unlink()
     pdfa = scan("in", "-o", "o.jsonl", "--pdfa", "--hocr", "h", model=None)
     assert pdfa.exit_code == 2 and "give --pdf DIR too" in pdfa.stderr

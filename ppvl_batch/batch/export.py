@@ -128,10 +128,9 @@ def _unchanged(recorded: dict[str, _Document], docs: dict[str, InputFile], resul
         doc = docs[source]
         try:
             now = file_sha256(doc.path)
-        except PageError as e:
-            now, why = None, f"{e.type}: {e.message}"
-        else:
             why = f"sha256 {now[:12]}... is not its records' {rec.sha256[:12]}...; scan it again"
+        except PageError as e:
+            now, why = "", f"{e.type}: {e.message}"
         if now != rec.sha256:
             line = f"{source}: changed since it was read ({why}); its outputs are not written"
             result.refused.append(line)
