@@ -25,7 +25,8 @@ class ExitCode(IntEnum):
 
     OK = 0, "every page read in this run is ok; `ask`: answered"
     PAGES_FAILED = 1, ("some pages or files failed (their records say why); `ask`: a page could not be read, or "
-                       "the server could not be reached or answered with an error; `serve`: cannot listen")
+                       "the server could not be reached or answered with an error; `serve`: cannot listen; "
+                       "`export`: an input changed since its records were read")
     USAGE = 2, ("usage error: bad option, argument or config file, output inside the input tree, a prompt "
                 "the model cannot take, an API key the server refused")
     MODEL = 3, "model bundle or checkpoint missing or invalid"

@@ -42,6 +42,7 @@ def test_every_help_lists_exit_codes_from_the_enum():
     listed = {
         (): list(ExitCode),
         ("scan",): list(ExitCode),
+        ("export",): [ExitCode.OK, ExitCode.PAGES_FAILED, ExitCode.USAGE, ExitCode.OUTPUT, ExitCode.INTERRUPTED],
         ("convert",): [ExitCode.OK, ExitCode.USAGE, ExitCode.MODEL, ExitCode.OUTPUT, ExitCode.INTERRUPTED],
         ("inspect",): [ExitCode.OK, ExitCode.USAGE, ExitCode.MODEL],
         ("serve",): [ExitCode.PAGES_FAILED, ExitCode.USAGE, ExitCode.MODEL, ExitCode.INTERRUPTED],

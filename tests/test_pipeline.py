@@ -120,14 +120,13 @@ class FailingWriter:
 
 
 def test_a_writer_that_fails_for_one_document_leaves_the_others(in_tmp: Path) -> None:
-    from ppvl_batch.batch.journal import RecordWriter
     from ppvl_batch.batch.options import Summary
     from ppvl_batch.batch.plan import DocStart
     from ppvl_batch.batch.progress import Progress
     from ppvl_batch.documents.inputs import InputFile
 
     writer, summary = FailingWriter(), Summary()
-    outputs = DocumentOutputs([Output(writer, Path("out"), "--text")], in_tmp, RecordWriter("-", None, False), summary,
+    outputs = DocumentOutputs([Output(writer, Path("out"), "--text")], in_tmp, None, summary,  # no journal: stdout
                               Progress(quiet=True, log_interval=60))
     for name in ("a.pdf", "b.pdf"):
         start = DocStart(InputFile(name, in_tmp / name), "sha", 1, [1], {1: f"key-{name}"}, 1)

@@ -123,7 +123,18 @@ class Journal:
         except OSError as e:
             raise output_error("open", self.path, e) from e
 
-    def _load(self) -> None:
+    def read(self) -> None:
+        """Load the records' keys without writing anything (`export`: a scan may be appending);
+        a torn last line is left alone."""
+        try:
+            with open(self.path, "rb") as self._file:
+                self._load(writable=False)
+        except OSError as e:
+            raise output_error("read", self.path, e) from e
+        finally:
+            self._file = None
+
+    def _load(self, writable: bool = True) -> None:
         assert self._file is not None
         offset = 0
         for number, line in enumerate(self._file, 1):
@@ -142,7 +153,7 @@ class Journal:
                 )
             self._index(record, offset)
             offset += len(line)
-        if offset != self._file.seek(0, os.SEEK_END):
+        if writable and offset != self._file.seek(0, os.SEEK_END):
             self._file.truncate(offset)
             self._file.flush()
             os.fsync(self._file.fileno())

@@ -49,6 +49,10 @@ class OutputOptions:
     summary_json: Path | None = None
     images: Path | None = None  # layout mode's image blocks
     overwrite: bool = False
+    pdf: Path | None = None  # searchable PDFs (outputs/pdf.py), PDF/A-2b with `pdfa`
+    hocr: Path | None = None
+    alto: Path | None = None
+    pdfa: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,10 @@ class ScanOptions:
     images: Path | None = None
     layout_threshold: float | None = None
     merge_tables: bool = True
+    pdf: Path | None = None
+    hocr: Path | None = None
+    alto: Path | None = None
+    pdfa: bool = False
 
     @property
     def page(self) -> PageOptions:
@@ -119,7 +127,8 @@ class ScanOptions:
 
     @property
     def outputs(self) -> OutputOptions:
-        return OutputOptions(self.output, self.state, self.markdown, self.summary_json, self.images, self.overwrite)
+        return OutputOptions(self.output, self.state, self.markdown, self.summary_json, self.images, self.overwrite,
+                             self.pdf, self.hocr, self.alto, self.pdfa)
 
     @property
     def layout_options(self) -> LayoutOptions:

@@ -18,9 +18,8 @@ from ppvl_batch.errors import ExitCode, OutputError, PPVLError, UsageError
 
 from .hashcache import HashCache
 from .journal import RecordWriter
-from .markdown import MarkdownWriter
 from .options import InternalError, ScanOptions, Summary
-from .outputs import DocumentOutputs, Output
+from .outputs import DocumentOutputs, wanted_outputs
 from .plan import Planner, check_outside_inputs
 from .progress import Progress
 from .recorder import Recorder
@@ -59,8 +58,8 @@ def open_session(
         raise UsageError("no documents to scan (no files found in the given inputs)")
     cwd = Path.cwd().resolve()
     plan = choose_strategy(options, bundle)
-    wanted = [Output(MarkdownWriter(plan.markdown_options()), outs.markdown, "--markdown")] if outs.markdown else []
-    outputs = DocumentOutputs(wanted, cwd, writer, summary, progress)
+    wanted = wanted_outputs(outs, plan.markdown_options(), options.password)
+    outputs = DocumentOutputs(wanted, cwd, writer.journal, summary, progress)
     targets = [(out.option, target) for d in found.documents for out, target in outputs.targets(d)]
     check_outside_inputs(found, outs, targets)
     summary.files = len(found.documents)

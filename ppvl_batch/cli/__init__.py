@@ -3,7 +3,8 @@
     __init__.py  the `ppvl-ocr` group (`main`, the entry point): logging, errors -> one line and an exit code
     options.py   what several commands share: the model options and loading a Recognizer from them
     model.py     convert, inspect: making and reading model bundles
-    scan.py      scan: documents -> JSONL records and Markdown
+    scan.py      scan: documents -> JSONL records and Markdown (searchable PDF, hOCR, ALTO)
+    export.py    export: those document outputs again from a scan's JSONL, without the model
     serve.py     serve, ask: the OpenAI-compatible server and its client
 
 Commands import what they run inside their functions, so `--help` does not import torch.
@@ -19,7 +20,7 @@ import click
 
 from .. import __version__
 from ..errors import ExitCode, PPVLError, exit_codes_help
-from . import model, scan, serve
+from . import export, model, scan, serve
 
 
 class PPVLGroup(click.Group):
@@ -44,6 +45,7 @@ def main(verbose: int) -> None:
 
     \b
     ppvl-ocr scan ./docs -o out.jsonl          OCR folders, PDFs and images
+    ppvl-ocr export out.jsonl --pdf pdf/       searchable PDF, hOCR, ALTO from the records
     ppvl-ocr convert CHECKPOINT -o BUNDLE      make a model bundle from PaddleOCR-VL
     ppvl-ocr inspect BUNDLE                    what a bundle holds
     ppvl-ocr serve --model BUNDLE              OpenAI-compatible server
@@ -66,5 +68,5 @@ def main(verbose: int) -> None:
         quiet_logging()
 
 
-for command in (model.convert, model.inspect, scan.scan, serve.serve, serve.ask):
+for command in (model.convert, model.inspect, scan.scan, export.export, serve.serve, serve.ask):
     main.add_command(command)

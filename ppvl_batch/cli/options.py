@@ -1,8 +1,10 @@
-"""What several commands share: exit codes they list, the options that load a model, and loading it."""
+"""What several commands share: exit codes they list, the options that load a model, and loading it;
+the document output options of scan and export."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -33,6 +35,29 @@ def model_options(func: Callable) -> Callable:
                      "transformers' numerics, q8_0 halves the cache again. [env PPVL_KV_TYPE]"),
         click.option("--ctx-size", envvar="PPVL_CTX_SIZE", type=click.IntRange(256), default=None,
                      help="llama.cpp context in tokens (default: the largest page, or layout block, + max new tokens). [env PPVL_CTX_SIZE]"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def document_output_options(func: Callable) -> Callable:
+    """--pdf, --pdfa, --hocr, --alto: the archival outputs (outputs/, docs/archival-outputs.md)."""
+    folder = click.Path(file_okay=False, path_type=Path)
+    options = [
+        click.option("--pdf", type=folder, envvar="PPVL_PDF", metavar="DIR",
+                     help="Also write one searchable PDF per document, DIR/<path>.pdf (the --markdown path rule): a "
+                          "PDF keeps its pages untouched and gets an invisible text layer, an image becomes one page "
+                          "per frame at its physical size. Written once every page of the document is recorded. "
+                          "[env PPVL_PDF]"),
+        click.option("--pdfa", is_flag=True, envvar="PPVL_PDFA",
+                     help="With --pdf: write PDF/A-2b (needs pip install 'ppvl-batch[pdfa]'). A document that cannot "
+                          "be PDF/A (an encrypted input, say) gets the plain PDF, a line saying why, and exit 4. "
+                          "[env PPVL_PDFA]"),
+        click.option("--hocr", type=folder, envvar="PPVL_HOCR", metavar="DIR",
+                     help="Also write one hOCR 1.2 file per document, DIR/<path>.hocr. [env PPVL_HOCR]"),
+        click.option("--alto", type=folder, envvar="PPVL_ALTO", metavar="DIR",
+                     help="Also write one ALTO 4.4 file per document, DIR/<path>.alto.xml. [env PPVL_ALTO]"),
     ]
     for option in reversed(options):
         func = option(func)

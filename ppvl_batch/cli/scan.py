@@ -1,4 +1,4 @@
-"""`ppvl-ocr scan`: documents -> JSONL records (and Markdown), resumable."""
+"""`ppvl-ocr scan`: documents -> JSONL records (and Markdown, searchable PDF, hOCR, ALTO), resumable."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import click
 from ..config import config_option
 from ..engine.prompt import TASKS
 from ..errors import exit_codes_help
-from .options import load_recognizer, model_options, open_bundle
+from .options import document_output_options, load_recognizer, model_options, open_bundle
 
 
 def _parse_pages(ctx: click.Context, param: click.Parameter, value: str | None):
@@ -33,6 +33,16 @@ A lock (OUTPUT.lock or DIR/lock) stops two runs writing one output; a lock
 left by a dead process is taken over. Outputs may not lie inside an input
 folder, and an existing file that is not a ppvl-ocr output is never
 overwritten without --overwrite.
+
+\b
+Document outputs (--markdown, --pdf, --hocr, --alto) are written from the
+records once every page of a document is recorded, in this run or earlier
+ones (--pages, resume, --retry-failed), and again when a page of it gets a
+newer record; one asked for the first time is written for every finished
+document without reading a page again. A document whose output cannot be
+written (an encrypted PDF without --password, a damaged one) keeps its
+records; a line and the summary say why, and the run exits with 4.
+`ppvl-ocr export` writes them later from the JSONL, without the model.
 
 \b
 Records (one JSON object per line, written and flushed page by page):
@@ -73,6 +83,7 @@ The command line wins over the environment, which wins over the file.
               help="Also write one DIR/<path>.md per document (e.g. docs/a.pdf -> DIR/docs/a.pdf.md; paths "
                    "outside the working directory go under DIR/_abs/), atomically, once the document is complete. "
                    "[env PPVL_MARKDOWN]")
+@document_output_options
 @click.option("--state", type=click.Path(file_okay=False, path_type=Path), envvar="PPVL_STATE", metavar="DIR",
               help="Checkpoint folder for -o -, so that stdout runs resume too (a file output is its own "
                    "checkpoint). [env PPVL_STATE]")
