@@ -27,7 +27,7 @@ class PageOptions:
     dpi: float | None = None
     password: str | None = None
     skip_blank: bool = True  # blank pages get an ok record without the model
-    text_layer: str = "auto"  # --text-layer (text_pages.py): not in the digest, it picks between keys
+    text_layer: str = "ignore"  # --text-layer (text_pages.py): not in the digest, it picks between keys
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class ScanOptions:
     images: Path | None = None
     layout_threshold: float | None = None
     merge_tables: bool = True
-    text_layer: str = "auto"  # auto | ignore | only (batch/text_pages.py)
+    text_layer: str = "ignore"  # auto | ignore | only (text_pages.py); the CLI defaults to auto
 
     @property
     def page(self) -> PageOptions:
