@@ -16,7 +16,8 @@ from ppvl_batch.cli import main
 
 PPVL = str(Path(sys.executable).with_name("ppvl-ocr"))
 BOOK = 48  # pages in the interrupted book
-SMALL = ["--min-pixels", "784", "--max-pixels", "3136", "--max-new-tokens", "4"]
+# --text-layer ignore: these tests are about the model's path; test_scan_text_layer.py tests the text layer
+SMALL = ["--min-pixels", "784", "--max-pixels", "3136", "--max-new-tokens", "4", "--text-layer", "ignore"]
 
 
 def scan(*args: str, model: Path | None = None, input: bytes | None = None, env: dict | None = None):

@@ -103,19 +103,23 @@ class LayoutPages:
             group = [page for _, page in run]
             parser = self.parser(InputFile(group[0].task.source, Path(group[0].task.path)))
             try:
-                results: list[Any] = parser.parse([p.input for p in group], first_page=_number(group[0]))
+                results: list[Any] = parser.parse([p.input for p in group], first_page=_number(group[0]),
+                                                  layers=[p.layer for p in group])
             except OutputError:
                 raise
             except Exception:
                 results = [self._alone(parser, page) for page in group]
             for page, result in zip(group, results):
-                page.input = None  # a long run holds only the pages still to parse
+                page.input = page.layer = None  # a long run holds only the pages still to parse
+                from_layer = any(b.text_source == "pdf" for b in getattr(result, "blocks", ()))
+                if from_layer and page.task.text_key is not None:
+                    page.task = replace(page.task, key=page.task.text_key)  # text_pages.py: a key of its own
                 yield page, result
 
     @staticmethod
     def _alone(parser: DocumentParser, page: Rendered) -> Any:
         try:
-            (result,) = parser.parse([page.input], first_page=_number(page))
+            (result,) = parser.parse([page.input], first_page=_number(page), layers=[page.layer])
             return result
         except OutputError:
             raise
@@ -132,11 +136,14 @@ def layout_plan(o: ScanOptions, bundle: Any) -> LayoutPlan | None:
     """Layout mode from the options and the bundle, or None for whole pages (--no-layout, or no
     layout model and no --layout). Options that contradict the mode are a UsageError."""
     has_layout = bundle is not None and bundle.layout_dir is not None
-    if not (has_layout if o.layout is None else o.layout):
+    if o.text_layer == "only" and o.layout:
+        raise UsageError("--text-layer only runs no model, no layout model either: it reads whole pages (--no-layout)")
+    if not (has_layout and o.text_layer != "only" if o.layout is None else o.layout):
         given = [name for name, used in (("--charts", o.charts), ("--seals", o.seals), ("--images", o.images is not None),
                                          ("--layout-threshold", o.layout_threshold is not None)) if used]
         if given:
-            why = "--no-layout is given" if has_layout else "the bundle has no layout model"
+            why = ("--no-layout is given" if o.layout is False else "--text-layer only reads whole pages") \
+                if has_layout else "the bundle has no layout model"
             raise UsageError(f"{', '.join(given)}: only for layout mode, and {why}")
         return None
     if not has_layout:

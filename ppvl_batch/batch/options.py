@@ -27,6 +27,7 @@ class PageOptions:
     dpi: float | None = None
     password: str | None = None
     skip_blank: bool = True  # blank pages get an ok record without the model
+    text_layer: str = "ignore"  # --text-layer (text_pages.py): not in the digest, it picks between keys
 
 
 @dataclass(frozen=True)
@@ -115,11 +116,12 @@ class ScanOptions:
     hocr: Path | None = None
     alto: Path | None = None
     pdfa: bool = False
+    text_layer: str = "ignore"  # auto | ignore | only (text_pages.py); the CLI defaults to auto
 
     @property
     def page(self) -> PageOptions:
         return PageOptions(self.task, self.prompt, self.max_new_tokens, self.min_pixels, self.max_pixels, self.dpi,
-                           self.password, self.skip_blank)
+                           self.password, self.skip_blank, self.text_layer)
 
     @property
     def plan(self) -> PlanOptions:
@@ -154,6 +156,8 @@ class Summary:
     pages_copied: int = 0  # records copied from a file with the same content (`same_as`)
     pages_failed: int = 0
     pages_read: int = 0  # pages the model read in this run (what pages_per_minute counts)
+    pages_text_layer: int = 0  # of pages_ok: text taken from the PDF's text layer (whole page), not the model
+    blocks_text_layer: int = 0  # layout mode: blocks whose text came from the text layer
     pages_done_before: int = 0  # skipped: finished by an earlier run
     pages_failed_before: int = 0  # skipped: failed in an earlier run (see --retry-failed)
     outputs_written: int = 0  # document outputs (Markdown, ...) written in this run
@@ -174,7 +178,8 @@ class Summary:
         )
         if self.pages_failed_before:
             text += f", {self.pages_failed_before} failed before and skipped (--retry-failed retries them)"
-        extras = [(self.pages_blank, "blank (not read)"), (self.pages_copied, "copied from identical files"),
+        extras = [(self.pages_text_layer, "from text layers"), (self.blocks_text_layer, "blocks from text layers"),
+                  (self.pages_blank, "blank (not read)"), (self.pages_copied, "copied from identical files"),
                   (self.files_repaired, "repaired PDFs"), (len(self.output_errors), "document outputs not written")]
         text += "".join(f", {n} {what}" for n, what in extras if n)
         if not self.pages_read:

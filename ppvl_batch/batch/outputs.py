@@ -113,8 +113,9 @@ class DocumentOutputs:
         pages = []
         for number, key in start.keys.items():
             record = written.get(number)
-            if record is None and journal is not None and key in journal.entries:
-                record = journal.record(key)
+            if record is None and journal is not None:  # the model's record, else the text layer's
+                found = next((k for k in (key, start.text_keys.get(number)) if k in journal.entries), None)
+                record = journal.record(found) if found is not None else None
             if record is not None:
                 pages.append(record)
             elif number in selected:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from .journal import RecordWriter
 from .options import OutputOptions, PageOptions, PlanOptions
 from .records import checkpoint_key, settings_digest
 from .task import PageTask, Rendered
+from .text_pages import policy, text_settings
 
 
 @dataclass
@@ -36,6 +37,7 @@ class DocStart:
     keys: dict[int, str]  # every page of the document -> its checkpoint key (computed here, once)
     todo: int  # how many of the selected pages this run records
     warnings: tuple[str, ...] = ()
+    text_keys: dict[int, str] = field(default_factory=dict)  # keys of pages taken from their text layer
 
 
 @dataclass
@@ -120,6 +122,8 @@ class Planner:
         self.settings = settings
         self.max_pixels = max_pixels
         self.render = render
+        self.text_layer = policy(opening)  # --text-layer as it applies (text_pages.py)
+        self.text_settings = text_settings(settings) if self.text_layer != "ignore" else None
         # sha256 -> page count of the files opened in this run (0: failed to open), for copies
         self._seen: dict[str, int] = {}
 
@@ -156,7 +160,7 @@ class Planner:
         if count is None:
             return None
         numbers = self.o.pages.select(count) if self.o.pages else range(1, count + 1)
-        return count if all(self._skip(checkpoint_key(self.settings, sha, n)) for n in numbers) else None
+        return count if all(self._done(self._task("", "", sha, n, count)) for n in numbers) else None
 
     def _failed_items(self, doc: InputFile, sha: str | None, error: PageError, seconds: float) -> Iterator[object]:
         key = checkpoint_key(self.settings, sha or f"path:{doc.path}", 0)
@@ -182,15 +186,18 @@ class Planner:
     ) -> Iterator[object]:
         o = self.o
         numbers = o.pages.select(page_count) if o.pages else list(range(1, page_count + 1))
-        keys = {n: checkpoint_key(self.settings, sha, n) for n in range(1, page_count + 1)}
-        tasks = {n: PageTask(keys[n], str(doc.path), doc.source, n, page_count, sha) for n in numbers}
+        everything = {n: self._task(str(doc.path), doc.source, sha, n, page_count) for n in range(1, page_count + 1)}
+        keys = {n: t.key for n, t in everything.items()}
+        text_keys = {n: t.text_key for n, t in everything.items() if t.text_key is not None}
+        tasks = {n: everything[n] for n in numbers}
         # An identical file earlier in this run is read (or skipped) first; its records are copied.
         copying = self.writer.journal is not None and sha in self._seen
         self._seen.setdefault(sha, page_count)
-        plan = {n: self._skip_or_copy(tasks[n]) if copying or self._skip(keys[n]) else None for n in numbers}
+        plan = {n: self._skip_or_copy(self._recorded(tasks[n])) if copying or self._done(tasks[n]) else None
+                for n in numbers}
         todo = sum(not isinstance(p, Skipped) for p in plan.values())
         warnings = document.warnings if document is not None else ()
-        start = DocStart(doc, sha, page_count, numbers, keys, todo, warnings)
+        start = DocStart(doc, sha, page_count, numbers, keys, todo, warnings, text_keys)
         yield start
         for number in numbers:
             if plan[number] is not None:
@@ -201,6 +208,25 @@ class Planner:
                 assert document is not None  # opened whenever a page is to be read
                 yield self.render(document, tasks[number])
         yield DocEnd(start)
+
+    def _task(self, doc_path: str, source: str, sha: str, number: int, count: int) -> PageTask:
+        text_key = checkpoint_key(self.text_settings, sha, number) if self.text_settings else None
+        return PageTask(checkpoint_key(self.settings, sha, number), doc_path, source, number, count, sha, text_key)
+
+    def _done(self, task: PageTask) -> bool:
+        """Recorded before under either of its keys: the model's (skipped as ever), or the text
+        layer's when it is ok (under `only` also its no_text_layer error, unless --retry-failed;
+        a later run without `only` reads such pages)."""
+        if self._skip(task.key) or task.text_key is None:
+            return self._skip(task.key)
+        status = self.writer.status(task.text_key)
+        return status == "ok" or (status == "error" and self.text_layer == "only" and not self.o.retry_failed)
+
+    def _recorded(self, task: PageTask) -> PageTask:
+        """The task under the key it was recorded with (a copy or a skip reads that record)."""
+        if task.text_key is not None and self.writer.status(task.key) is None and self.writer.status(task.text_key):
+            return replace(task, key=task.text_key)
+        return task
 
     def _skip(self, key: str) -> bool:
         status = self.writer.status(key)

@@ -53,7 +53,10 @@ class Recorder:
         if record["status"] == "ok":
             s.pages_ok += 1
             s.pages_blank += bool(record.get("blank"))
-            s.pages_read += not record.get("blank")
+            from_layer = record.get("text_source") == "pdf"
+            s.pages_text_layer += from_layer
+            s.blocks_text_layer += sum(b.get("text_source") == "pdf" for b in record.get("blocks") or ())
+            s.pages_read += not record.get("blank") and not from_layer
         else:
             s.pages_failed += 1
             s.pages_read += record["error"]["type"] in ("recognition", CRASHED)  # the model tried
@@ -65,9 +68,10 @@ class Recorder:
 
     def copy(self, task: PageTask) -> None:
         journal = self.writer.journal
-        if journal is None or self.writer.status(task.key) is None:
+        key = task.key if task.text_key is None or self.writer.status(task.key) else task.text_key  # text_pages.py
+        if journal is None or self.writer.status(key) is None:
             return  # the identical file's page was not recorded (the run is stopping): next run
-        record = self.work.copy(task, journal.record(task.key))
+        record = self.work.copy(task, journal.record(key))
         if task.page is None:
             self.progress.document(1, self.summary.files)
         else:

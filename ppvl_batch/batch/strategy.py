@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from ppvl_batch.documents.pages import PageError
+from ppvl_batch.errors import UsageError
 from ppvl_batch.layout.markdown import MarkdownOptions
 
 from .options import PageOptions, ScanOptions
@@ -126,5 +127,7 @@ def choose_strategy(options: ScanOptions, bundle: Any) -> StrategyPlan:
     reads whole pages); options that contradict it are a UsageError, raised before any model loads."""
     from .layout_mode import layout_plan
 
+    if options.text_layer == "only" and (options.task != "ocr" or options.prompt is not None):
+        raise UsageError("--text-layer only gives plain text: not with --task or --prompt")
     plan = layout_plan(options, bundle)
     return plan if plan is not None else WholePagePlan(options.page, options.parallel or 1)

@@ -23,6 +23,7 @@ class PageTask:
     page: int | None  # 1-based; None for a document that could not be opened
     page_count: int | None
     sha256: str | None  # of the file; None when it could not be read
+    text_key: str | None = None  # its key when its text comes from the PDF's text layer (text_pages.py)
 
     def to_json(self) -> str:
         return orjson.dumps(asdict(self)).decode()
@@ -44,7 +45,9 @@ class Rendered:
     seconds: float = 0.0  # spent rendering and preparing
     warnings: tuple[str, ...] = ()  # of its document (e.g. a repaired PDF)
     size_pt: tuple[float, float] | None = None  # a PDF page's size in points
+    layer: Any = None  # its PDF text layer (documents/text_layer.TextLayer) when --text-layer may use it
+    from_layer: bool = False  # whole page: its text is the trusted `layer`'s, the model is spared
 
     @property
     def needs_model(self) -> bool:
-        return self.error is None and self.blank_size is None
+        return self.error is None and self.blank_size is None and not self.from_layer

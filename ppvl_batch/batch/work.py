@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from .plan import page_settings
 from .records import Blank, Copied, Record, RunFields, build_record
 from .strategy import PageStrategy
 from .task import PageTask, Rendered
+from .text_pages import NO_TEXT_LAYER, TextPage, read_layer
 
 
 class PageWork:
@@ -36,6 +38,9 @@ class PageWork:
         began = time.monotonic()
         page = Rendered(task, warnings=document.warnings)
         assert task.page is not None
+        if task.text_key is not None and self._from_layer(document, page):
+            page.seconds = time.monotonic() - began
+            return page
         try:
             image = document.render(task.page)
             page.size_pt = document.size_pt(task.page)
@@ -54,20 +59,50 @@ class PageWork:
         page.seconds = time.monotonic() - began
         return page
 
+    def _from_layer(self, document: OpenDocument, page: Rendered) -> bool:
+        """--text-layer (the planner gave the task a text key): True when the page needs no
+        rendering, its text taken from a trusted layer (whole pages) or, under `only`, its
+        no_text_layer error; in layout mode the layer is kept for the blocks."""
+        task = page.task
+        assert task.page is not None and task.text_key is not None
+        layer, warning = read_layer(document, task.page, task.source)
+        if warning is not None:
+            page.warnings = (*page.warnings, warning)
+        if self.strategy.layout_model is not None:
+            page.layer = layer
+            return False
+        if layer is not None and layer.trust.trusted:
+            page.layer, page.from_layer = layer, True
+        elif self.page.text_layer == "only":
+            why = layer.trust.reason if layer is not None else warning or "an image has no text layer"
+            page.error = PageError(NO_TEXT_LAYER,
+                                    f"no trustworthy text layer ({why}); --text-layer only runs no model")
+        else:
+            return False
+        page.task = replace(task, key=task.text_key)
+        page.size_pt = document.size_pt(task.page)
+        return True
+
     def read(self, pages: Sequence[Rendered]) -> Iterator[tuple[Rendered, Record]]:
         """Each page with its record: first those that need no model (failed, blank), then the
         others as the strategy finishes them."""
         wanted = [p for p in pages if p.needs_model]
         for page in pages:
             if not page.needs_model:
-                yield page, self.record(page, page.error or Blank(*(page.blank_size or (None, None))))
+                outcome = page.error or (TextPage(page.layer) if page.from_layer else None)
+                yield page, self.record(page, outcome or Blank(*(page.blank_size or (None, None))))
         if wanted:
             for page, outcome in self.strategy.read(wanted):
                 yield page, self.record(page, outcome)
 
     def record(self, page: Rendered, outcome: Any) -> Record:
-        return build_record(self.run, page.task, outcome, seconds=page.seconds, warnings=page.warnings,
-                            size_pt=page.size_pt)
+        record = build_record(self.run, page.task, outcome, seconds=page.seconds, warnings=page.warnings,
+                              size_pt=page.size_pt)
+        if isinstance(outcome, TextPage):
+            record.update(outcome.fields())
+        elif record["status"] == "ok" and not record.get("blank") and self.run.layout_model is None:
+            record.setdefault("text_source", "model")
+        return record
 
     def failed(self, task: PageTask, error: PageError, seconds: float) -> Record:
         """The one record of a document that could not be opened."""

@@ -50,14 +50,16 @@ Records (one JSON object per line, written and flushed page by page):
   status (ok|error) error {type, message} image_tokens output_tokens
   seconds model key, and when they apply: blank (true: no ink, not read),
   warnings (e.g. "repaired: ..." for a damaged PDF), same_as (the file with
-  the same content whose record this one copies).
+  the same content whose record this one copies), text_source (model|pdf),
+with the text layer (--text-layer) lines positions (pdf) confidence (null).
+A page taken from its text layer has a key of its own.
 In layout mode (a bundle with a layout model, unless --no-layout) task is
 "layout", text is the page's Markdown, and records add layout_model and
 blocks (id order label bbox score task text format image finish_reason
 output_tokens error); the key also covers the layout model and its options.
 A document that cannot be opened gets one record with page null. Error types:
   missing unreadable empty unsupported corrupt truncated encrypted too_large
-  recognition internal worker_crashed (--ray)
+  recognition internal worker_crashed (--ray) no_text_layer (--text-layer only)
 Hashes are cached in OUTPUT.hashes (or DIR/journal.jsonl.hashes) by path,
 size, mtime, ctime and inode: a re-run reads only new and changed files.
 
@@ -128,6 +130,13 @@ The command line wins over the environment, which wins over the file.
 @click.option("--skip-blank/--no-skip-blank", default=True, show_default=True, envvar="PPVL_SKIP_BLANK",
               help="Record pages with no ink (judged from the pixels) as blank without running the model; "
                    "--no-skip-blank reads them, also those recorded blank before. [env PPVL_SKIP_BLANK]")
+@click.option("--text-layer", type=click.Choice(["auto", "ignore", "only"]), default="auto", show_default=True,
+              envvar="PPVL_TEXT_LAYER",
+              help="PDF pages whose own text layer is trustworthy (visible, decodable, covering the page's ink): "
+                   "auto takes their text from the file, the model reads the others (in layout mode: text "
+                   "blocks from the file, tables, formulas and the rest by the model); ignore reads every page "
+                   "with the model; only never runs the model (whole pages; the others get a no_text_layer "
+                   "error that a run without `only` reads). Only for --task ocr. [env PPVL_TEXT_LAYER]")
 @click.option("--rehash", is_flag=True, envvar="PPVL_REHASH",
               help="Read every file to hash it, ignoring the hash cache (OUTPUT.hashes). [env PPVL_REHASH]")
 @click.option("-q", "--quiet", is_flag=True, envvar="PPVL_QUIET",

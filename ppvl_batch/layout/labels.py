@@ -112,6 +112,8 @@ class Block:
     # PP-DocLayoutV4's quad, [[x, y]] TL TR BR BL in the bbox's pixels (bbox is its extent);
     # None for V2/V3, whose blocks are their bbox
     polygon: list[list[int]] | None = None
+    text_source: str | None = None  # "model" | "pdf" (the PDF's text layer, --text-layer); None: not read
+    lines: list[dict[str, Any]] | None = None  # the text layer's lines in the block (shared record schema)
 
     def __post_init__(self) -> None:
         check_label(self.label)

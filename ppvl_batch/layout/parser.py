@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from PIL import Image
 
@@ -163,9 +163,12 @@ class DocumentParser:
 
     # -- the batch ----------------------------------------------------------------------------
 
-    def parse(self, pages: Sequence[Image.Image], first_page: int = 0) -> list[ParsedPage]:
+    def parse(self, pages: Sequence[Image.Image], first_page: int = 0,
+              layers: Sequence[Any] | None = None) -> list[ParsedPage]:
         """Parse a batch of pages. `first_page`: the document's number of pages[0], for the
-        saved images' names (p{number:04d}_{block:03d}_{label}.png)."""
+        saved images' names (p{number:04d}_{block:03d}_{label}.png). `layers`: each page's PDF
+        text layer or None (documents/text_layer.TextLayer): a plain-text block whose region of
+        it is trusted takes its text from there instead of the model."""
         pages = list(pages)
         if not pages:
             return []
@@ -183,7 +186,7 @@ class DocumentParser:
                 polygon = getattr(box, "polygon", None)
                 if saves_image(block.label, charts=self.o.charts, seals=self.o.seals):
                     self._save_image(page, block, polygon, first_page + p)
-                if block.task is not None and block.error is None:
+                if block.task is not None and block.error is None and not self._from_layer(block, layers, p):
                     job = self._prepare(p, page, block, polygon)
                     if job is not None:
                         jobs.append(job)
@@ -222,6 +225,20 @@ class DocumentParser:
             )
             for i, (box, order) in enumerate(zip(boxes, orders))
         ]
+
+    def _from_layer(self, block: Block, layers: Sequence[Any] | None, p: int) -> bool:
+        """A plain-text block (task ocr) takes its text and lines from the page's text layer when
+        the layer's text inside its box is trusted; tables, formulas, charts and seals never do."""
+        layer = layers[p] if layers is not None else None
+        if layer is None or block.task != "ocr":
+            return False
+        region = layer.region(block.bbox)
+        if not region.trust.trusted:
+            return False
+        block.text, block.format = finish_text(block.label, region.text, charts=self.o.charts)
+        block.text_source, block.lines = "pdf", [line.record() for line in region.lines]
+        block.output_tokens = 0  # nothing generated (finish_reason stays None)
+        return True
 
     def _save_image(self, page: Image.Image, block: Block, polygon, number: int) -> None:
         """Write the block's crop (as cut, no trim or padding) and link it, when there is an
@@ -292,6 +309,7 @@ class DocumentParser:
                 continue
             job.block.text, job.block.format = finish_text(job.block.label, outcome.text, charts=self.o.charts)
             job.block.finish_reason = outcome.finish_reason
+            job.block.text_source = "model"
             job.block.output_tokens = outcome.output_tokens
             job.image_tokens, job.prompt_tokens = outcome.image_tokens, outcome.prompt_tokens
             job.busy_seconds = outcome.prefill_seconds + outcome.decode_seconds
