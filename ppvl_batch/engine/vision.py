@@ -121,7 +121,8 @@ class ImagePreprocessor:
             max_pixels=self.max_pixels,
         )
 
-    def __call__(self, image: Image.Image, min_pixels: int | None = None, max_pixels: int | None = None) -> PreparedImage:
+    def __call__(self, image: Image.Image, min_pixels: int | None = None,
+                 max_pixels: int | None = None) -> PreparedImage:
         min_pixels, max_pixels = min_pixels or self.min_pixels, max_pixels or self.max_pixels
         image = pad_aspect_ratio(image.convert("RGB"), self.factor, min_pixels, max_pixels)
         size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
@@ -172,7 +173,8 @@ def pad_aspect_ratio(image: Image.Image, factor: int, min_pixels: int, max_pixel
     return paper
 
 
-def contiguous_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask, **kwargs):
+def contiguous_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
+                    **kwargs):
     """transformers' SDPA attention, with query/key/value made contiguous first. The vision
     encoder hands them over as transposed views ([1, heads, patches, head_dim] strided over
     [patches, heads, head_dim]), on which PyTorch's CPU flash kernel is about 12% slower: 0.99 s
@@ -262,7 +264,8 @@ def resolve_precision(dtype: str | None, device: str) -> VisionPrecision:
     return VisionPrecision(names[dtype])
 
 
-def load_vision_tower(config: dict[str, Any], weights: Path, device: str = "cpu", dtype: str | None = None) -> VisionTower:
+def load_vision_tower(config: dict[str, Any], weights: Path, device: str = "cpu",
+                      dtype: str | None = None) -> VisionTower:
     """Build the tower from the bundle's config.json and load vision.safetensors into it."""
     from safetensors import safe_open
 
@@ -286,7 +289,8 @@ def load_vision_tower(config: dict[str, Any], weights: Path, device: str = "cpu"
     missing, unexpected = tower.load_state_dict(state, strict=False, assign=True)
     missing = [name for name in missing if name.rpartition(".")[0] not in compact]
     if missing or unexpected:
-        raise ModelError(f"{weights}: vision weights do not match the config (missing {missing[:2]}, unexpected {unexpected[:2]})")
+        raise ModelError(f"{weights}: vision weights do not match the config "
+                         f"(missing {missing[:2]}, unexpected {unexpected[:2]})")
     del state
     return tower.to(device=device, dtype=precision.compute).eval()
 
