@@ -29,7 +29,7 @@ class MtmdChunks:
     """A tokenized prompt: text chunks and one chunk per image, owned until close()."""
 
     def __init__(self, handle: int):
-        self.handle = handle
+        self.handle: int | None = handle
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         """(chunk type, chunk pointer) in prompt order."""
