@@ -39,6 +39,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,7 @@ CHECK_PROMPTS = (
 )
 
 
-def _first_difference(ours: list[int], theirs: list[int]) -> int:
+def _first_difference(ours: Sequence[object], theirs: Sequence[object]) -> int:
     return next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
 
 
@@ -245,6 +246,7 @@ def convert(
         log(f"checked prompt ids and decoding against transformers on {verify_tokenizer(ckpt.path, stage)} prompts")
 
         vision_entry = write_vision(ckpt, stage / "vision.safetensors")
+        assert vision_entry.parameters is not None  # write_vision counts them
         log(f"wrote vision tower: {vision_entry.parameters / 1e6:.1f}M parameters, {vision_entry.dtype}")
         if mmproj:
             from .mmproj import write_mmproj

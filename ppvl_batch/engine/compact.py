@@ -26,6 +26,8 @@ class CompactLinear(nn.Module):
     buffer and would widen them back to fp32 for good."""
 
     ROWS_PER_READ = 64  # small temporaries: large ones fragment the heap into hundreds of MB
+    stored: torch.Tensor  # buffers, typed here: nn.Module types its attributes as Tensor | Module
+    scale: torch.Tensor | None
 
     def __init__(self, stored: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None,
                  scratch: DequantScratch):

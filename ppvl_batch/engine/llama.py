@@ -245,8 +245,9 @@ class TextDecoder:
         if n > self.n_seq:  # more rows than sequences (bench_decode.py: consecutive tokens of one page)
             self._submit(n, _int_array(positions), seqs, tokens=_int_array(tokens), logits=range(n))
             return
-        self._step_token[:n] = tokens
-        self._step_pos[:n] = positions
+        # ctypes arrays take any sequence in a slice assignment; typeshed allows only a list
+        self._step_token[:n] = tokens  # type: ignore[call-overload]
+        self._step_pos[:n] = positions  # type: ignore[call-overload]
         for row, seq in enumerate(seqs):
             self._step_seq[row] = self._seq_arrays[seq]
         self._step_batch.n_tokens = n

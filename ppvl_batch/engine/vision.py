@@ -278,7 +278,7 @@ def load_vision_tower(config: dict[str, Any], weights: Path, device: str = "cpu"
     compact: set[str] = set()
     if precision.weights is not None:
         with SafetensorsReader(weights) as f:
-            compact = _compact_linears(tower, f, precision)
+            compact = _compact_linears(tower, f, precision.weights, precision.compute)
             done = {f"{name}.{part}" for name in compact for part in ("weight", "bias")}
             state = {name: f.get_tensor(name).to(precision.compute) for name in f.keys() if name not in done}
     else:
@@ -295,14 +295,14 @@ def load_vision_tower(config: dict[str, Any], weights: Path, device: str = "cpu"
     return tower.to(device=device, dtype=precision.compute).eval()
 
 
-def _compact_linears(tower: VisionTower, f: SafetensorsReader, precision: VisionPrecision) -> set[str]:
+def _compact_linears(tower: VisionTower, f: SafetensorsReader, weights: torch.dtype, compute: torch.dtype) -> set[str]:
     """Replace every nn.Linear (attention and MLP of each encoder layer, the projector: nearly
     all of the tower's weights) by a CompactLinear read from `f`; returns their module names."""
     names = [name for name, module in tower.named_modules() if isinstance(module, nn.Linear)]
     scratch = DequantScratch()
     for name in names:
         parent, _, child = name.rpartition(".")
-        layer = CompactLinear.from_file(f, name, precision.weights, precision.compute, scratch)
+        layer = CompactLinear.from_file(f, name, weights, compute, scratch)
         tower.get_submodule(parent).register_module(child, layer)
     return set(names)
 

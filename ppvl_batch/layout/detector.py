@@ -82,7 +82,7 @@ class Preprocessing:
                 ("do_normalize", merged.get("do_normalize") is True),
             ) if not ok
         ]
-        size = merged.get("size")
+        size: Any = merged.get("size")  # a dict of two ints once checked here
         if not (isinstance(size, dict) and isinstance(size.get("height"), int) and isinstance(size.get("width"), int)):
             unsupported.append("size")
         for key in ("image_mean", "image_std"):
@@ -177,9 +177,11 @@ class LayoutDetector:
         self.version = version
         self.preprocessing = preprocessing
         self.device = device
-        self.labels = tuple(model.config.id2label[i] for i in range(len(model.config.id2label)))
+        config: Any = model.config  # a transformers config (nn.Module types attributes as Tensor | Module)
+        self.labels: tuple[str, ...] = tuple(config.id2label[i] for i in range(len(config.id2label)))
         if version == "v3":
-            self.model.model.decoder.register_forward_pre_hook(_without_decoder_masks, with_kwargs=True)
+            decoder = self.model.get_submodule("model.decoder")
+            decoder.register_forward_pre_hook(_without_decoder_masks, with_kwargs=True)
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu") -> LayoutDetector:
