@@ -27,11 +27,11 @@ sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from bench_engine import machine, peak_rss_mb, report, table
+from bench_engine import machine, peak_rss_mb, report, table  # noqa: E402 (after the sys.path setup)
 
 
 def rss_mb() -> float:
-    with open("/proc/self/status") as f:
+    with open("/proc/self/status", encoding="utf-8") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 

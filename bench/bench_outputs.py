@@ -73,7 +73,7 @@ def run_one(kind: str, source: Path, records_path: Path, target: Path) -> dict:
     """In a child process: import, note the RSS, write, report seconds and peak RSS."""
     from ppvl_batch.outputs import write_alto, write_hocr, write_pdf
 
-    records = json.loads(records_path.read_text())
+    records = json.loads(records_path.read_text(encoding="utf-8"))
     process = psutil.Process()
     baseline = process.memory_info().rss
     peak = [baseline]

@@ -233,7 +233,7 @@ def test_rules_keep_the_quad_rounded_and_clipped_with_the_bbox_its_extent(detect
             xs, ys = [x for x, _ in b.quad], [y for _, y in b.quad]
             assert all(isinstance(v, int) for v in xs + ys)
             assert b.bbox == (min(xs), min(ys), max(xs), max(ys))
-            assert 0 <= min(xs) and max(xs) <= image.width and 0 <= min(ys) and max(ys) <= image.height
+            assert min(xs) >= 0 and max(xs) <= image.width and min(ys) >= 0 and max(ys) <= image.height
     # by hand: a rotated quad reaching past the page
     d = Detection("text", 0.9, (-10.4, 5.5, 60.6, 90.2), 0, ((20.5, 5.5), (60.6, 30.0), (30.2, 90.2), (-10.4, 60.0)))
     [block] = apply_rules([d], 50, 80, "v4")

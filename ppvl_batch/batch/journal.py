@@ -224,7 +224,7 @@ class RecordWriter:
         self.stream_name = "stdout" if path is None else str(path)
         self.is_stream = path is None or (path.exists() and not path.is_file())
         self._stream: BinaryIO | None = None
-        if not self.is_stream:
+        if path is not None and not self.is_stream:
             self.journal: Journal | None = Journal(path)
             self.lock: Lock | None = Lock(path.with_name(path.name + ".lock"), f"output {path}")
         elif state_dir is not None:
@@ -251,11 +251,14 @@ class RecordWriter:
                 self.lock.acquire()
             if self.journal is not None:
                 self.journal.open(self.overwrite)
-            if self.is_stream:
+            path = self._path
+            if self.is_stream and path is None:
+                self._stream = sys.stdout.buffer
+            elif self.is_stream and path is not None:
                 try:
-                    self._stream = sys.stdout.buffer if self._path is None else open(self._path, "wb")
+                    self._stream = open(path, "wb")
                 except OSError as e:
-                    raise output_error("open", self._path, e) from e
+                    raise output_error("open", path, e) from e
         except BaseException:
             self.close()
             raise

@@ -24,7 +24,10 @@ def page_text(record: Record) -> PageText:
     return PageText(record["page"], record["text"] or "", [Block.from_record(b) for b in blocks] if blocks else None)
 
 
-def render_markdown(records: Iterable[Record], options: MarkdownOptions = MarkdownOptions()) -> str:
+_PLAIN = MarkdownOptions()
+
+
+def render_markdown(records: Iterable[Record], options: MarkdownOptions = _PLAIN) -> str:
     """One document's Markdown from its records, in page order."""
     return document_markdown([page_text(r) for r in records], options)
 

@@ -53,7 +53,8 @@ class Progress:
             self._bar.set_postfix_str(f"{rate:.1f} pages/min, {s.pages_failed} failed", refresh=False)
         elif now - self._last_log >= self.log_interval:
             self._last_log = now
-            self.say(f"{done} pages ({s.pages_failed} failed, {s.pages_done_before} already done), {rate:.1f} pages/min")
+            self.say(f"{done} pages ({s.pages_failed} failed, {s.pages_done_before} already done), "
+                     f"{rate:.1f} pages/min")
 
     def close(self) -> None:
         if self._bar is not None:

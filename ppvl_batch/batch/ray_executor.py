@@ -60,6 +60,9 @@ from .task import PageTask
 __all__ = ["CRASHED", "RayRun", "Sink", "SharedPathMissing", "WorkerLoadError", "WorkerMismatch", "WorkerOutputError",
            "WorkerStats", "run_on_ray"]
 
+# RayOptions is frozen: one shared default is safe.
+_DEFAULT_OPTIONS = RayOptions()
+
 
 class Sink(Protocol):
     """The driver's writer: journal append (with fsync) and Markdown."""
@@ -203,7 +206,7 @@ def run_on_ray(
     fingerprint: str,
     sink: Sink,
     crashed_record: Callable[[PageTask, str], Record],
-    options: RayOptions = RayOptions(),
+    options: RayOptions = _DEFAULT_OPTIONS,
     *,
     probes: dict[str, int | None] | None = None,
     progress: Callable[[Record], None] | None = None,
@@ -236,7 +239,8 @@ def run_on_ray(
     # (Record writers hold the real stdout's buffer from before the run.)
     signals = Signals()
     verbose = logging.getLogger().isEnabledFor(logging.INFO)
-    with open(os.devnull, "w", encoding="utf-8") as devnull, contextlib.redirect_stdout(sys.stderr if verbose else devnull), \
+    with open(os.devnull, "w", encoding="utf-8") as devnull, \
+            contextlib.redirect_stdout(sys.stderr if verbose else devnull), \
             connect(options.address) as connect_seconds, signals.installed():
         cpus = ray.cluster_resources().get("CPU", 0)
         low = options.workers[0] if isinstance(options.workers, tuple) else options.workers or 1

@@ -157,6 +157,7 @@ class RayScan:
             for item in session.planner.items(doc):
                 if isinstance(item, PageTask):
                     plan.tasks.append(item)
+                    assert start is not None, "a document's pages came before its DocStart"
                     plan.starts[doc.source] = start
                     continue
                 if isinstance(item, DocStart):

@@ -75,7 +75,8 @@ class Bundle:
         if not manifest_file.is_file():
             if (path / "config.json").is_file():
                 raise ModelError(
-                    f"{path}: this is a Hugging Face checkpoint, not a bundle; run `ppvl-ocr convert {path} -o BUNDLE` first"
+                    f"{path}: this is a Hugging Face checkpoint, not a bundle; "
+                    f"run `ppvl-ocr convert {path} -o BUNDLE` first"
                 )
             raise ModelError(f"{path}: not a model bundle (no {MANIFEST}); {GET_A_MODEL}")
         try:
@@ -86,7 +87,8 @@ class Bundle:
             raise ModelError(f"{path}: not a ppvl-ocr model bundle")
         if data.get("format_version", 0) > BUNDLE_FORMAT_VERSION:
             raise ModelError(
-                f"{path}: bundle format {data.get('format_version')} is newer than this ppvl-ocr understands; upgrade ppvl-ocr"
+                f"{path}: bundle format {data.get('format_version')} is newer than this ppvl-ocr understands; "
+                "upgrade ppvl-ocr"
             )
         manifest = Manifest.from_json(data, str(manifest_file))
         for name, info in manifest.files.items():
@@ -94,7 +96,8 @@ class Bundle:
             if not f.is_file():
                 raise ModelError(f"{path}: bundle file {name} is missing; convert the model again")
             if f.stat().st_size != info.bytes:
-                raise ModelError(f"{path}: bundle file {name} has the wrong size (truncated copy?); convert the model again")
+                raise ModelError(f"{path}: bundle file {name} has the wrong size (truncated copy?); "
+                                 "convert the model again")
         return cls(path, manifest)
 
     @property

@@ -9,7 +9,8 @@ from typing import Any
 from . import Bundle
 
 # GGUF tensor name prefix -> component
-_TEXT_COMPONENTS = (("token_embd.", "embeddings"), ("output.", "lm_head"), ("blk.", "decoder layers"), ("output_norm.", "decoder layers"))
+_TEXT_COMPONENTS = (("token_embd.", "embeddings"), ("output.", "lm_head"), ("blk.", "decoder layers"),
+                    ("output_norm.", "decoder layers"))
 
 
 def _vision_counts(bundle: Bundle) -> tuple[dict[str, int], str]:
@@ -78,7 +79,8 @@ def describe(bundle: Bundle) -> dict[str, Any]:
         "vision_dtype": vision_dtype,
         "mmproj": bundle.manifest.vision.mmproj,
         "layout": dataclasses.asdict(bundle.layout) if bundle.layout else None,
-        "preprocessor": {k: bundle.preprocessor.get(k) for k in ("min_pixels", "max_pixels", "patch_size", "merge_size")},
+        "preprocessor": {k: bundle.preprocessor.get(k)
+                         for k in ("min_pixels", "max_pixels", "patch_size", "merge_size")},
         "text": text,
         "parameters": parameters,
         "total_parameters": sum(parameters.values()),
@@ -107,9 +109,11 @@ def render_text(info: dict[str, Any]) -> str:
         f"context length  {text['context_length']}   vocab {text['vocab']}",
         f"quants          {', '.join(info['quants'])} (default {info['default_quant']}); "
         f"tensor types {json.dumps(text['tensor_types'])}",
-        f"vision          {info['vision_dtype']}, pixels {info['preprocessor']['min_pixels']}..{info['preprocessor']['max_pixels']}"
+        f"vision          {info['vision_dtype']}, "
+        f"pixels {info['preprocessor']['min_pixels']}..{info['preprocessor']['max_pixels']}"
         + (f"; llama.cpp mmproj {info['mmproj']}" if info["mmproj"] else ""),
-        "layout          " + (f"PP-DocLayout{info['layout']['version'].upper()} in {info['layout']['dir']}/ ({info['layout']['id']})"
+        "layout          " + (f"PP-DocLayout{info['layout']['version'].upper()} in {info['layout']['dir']}/ "
+                              f"({info['layout']['id']})"
                               if info["layout"] else "none (scan reads whole pages; convert --add-layout adds one)"),
         "",
         "parameters",

@@ -72,9 +72,11 @@ class SafetensorsReader:
         """Read the whole of `name` straight into `out`, a contiguous tensor of its dtype and shape."""
         info = self.header[name]
         if out.dtype != self.dtype(name) or list(out.shape) != info["shape"] or not out.is_contiguous():
-            raise ValueError(f"{name}: {info['dtype']} {info['shape']} cannot be read into {out.dtype} {list(out.shape)}")
+            raise ValueError(f"{name}: {info['dtype']} {info['shape']} cannot be read into "
+                             f"{out.dtype} {list(out.shape)}")
         self.file.seek(self.data_start + info["data_offsets"][0])
-        self.file.readinto(out.view(-1).view(torch.uint8).numpy())
+        # an ndarray is a writable buffer; numpy's stubs do not declare the buffer protocol
+        self.file.readinto(out.view(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
 
     def get_tensor(self, name: str) -> torch.Tensor:
         return self.get_rows(name, 0, self.header[name]["shape"][0] if self.header[name]["shape"] else 1)

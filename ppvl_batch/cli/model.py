@@ -15,19 +15,23 @@ from .options import INTERRUPTED, MODEL, OK, OUTPUT, USAGE
 @click.option("-o", "--output", "output", type=click.Path(file_okay=True, dir_okay=True),
               help="Bundle folder to create.")
 @click.option("--quant", "quants", multiple=True, metavar="NAME",
-              help="Decoder quantization: F32, F16, Q8_0, Q5_K_M, Q4_K_M (default), Q4_0. Repeat for several in one bundle.")
+              help="Decoder quantization: F32, F16, Q8_0, Q5_K_M, Q4_K_M (default), Q4_0. "
+                   "Repeat for several in one bundle.")
 @click.option("--overwrite", is_flag=True,
-              help="Replace an existing bundle at OUTPUT (only once the new one is complete); with --add-layout, its layout model.")
+              help="Replace an existing bundle at OUTPUT (only once the new one is complete); "
+                   "with --add-layout, its layout model.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="Threads for quantization.")
 @click.option("--mmproj", is_flag=True,
-              help="Also write the vision tower as llama.cpp's mmproj GGUF (mmproj-F16.gguf), so llama.cpp can run the whole model for comparison.")
+              help="Also write the vision tower as llama.cpp's mmproj GGUF (mmproj-F16.gguf), "
+                   "so llama.cpp can run the whole model for comparison.")
 @click.option("--layout", "layout", metavar="LAYOUT",
-              help="Also put a layout model into the bundle (a PP-DocLayoutV2/V3 folder in transformers format, or a cached hub id): scan then parses documents block by block.")
+              help="Also put a layout model into the bundle (a PP-DocLayoutV2/V3 folder in transformers format, "
+                   "or a cached hub id): scan then parses documents block by block.")
 @click.option("--add-layout", "add_layout", metavar="LAYOUT",
               help="Put a layout model into the existing bundle given as CHECKPOINT (no conversion).")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
-def convert(source: str, output: str | None, quants: tuple[str, ...], overwrite: bool, threads: int | None, mmproj: bool,
-            layout: str | None, add_layout: str | None, quiet: bool) -> None:
+def convert(source: str, output: str | None, quants: tuple[str, ...], overwrite: bool, threads: int | None,
+            mmproj: bool, layout: str | None, add_layout: str | None, quiet: bool) -> None:
     """Convert a PaddleOCR-VL checkpoint into a model bundle.
 
     CHECKPOINT is a local folder of the Hugging Face checkpoint (PaddleOCR-VL v1, 1.5, 1.6 or 1.8,

@@ -64,10 +64,12 @@ class PpvlOptions(BaseModel):
 
 # option -> (metavar or choices, help); flags (bool) get --ppvl-X / --no-ppvl-X.
 OPTIONS: dict[str, tuple[Any, str]] = {
-    "model": ("BUNDLE", "PaddleOCR-VL model bundle folder (from `ppvl-ocr convert`); `demo`: the small bundled demo model."),
+    "model": ("BUNDLE", "PaddleOCR-VL model bundle folder (from `ppvl-ocr convert`); "
+                        "`demo`: the small bundled demo model."),
     "quant": ("NAME", "Decoder quantization when the bundle has several (default: its first)."),
     "device": (["cpu", "cuda"], "Where the vision encoder runs (default cpu)."),
-    "vision_dtype": (["auto", "fp32", "bf16", "int8"], "Vision precision, as `ppvl-ocr scan --vision-dtype` (default auto)."),
+    "vision_dtype": (["auto", "fp32", "bf16", "int8"],
+                     "Vision precision, as `ppvl-ocr scan --vision-dtype` (default auto)."),
     "threads": ("N", "CPU threads for vision and decoder (default: physical cores)."),
     "n_gpu_layers": ("N", "Decoder layers offloaded to the GPU (default 0)."),
     "kv_type": (["f16", "f32", "q8_0"], "llama.cpp KV cache precision (default f16)."),
@@ -78,7 +80,8 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "min_pixels": ("N", "Smallest image the model sees (default: the bundle's)."),
     "max_pixels": ("N", "Largest image the model sees (default: the bundle's)."),
     "parallel": ("N", "Pages (layout mode: blocks) decoded together in one llama.cpp context."),
-    "batch_size": ("N", "Most pages per vision pass: pages waiting while a batch is read go in the next one (default 4)."),
+    "batch_size": ("N", "Most pages per vision pass: pages waiting while a batch is read go in the next one "
+                        "(default 4)."),
     "skip_blank": (bool, "Leave pages with no ink without text, without running the model (default on)."),
 }
 DEFAULTS = ModelSettings(model="")
@@ -230,7 +233,8 @@ def read_page(input_file: Path, options: Any, page_number: int = 0) -> OcrElemen
         except (KeyboardInterrupt, ExitCodeException):
             raise
         except Exception as e:
-            raise RecognitionError(f"PaddleOCR-VL could not read page {page_number + 1}: {type(e).__name__}: {e}") from e
+            raise RecognitionError(
+                f"PaddleOCR-VL could not read page {page_number + 1}: {type(e).__name__}: {e}") from e
         return record_to_tree(record, image.size, dpi, page_number)
 
 

@@ -65,7 +65,8 @@ def record_to_tree(record: dict[str, Any], size: tuple[int, int], dpi: float, pa
         if not elements:
             continue
         box = _scaled(bbox, sx, sy, (width, height)) if bbox else _union([e.bbox for e in elements if e.bbox])
-        page.children.append(OcrElement(ocr_class=OcrClass.PARAGRAPH, bbox=box, confidence=confidence, children=elements))
+        page.children.append(
+            OcrElement(ocr_class=OcrClass.PARAGRAPH, bbox=box, confidence=confidence, children=elements))
     return page
 
 
@@ -106,7 +107,8 @@ def _printable(text: str) -> str:
 
 def _scaled(bbox: Sequence[float], sx: float, sy: float, size: tuple[int, int]) -> BoundingBox:
     x0, y0, x1, y1 = bbox
-    return BoundingBox(_clamp(x0 * sx, size[0]), _clamp(y0 * sy, size[1]), _clamp(x1 * sx, size[0]), _clamp(y1 * sy, size[1]))
+    return BoundingBox(_clamp(x0 * sx, size[0]), _clamp(y0 * sy, size[1]),
+                       _clamp(x1 * sx, size[0]), _clamp(y1 * sy, size[1]))
 
 
 def _clamp(value: float, high: int) -> float:
@@ -141,8 +143,10 @@ def write_hocr(page: OcrElement, path: Path, image_name: str = "") -> None:
     for p, par in enumerate(page.paragraphs, 1):
         p_el = ET.SubElement(div, f"{{{XHTML}}}p", {"class": "ocr_par", "id": f"par_1_{p}", "title": _bbox(par.bbox)})
         for n, line in enumerate(par.lines, 1):
-            line_title = f"{_bbox(line.bbox)}; baseline 0 0" + (f"; textangle {line.textangle:.2f}" if line.textangle else "")
-            l_el = ET.SubElement(p_el, f"{{{XHTML}}}span", {"class": "ocr_line", "id": f"line_1_{p}_{n}", "title": line_title})
+            angle = f"; textangle {line.textangle:.2f}" if line.textangle else ""
+            line_title = f"{_bbox(line.bbox)}; baseline 0 0{angle}"
+            line_attrs = {"class": "ocr_line", "id": f"line_1_{p}_{n}", "title": line_title}
+            l_el = ET.SubElement(p_el, f"{{{XHTML}}}span", line_attrs)
             for w, word in enumerate(line.words, 1):
                 conf = "" if word.confidence is None else f"; x_wconf {round(100 * word.confidence)}"
                 attrs = {"class": "ocrx_word", "id": f"word_1_{p}_{n}_{w}", "title": _bbox(word.bbox) + conf}
@@ -150,7 +154,8 @@ def write_hocr(page: OcrElement, path: Path, image_name: str = "") -> None:
     tree = ET.ElementTree(html)
     ET.indent(tree)
     with path.open("wb") as f:
-        f.write(b'<?xml version="1.0" encoding="UTF-8"?>\n<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Transitional//EN"'
+        f.write(b'<?xml version="1.0" encoding="UTF-8"?>\n'
+                b'<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Transitional//EN"'
                 b' "http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd">\n')
         tree.write(f, encoding="utf-8", xml_declaration=False)
 

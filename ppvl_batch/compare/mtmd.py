@@ -29,7 +29,7 @@ class MtmdChunks:
     """A tokenized prompt: text chunks and one chunk per image, owned until close()."""
 
     def __init__(self, handle: int):
-        self.handle = handle
+        self.handle: int | None = handle
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         """(chunk type, chunk pointer) in prompt order."""
@@ -66,7 +66,8 @@ class MtmdVision:
         params.n_threads = threads or default_threads()
         self.ctx = mtmd_cpp.mtmd_init_from_file(str(mmproj).encode(), model, params)
         if not self.ctx:
-            raise ModelError(f"{mmproj}: libmtmd could not load this mmproj (llama-cpp-python too old for projector paddleocr?)")
+            raise ModelError(f"{mmproj}: libmtmd could not load this mmproj "
+                             "(llama-cpp-python too old for projector paddleocr?)")
         self.n_embd = model_embedding_width(model)
         self.marker = mtmd_cpp.mtmd_default_marker().decode()
 
@@ -76,7 +77,8 @@ class MtmdVision:
         and normalized here, by llama.cpp."""
         rgb = image.convert("RGB")
         pixels = rgb.tobytes()
-        bitmap = mtmd_cpp.mtmd_bitmap_init(rgb.width, rgb.height, (ctypes.c_uint8 * len(pixels)).from_buffer_copy(pixels))
+        buffer = (ctypes.c_uint8 * len(pixels)).from_buffer_copy(pixels)
+        bitmap = mtmd_cpp.mtmd_bitmap_init(rgb.width, rgb.height, buffer)
         chunks = MtmdChunks(mtmd_cpp.mtmd_input_chunks_init())
         data = text.encode("utf-8")
         prompt = mtmd_cpp.mtmd_input_text(text=data, text_len=len(data), add_special=False, parse_special=True)

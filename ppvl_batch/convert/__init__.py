@@ -39,6 +39,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,7 @@ CHECK_PROMPTS = (
 )
 
 
-def _first_difference(ours: list[int], theirs: list[int]) -> int:
+def _first_difference(ours: Sequence[object], theirs: Sequence[object]) -> int:
     return next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
 
 
@@ -139,13 +140,15 @@ def verify_tokenizer(checkpoint: Path, bundle: Path) -> int:
         for n in (1, 5):
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
             rendered = reference.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            expected = reference(rendered.replace(IMAGE_PLACEHOLDER, IMAGE_PLACEHOLDER * n), add_special_tokens=False)["input_ids"]
+            prompt = rendered.replace(IMAGE_PLACEHOLDER, IMAGE_PLACEHOLDER * n)
+            expected = reference(prompt, add_special_tokens=False)["input_ids"]
             got = before + [ours.placeholder_id] * n + after
             if got != expected:
                 at = _first_difference(got, expected)
                 raise ModelError(
                     f"prompt ids for {text!r} differ from transformers' at position {at}: ours "
-                    f"{got[at:at + 3]}, transformers {expected[at:at + 3]}; the bundle would not answer as the checkpoint")
+                    f"{got[at:at + 3]}, transformers {expected[at:at + 3]}; "
+                    "the bundle would not answer as the checkpoint")
     for special in ours.special_tokens:
         try:
             ours.prompt_ids(f"Read {special} here")
@@ -160,7 +163,8 @@ def verify_tokenizer(checkpoint: Path, bundle: Path) -> int:
     favoured += [reference.convert_tokens_to_ids(t) for t in ours.special_tokens]
     rng = random.Random(0)
     for _ in range(200):
-        ids = [rng.choice(favoured) if favoured and rng.random() < 0.5 else rng.randrange(size) for _ in range(rng.randint(1, 24))]
+        ids = [rng.choice(favoured) if favoured and rng.random() < 0.5 else rng.randrange(size)
+               for _ in range(rng.randint(1, 24))]
         theirs, mine = reference.decode(ids, skip_special_tokens=False), detok.decode(ids)
         if theirs != mine:
             at = _first_difference(list(mine), list(theirs))
@@ -242,6 +246,7 @@ def convert(
         log(f"checked prompt ids and decoding against transformers on {verify_tokenizer(ckpt.path, stage)} prompts")
 
         vision_entry = write_vision(ckpt, stage / "vision.safetensors")
+        assert vision_entry.parameters is not None  # write_vision counts them
         log(f"wrote vision tower: {vision_entry.parameters / 1e6:.1f}M parameters, {vision_entry.dtype}")
         if mmproj:
             from .mmproj import write_mmproj

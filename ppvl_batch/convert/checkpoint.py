@@ -181,7 +181,8 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     if "vision_config" not in config:
         raise ModelError(f"{path}: config.json has no vision_config")
     if not (path / "tokenizer.model").is_file():
-        raise ModelError(f"{path}: tokenizer.model is missing (the SentencePiece tokenizer is needed for the GGUF vocab)")
+        raise ModelError(f"{path}: tokenizer.model is missing "
+                         "(the SentencePiece tokenizer is needed for the GGUF vocab)")
     tokenizer_config = _read_json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").is_file() else {}
     preprocessor_file = path / "preprocessor_config.json"
     if not preprocessor_file.is_file():

@@ -87,12 +87,14 @@ def read_layout_source(source: str) -> tuple[Path, str, str]:
     return folder, LAYOUT_MODEL_TYPES[model_type], model_type
 
 
-def write_layout(source: str, root: Path, model_version: str, log: Log = no_log) -> tuple[LayoutEntry, dict[str, FileEntry]]:
+def write_layout(source: str, root: Path, model_version: str,
+                 log: Log = no_log) -> tuple[LayoutEntry, dict[str, FileEntry]]:
     """Copy the layout checkpoint into root/layout; returns the manifest's `layout` entry and the
     files' entries (`layout/NAME` -> sha256, bytes)."""
     folder, version, model_type = read_layout_source(source)
     if version != paired_version(model_version):
-        log(f"warning: PaddleOCR-VL {model_version} was published with PP-DocLayout{paired_version(model_version).upper()}, "
+        log(f"warning: PaddleOCR-VL {model_version} was published with "
+            f"PP-DocLayout{paired_version(model_version).upper()}, "
             f"not {version.upper()}; adding it anyway")
     target = root / LAYOUT_DIR
     target.mkdir()

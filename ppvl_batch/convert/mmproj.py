@@ -43,7 +43,8 @@ def write_mmproj(ckpt: Checkpoint, out: Path, ftype: str = "F16") -> int:
     for PaddleOCR-VL (arch `clip`, projector type `paddleocr`), streamed tensor by tensor.
     Returns the number of tensors written."""
     sources = {n: src for n, src in ckpt.tensor_names().items() if n.startswith(("visual.", "projector."))}
-    return _write_mmproj(sources, ckpt.vision_config, ckpt.preprocessor, ckpt.text.hidden_size, ckpt.path.name, out, ftype)
+    return _write_mmproj(sources, ckpt.vision_config, ckpt.preprocessor, ckpt.text.hidden_size, ckpt.path.name,
+                         out, ftype)
 
 
 def _write_mmproj(

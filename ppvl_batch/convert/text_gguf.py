@@ -50,7 +50,7 @@ def _plan_text_tensors(ckpt: Checkpoint) -> list[PlannedTensor]:
     q_rows = hp.num_attention_heads * hp.head_dim
     kv_rows = hp.num_key_value_heads * hp.head_dim
 
-    def loader(file: Path, raw: str, rows: slice | None = None) -> Callable[[], np.ndarray]:
+    def loader(file: Path, raw: str, rows: slice | None = None) -> Callable[[], torch.Tensor]:
         def load() -> torch.Tensor:
             with safe_open(str(file), framework="pt") as st:
                 return st.get_slice(raw)[rows] if rows is not None else st.get_tensor(raw)
@@ -69,8 +69,10 @@ def _plan_text_tensors(ckpt: Checkpoint) -> list[PlannedTensor]:
         hf_name = "lm_head.weight" if canon == "lm_head.weight" else "model." + canon[len("text."):]
         shape, dtype = shape_and_dtype(file, raw)
         # Some exports fuse q/k/v and gate/up; llama.cpp wants them apart.
+        parts: list[tuple[str, slice | None]]
         if ".qkv_proj." in hf_name:
-            bounds = [("q_proj", 0, q_rows), ("k_proj", q_rows, q_rows + kv_rows), ("v_proj", q_rows + kv_rows, q_rows + 2 * kv_rows)]
+            bounds = [("q_proj", 0, q_rows), ("k_proj", q_rows, q_rows + kv_rows),
+                      ("v_proj", q_rows + kv_rows, q_rows + 2 * kv_rows)]
             parts = [(hf_name.replace("qkv_proj", p), slice(a, b)) for p, a, b in bounds]
         elif ".up_gate_proj." in hf_name:
             half = shape[0] // 2
@@ -138,7 +140,8 @@ def write_text_gguf(ckpt: Checkpoint, out: Path, log: Log = no_log, progress: bo
     for t in planned:
         if t.keep_bf16:
             nbytes = int(np.prod(t.shape)) * 2
-            writer.add_tensor_info(t.name, t.shape, np.dtype(np.uint16), nbytes, raw_dtype=gguf.GGMLQuantizationType.BF16)
+            writer.add_tensor_info(t.name, t.shape, np.dtype(np.uint16), nbytes,
+                                   raw_dtype=gguf.GGMLQuantizationType.BF16)
         else:
             writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), int(np.prod(t.shape)) * 4)
     writer.write_header_to_file()

@@ -80,7 +80,8 @@ def detect_version(folder: Path, prompt_style: str) -> ModelVersion:
     """The release of the checkpoint in `folder` whose template has `prompt_style`."""
     passed_over: list[str] = []
     candidates = _metadata_names(folder)
-    candidates += [("folder name" if i == 0 else "path", part) for i, part in enumerate(reversed(folder.resolve().parts))]
+    candidates += [("folder name" if i == 0 else "path", part)
+                   for i, part in enumerate(reversed(folder.resolve().parts))]
     for where, name in candidates:
         version = version_in(name)
         if version is None:

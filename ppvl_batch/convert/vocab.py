@@ -28,7 +28,7 @@ def build_vocab(ckpt: Checkpoint) -> Vocab:
     import gguf
     from sentencepiece import sentencepiece_model_pb2
 
-    proto = sentencepiece_model_pb2.ModelProto()
+    proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]  # protobuf makes the class at import
     try:
         proto.ParseFromString((ckpt.path / "tokenizer.model").read_bytes())
     except Exception as exc:

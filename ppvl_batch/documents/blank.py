@@ -13,8 +13,8 @@ may come back with invented text. A page is blank when no mark on it is larger t
 3. ink pixels one pixel apart are joined (a faint line broken by noise stays one mark), and
    the page is blank when no mark's bounding box reaches MIN_MARK (0.8%) of the page's longer
    side, and at least MIN_MARK_PIXELS (10; proportionally less below 600 pixels): on an A4 page
-   about 2.4 mm, the height of a 10 pt digit. Dust and specks are smaller; a character, a word or a pencil line is not. A lone mark
-   smaller than that (a full stop, a tiny digit at 100 dpi) counts as a speck.
+   about 2.4 mm, the height of a 10 pt digit. Dust and specks are smaller; a character, a word or
+   a pencil line is not. A lone mark smaller than that (a full stop, a tiny digit at 100 dpi) counts as a speck.
 
 A margin of EDGE (2%) of each side is ignored (scanner shadows and page edges). Cost: a few numpy
 passes over the page (about 30 ms for 850 x 1100 pixels and 60 ms for 1240 x 1754 on one core of

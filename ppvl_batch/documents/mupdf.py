@@ -12,7 +12,7 @@ def _import_pymupdf():
     marked None makes its import fail, which PyMuPDF takes as "not installed"; the marks go once
     it is imported, so code that wants the extras can still import them itself."""
     extras = [name for name in ("pymupdf.layout", "pymupdf4llm") if name not in sys.modules]
-    sys.modules.update(dict.fromkeys(extras))
+    sys.modules.update(dict.fromkeys(extras))  # type: ignore[arg-type]  # None entries are allowed (see above)
     try:
         import pymupdf
     finally:

@@ -71,7 +71,8 @@ BOX_MARGIN_PT = 1.0
 # 100% without). Glyph strokes are far shorter below 36 pt type.
 RULE_LENGTH_PT = 36.0
 # Ligature presentation forms MuPDF may leave (a font that maps a glyph to U+FB0x itself).
-LIGATURES = {"\ufb00": "ff", "\ufb01": "fi", "\ufb02": "fl", "\ufb03": "ffi", "\ufb04": "ffl", "\ufb05": "st", "\ufb06": "st"}
+LIGATURES = {"\ufb00": "ff", "\ufb01": "fi", "\ufb02": "fl", "\ufb03": "ffi", "\ufb04": "ffl",
+             "\ufb05": "st", "\ufb06": "st"}
 # MuPDF flags: keep whitespace, clip to the media box; no TEXT_PRESERVE_LIGATURES (so they are
 # expanded) and no TEXT_CID_FOR_UNKNOWN_UNICODE (so an unmapped glyph shows as U+FFFD).
 _FLAGS = pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_MEDIABOX_CLIP
@@ -141,7 +142,8 @@ class TextLayer:
             if chars:
                 inside.append(VisualLine(line.block, line.direction, chars))
         s = self._mask_scale
-        window = np.s_[max(int(y0 * s), 0):max(int(np.ceil(y1 * s)), 0), max(int(x0 * s), 0):max(int(np.ceil(x1 * s)), 0)]
+        window = np.s_[max(int(y0 * s), 0):max(int(np.ceil(y1 * s)), 0),
+                       max(int(x0 * s), 0):max(int(np.ceil(x1 * s)), 0)]
         trust = self._decide(inside, self._ink[window], self._boxes[window])
         return RegionText(_page_text(inside), _text_lines(inside), trust)
 
@@ -209,7 +211,8 @@ def _read(page: Any, size: tuple[int, int]) -> TextLayer:
         visible = [ch for ch in line.chars if ch.visible and not ch.c.isspace()]
         if visible:
             x0, y0, x1, y1 = (v * full.shape[1] / size[0] for v in bounding_box(visible))
-            boxes[max(int(y0 - margin), 0):int(np.ceil(y1 + margin)), max(int(x0 - margin), 0):int(np.ceil(x1 + margin))] = True
+            boxes[max(int(y0 - margin), 0):int(np.ceil(y1 + margin)),
+                  max(int(x0 - margin), 0):int(np.ceil(x1 + margin))] = True
     return TextLayer(size, (rect.width, rect.height), lines, ink, boxes)
 
 

@@ -26,8 +26,11 @@ class CompactLinear(nn.Module):
     buffer and would widen them back to fp32 for good."""
 
     ROWS_PER_READ = 64  # small temporaries: large ones fragment the heap into hundreds of MB
+    stored: torch.Tensor  # buffers, typed here: nn.Module types its attributes as Tensor | Module
+    scale: torch.Tensor | None
 
-    def __init__(self, stored: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None, scratch: DequantScratch):
+    def __init__(self, stored: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None,
+                 scratch: DequantScratch):
         super().__init__()
         self.register_buffer("stored", stored)  # [out, in] int8, or int16 holding bf16 bits
         self.register_buffer("scale", scale)  # [out, 1] for int8, else None
@@ -35,7 +38,8 @@ class CompactLinear(nn.Module):
         self.scratch = scratch
 
     @classmethod
-    def from_file(cls, f: SafetensorsReader, name: str, weights: torch.dtype, dtype: torch.dtype, scratch: DequantScratch) -> CompactLinear:
+    def from_file(cls, f: SafetensorsReader, name: str, weights: torch.dtype, dtype: torch.dtype,
+                  scratch: DequantScratch) -> CompactLinear:
         """Read `name`.weight from `f` a few rows at a time (never the whole float matrix) into
         `weights` (int8 or bf16); `dtype`: the compute dtype."""
         out_features, in_features = f.header[f"{name}.weight"]["shape"]
@@ -52,10 +56,12 @@ class CompactLinear(nn.Module):
                     stored[start:stop] = rows  # fp32 rounded to the nearest bf16
                 else:
                     rows = rows.float()
-                    scale[start:stop] = rows.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny) / 127
+                    peak = rows.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
+                    scale[start:stop] = peak / 127
                     stored[start:stop] = torch.round(rows / scale[start:stop]).to(torch.int8)
         bias = f.get_tensor(f"{name}.bias").to(dtype) if f"{name}.bias" in f.header else None
-        return cls(stored if int8 else stored.view(torch.int16), None if scale is None else scale.to(dtype), bias, scratch)
+        return cls(stored if int8 else stored.view(torch.int16), None if scale is None else scale.to(dtype),
+                   bias, scratch)
 
     @property
     def weight_dtype(self) -> torch.dtype:
@@ -80,6 +86,7 @@ class DequantScratch(threading.local):
 
     def take(self, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         numel = shape[0] * shape[1]
-        if self.buffer is None or self.buffer.numel() < numel or self.buffer.dtype != dtype or self.buffer.device != device:
+        if (self.buffer is None or self.buffer.numel() < numel or self.buffer.dtype != dtype
+                or self.buffer.device != device):
             self.buffer = torch.empty(numel, dtype=dtype, device=device)
         return self.buffer[:numel].view(shape)

@@ -162,7 +162,8 @@ class _TextReplace(_Stage):
                 break
             out.append(text[:at] + self.content)
             text = text[at + len(self.pattern):]
-        keep = next((k for k in range(min(len(self.pattern) - 1, len(text)), 0, -1) if self.pattern.startswith(text[-k:])), 0)
+        keep = next((k for k in range(min(len(self.pattern) - 1, len(text)), 0, -1)
+                     if self.pattern.startswith(text[-k:])), 0)
         self.held = text[len(text) - keep:]
         out.append(text[: len(text) - keep])
         return "".join(out)
@@ -217,12 +218,14 @@ def _stages(spec: dict[str, Any] | None) -> tuple[list[Any], list[Any]]:
         elif kind == "ByteFallback" and not fused:
             token_stages.append(_ByteFallback())
         elif kind == "Metaspace" and not fused:
-            token_stages.append(_TokenMetaspace(part.get("replacement", "\u2581"), part.get("prepend_scheme", "always")))
+            token_stages.append(
+                _TokenMetaspace(part.get("replacement", "\u2581"), part.get("prepend_scheme", "always")))
         elif kind == "Strip" and not part.get("stop", 0) and len(part.get("content", " ")) == 1:
             stage = (_TextStrip if fused else _TokenStrip)(part["content"], int(part.get("start", 0)))
             (text_stages if fused else token_stages).append(stage)
         else:
-            raise UnsupportedDecoder(f"the tokenizer's decoder step {json.dumps(part)} is not supported by ppvl-ocr's detokenizer")
+            raise UnsupportedDecoder(f"the tokenizer's decoder step {json.dumps(part)} "
+                                     "is not supported by ppvl-ocr's detokenizer")
     return token_stages, text_stages
 
 
@@ -232,7 +235,8 @@ class Detokenizer:
     def __init__(self, tokenizer: Any, vocab_size: int | None = None):
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is None:
-            raise UnsupportedDecoder(f"{type(tokenizer).__name__} is not a `tokenizers` tokenizer; ppvl-ocr cannot decode with it")
+            raise UnsupportedDecoder(f"{type(tokenizer).__name__} is not a `tokenizers` tokenizer; "
+                                     "ppvl-ocr cannot decode with it")
         self.spec = json.loads(backend.to_str()).get("decoder")
         _stages(self.spec)  # fail now on a decoder we cannot stream
         self.cleanup = bool(getattr(tokenizer, "clean_up_tokenization_spaces", False)) and (
@@ -305,7 +309,8 @@ class _Chain:
         """What flush() would add now, leaving the chain as it is."""
         if not any(stage.holding() for stage in (*self.token_stages, *self.text_stages)):
             return ""
-        return _Chain(self.detokenizer, [copy.copy(s) for s in self.token_stages], [copy.copy(s) for s in self.text_stages]).flush()
+        token_stages = [copy.copy(s) for s in self.token_stages]
+        return _Chain(self.detokenizer, token_stages, [copy.copy(s) for s in self.text_stages]).flush()
 
 
 class TextStream:

@@ -96,7 +96,8 @@ class TextDecoder:
         mparams.use_extra_bufts = not cpu_has_llama_amx()
         self.model = llama_cpp.llama_model_load_from_file(str(gguf_path).encode(), mparams)
         if not self.model:
-            raise ModelError(f"{gguf_path}: llama.cpp could not load this GGUF (damaged, or llama-cpp-python too old for arch paddleocr)")
+            raise ModelError(f"{gguf_path}: llama.cpp could not load this GGUF "
+                             "(damaged, or llama-cpp-python too old for arch paddleocr)")
         threads = threads or default_threads()
         # Tokens per llama_decode call. The attention scores of one call are n_batch x n_ctx x heads
         # floats: on the CPU 128 rows keep them at 51 MB for a 6209-token context (203 MB at 512)
@@ -153,7 +154,8 @@ class TextDecoder:
 
     # -- batches ------------------------------------------------------------------------------
 
-    def _submit(self, n: int, pos, seq_ids: Sequence[int], *, tokens=None, embd=None, logits: Sequence[int] = ()) -> None:
+    def _submit(self, n: int, pos, seq_ids: Sequence[int], *, tokens=None, embd=None,
+                logits: Sequence[int] = ()) -> None:
         """One llama_decode call; `logits` lists the rows whose logits are wanted."""
         seq_arrays = [self._seq_arrays[s] for s in seq_ids]
         want = (ctypes.c_int8 * n)()
@@ -243,8 +245,9 @@ class TextDecoder:
         if n > self.n_seq:  # more rows than sequences (bench_decode.py: consecutive tokens of one page)
             self._submit(n, _int_array(positions), seqs, tokens=_int_array(tokens), logits=range(n))
             return
-        self._step_token[:n] = tokens
-        self._step_pos[:n] = positions
+        # ctypes arrays take any sequence in a slice assignment; typeshed allows only a list
+        self._step_token[:n] = tokens  # type: ignore[call-overload]
+        self._step_pos[:n] = positions  # type: ignore[call-overload]
         for row, seq in enumerate(seqs):
             self._step_seq[row] = self._seq_arrays[seq]
         self._step_batch.n_tokens = n

@@ -121,7 +121,8 @@ class ImagePreprocessor:
             max_pixels=self.max_pixels,
         )
 
-    def __call__(self, image: Image.Image, min_pixels: int | None = None, max_pixels: int | None = None) -> PreparedImage:
+    def __call__(self, image: Image.Image, min_pixels: int | None = None,
+                 max_pixels: int | None = None) -> PreparedImage:
         min_pixels, max_pixels = min_pixels or self.min_pixels, max_pixels or self.max_pixels
         image = pad_aspect_ratio(image.convert("RGB"), self.factor, min_pixels, max_pixels)
         size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
@@ -172,7 +173,8 @@ def pad_aspect_ratio(image: Image.Image, factor: int, min_pixels: int, max_pixel
     return paper
 
 
-def contiguous_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask, **kwargs):
+def contiguous_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
+                    **kwargs):
     """transformers' SDPA attention, with query/key/value made contiguous first. The vision
     encoder hands them over as transposed views ([1, heads, patches, head_dim] strided over
     [patches, heads, head_dim]), on which PyTorch's CPU flash kernel is about 12% slower: 0.99 s
@@ -262,7 +264,8 @@ def resolve_precision(dtype: str | None, device: str) -> VisionPrecision:
     return VisionPrecision(names[dtype])
 
 
-def load_vision_tower(config: dict[str, Any], weights: Path, device: str = "cpu", dtype: str | None = None) -> VisionTower:
+def load_vision_tower(config: dict[str, Any], weights: Path, device: str = "cpu",
+                      dtype: str | None = None) -> VisionTower:
     """Build the tower from the bundle's config.json and load vision.safetensors into it."""
     from safetensors import safe_open
 
@@ -275,7 +278,7 @@ def load_vision_tower(config: dict[str, Any], weights: Path, device: str = "cpu"
     compact: set[str] = set()
     if precision.weights is not None:
         with SafetensorsReader(weights) as f:
-            compact = _compact_linears(tower, f, precision)
+            compact = _compact_linears(tower, f, precision.weights, precision.compute)
             done = {f"{name}.{part}" for name in compact for part in ("weight", "bias")}
             state = {name: f.get_tensor(name).to(precision.compute) for name in f.keys() if name not in done}
     else:
@@ -286,19 +289,20 @@ def load_vision_tower(config: dict[str, Any], weights: Path, device: str = "cpu"
     missing, unexpected = tower.load_state_dict(state, strict=False, assign=True)
     missing = [name for name in missing if name.rpartition(".")[0] not in compact]
     if missing or unexpected:
-        raise ModelError(f"{weights}: vision weights do not match the config (missing {missing[:2]}, unexpected {unexpected[:2]})")
+        raise ModelError(f"{weights}: vision weights do not match the config "
+                         f"(missing {missing[:2]}, unexpected {unexpected[:2]})")
     del state
     return tower.to(device=device, dtype=precision.compute).eval()
 
 
-def _compact_linears(tower: VisionTower, f: SafetensorsReader, precision: VisionPrecision) -> set[str]:
+def _compact_linears(tower: VisionTower, f: SafetensorsReader, weights: torch.dtype, compute: torch.dtype) -> set[str]:
     """Replace every nn.Linear (attention and MLP of each encoder layer, the projector: nearly
     all of the tower's weights) by a CompactLinear read from `f`; returns their module names."""
     names = [name for name, module in tower.named_modules() if isinstance(module, nn.Linear)]
     scratch = DequantScratch()
     for name in names:
         parent, _, child = name.rpartition(".")
-        layer = CompactLinear.from_file(f, name, precision.weights, precision.compute, scratch)
+        layer = CompactLinear.from_file(f, name, weights, compute, scratch)
         tower.get_submodule(parent).register_module(child, layer)
     return set(names)
 

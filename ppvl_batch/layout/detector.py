@@ -82,7 +82,7 @@ class Preprocessing:
                 ("do_normalize", merged.get("do_normalize") is True),
             ) if not ok
         ]
-        size = merged.get("size")
+        size: Any = merged.get("size")  # a dict of two ints once checked here
         if not (isinstance(size, dict) and isinstance(size.get("height"), int) and isinstance(size.get("width"), int)):
             unsupported.append("size")
         for key in ("image_mean", "image_std"):
@@ -90,7 +90,8 @@ class Preprocessing:
                 unsupported.append(key)
         if unsupported:
             raise ModelError(f"{where}: unsupported preprocessor setting(s) {', '.join(unsupported)} "
-                             "(expected the published PP-DocLayout values: bicubic resize to a fixed size, rescale, normalize)")
+                             "(expected the published PP-DocLayout values: bicubic resize to a fixed size, "
+                             "rescale, normalize)")
         if rescale_first:
             return cls(height=size["height"], width=size["width"],
                        mean=torch.tensor(merged["image_mean"], dtype=torch.float32),
@@ -176,9 +177,11 @@ class LayoutDetector:
         self.version = version
         self.preprocessing = preprocessing
         self.device = device
-        self.labels = tuple(model.config.id2label[i] for i in range(len(model.config.id2label)))
+        config: Any = model.config  # a transformers config (nn.Module types attributes as Tensor | Module)
+        self.labels: tuple[str, ...] = tuple(config.id2label[i] for i in range(len(config.id2label)))
         if version == "v3":
-            self.model.model.decoder.register_forward_pre_hook(_without_decoder_masks, with_kwargs=True)
+            decoder = self.model.get_submodule("model.decoder")
+            decoder.register_forward_pre_hook(_without_decoder_masks, with_kwargs=True)
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu") -> LayoutDetector:
@@ -217,7 +220,8 @@ class LayoutDetector:
         """Pages -> (B, 3, H, W) float32 on the detector's device (resized on the CPU)."""
         return torch.stack([self.preprocessing(image) for image in images]).to(self.device)
 
-    def detect(self, images: Sequence[Image.Image], threshold: float, batch_size: int | None = None) -> list[list[Detection]]:
+    def detect(self, images: Sequence[Image.Image], threshold: float,
+               batch_size: int | None = None) -> list[list[Detection]]:
         """Per page, what transformers' forward + post_process_object_detection(threshold) gives,
         `batch_size` pages per forward pass (default: the device's, see DETECTION_BATCH)."""
         batch_size = batch_size or DETECTION_BATCH["cpu" if self.device == "cpu" else "gpu"]
@@ -287,7 +291,8 @@ def boxes_of_masks(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     (x0, x1), (y0, y1) = extents
     nonempty = mask.flatten(-2).any(dim=-1, keepdim=True)
     corners = torch.stack([x0, y0, x1, y1], dim=-1) * nonempty
-    x0, y0, x1, y1 = (corners / torch.tensor([width, height, width, height], device=mask.device, dtype=dtype)).unbind(-1)
+    scale = torch.tensor([width, height, width, height], device=mask.device, dtype=dtype)
+    x0, y0, x1, y1 = (corners / scale).unbind(-1)
     return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
 
 
@@ -310,7 +315,8 @@ def bundle_detector(bundle: Any, device: str = "cpu", threshold: float | None = 
     """The layout model of a bundle (bundle.Bundle) with the pipeline's rules for it; `threshold`
     replaces every label's threshold. What scan, ask --layout and DocumentParser.for_recognizer use."""
     if bundle.layout_dir is None:
-        raise ModelError(f"{bundle.path}: has no layout model; add one with `ppvl-ocr convert --add-layout LAYOUT {bundle.path}`")
+        raise ModelError(f"{bundle.path}: has no layout model; "
+                         f"add one with `ppvl-ocr convert --add-layout LAYOUT {bundle.path}`")
     detector = LayoutDetector.load(bundle.layout_dir, device=device)
     overrides = {} if threshold is None else {"thresholds": {}, "default_threshold": threshold}
     return detector.with_rules(LayoutRules.for_version(detector.version, **overrides), batch_size)

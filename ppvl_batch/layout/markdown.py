@@ -117,7 +117,8 @@ def page_markdown(
             continue
         following = blocks[i + 1] if i + 1 < len(blocks) else None
         tag = None
-        if formula_numbers and block.label == "display_formula" and following is not None and following.label == "formula_number":
+        if (formula_numbers and block.label == "display_formula" and following is not None
+                and following.label == "formula_number"):
             tag = following.text.strip() or None
         part = block_markdown(block, tag)
         if part:

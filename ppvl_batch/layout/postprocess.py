@@ -114,7 +114,9 @@ class LayoutRules:
     def settings(self) -> dict[str, object]:
         """Every field as JSON values (sets sorted), for a checkpoint key."""
         return {
-            name: sorted(value) if isinstance(value, frozenset) else dict(sorted(value.items())) if isinstance(value, Mapping) else value
+            name: sorted(value) if isinstance(value, frozenset)
+            else dict(sorted(value.items())) if isinstance(value, Mapping)
+            else value
             for name, value in ((f.name, getattr(self, f.name)) for f in fields(self))
         }
 
@@ -126,8 +128,10 @@ class LayoutRules:
 def _rounded(d: Detection) -> Detection:
     # numpy rounds halves to even, as PaddleX's np.round does. Rounding is monotone, so the
     # rounded quad's extent is the rounded box.
-    quad = None if d.quad is None else tuple((float(x), float(y)) for x, y in np.round(np.asarray(d.quad, dtype=np.float64)))
-    return replace(d, box=tuple(float(v) for v in np.round(np.asarray(d.box, dtype=np.float64))), quad=quad)
+    quad = None if d.quad is None else tuple(
+        (float(x), float(y)) for x, y in np.round(np.asarray(d.quad, dtype=np.float64)))
+    x0, y0, x1, y1 = (float(v) for v in np.round(np.asarray(d.box, dtype=np.float64)))
+    return replace(d, box=(x0, y0, x1, y1), quad=quad)
 
 
 def above_threshold(detections: Iterable[Detection], rules: LayoutRules) -> list[Detection]:
@@ -278,4 +282,5 @@ def apply_rules(
     kept = drop_large_images(kept, width, height, rules)
     kept = merge_contained(kept, rules)
     kept = sort_by_order(kept, version)
-    return PageLayout(filter_overlaps(to_blocks(kept, width, height, rules), rules), getattr(detections, "warp_params", None))
+    blocks = filter_overlaps(to_blocks(kept, width, height, rules), rules)
+    return PageLayout(blocks, getattr(detections, "warp_params", None))

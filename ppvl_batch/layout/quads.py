@@ -30,7 +30,8 @@ Edge = tuple[int, int]
 def quad_corners(pred_boxes: torch.Tensor) -> torch.Tensor:
     """(..., 10) centre + offsets -> (..., 4, 2) corners TL TR BR BL in 0..1 units."""
     if pred_boxes.shape[-1] != 10:
-        raise ValueError(f"PP-DocLayoutV4 boxes have 10 numbers (a centre and four corner offsets), got {pred_boxes.shape[-1]}")
+        raise ValueError("PP-DocLayoutV4 boxes have 10 numbers (a centre and four corner offsets), "
+                         f"got {pred_boxes.shape[-1]}")
     offsets = pred_boxes[..., 2:].reshape(*pred_boxes.shape[:-1], 4, 2) - 0.5
     return pred_boxes[..., :2].unsqueeze(-2) + offsets
 
@@ -141,7 +142,8 @@ def reading_order(relative: np.ndarray, successor: np.ndarray) -> np.ndarray:
     count = successor.shape[0]
     if count <= 1:
         return np.zeros(count, dtype=np.int64)
-    edges = {(i, j): float(successor[i, j]) for i in range(count) for j in range(count) if i != j and successor[i, j] > 0}
+    edges = {(i, j): float(successor[i, j])
+             for i in range(count) for j in range(count) if i != j and successor[i, j] > 0}
     kept = without_cycles(count, edges)
     scores = _sigmoid(relative)
     np.fill_diagonal(scores, 0.0)
@@ -184,7 +186,8 @@ def decode_v4(
         # the order heads see the kept queries once each, in query order
         unique, inverse = torch.unique(query, return_inverse=True)
         pick = np.ix_(unique.cpu().numpy(), unique.cpu().numpy())
-        ranks = reading_order(relative[b].detach().float().cpu().numpy()[pick], successor[b].detach().float().cpu().numpy()[pick])
+        ranks = reading_order(relative[b].detach().float().cpu().numpy()[pick],
+                              successor[b].detach().float().cpu().numpy()[pick])
         rank, by_order = torch.as_tensor(ranks, device=score.device)[inverse].sort(stable=True)
         quad = quad[by_order]
         boxes = torch.cat([quad.amin(dim=-2), quad.amax(dim=-2)], dim=-1)

@@ -122,7 +122,8 @@ def _block(block: TextBlock, key: str) -> list[str]:
             if w > 1:
                 parts.append("<SP/>")
             wc = f' WC="{word.confidence:.4f}"' if word.confidence is not None else ""
-            parts.append(f'<String ID="string_{key}_{i}_{w}" CONTENT={xml_attr(word.text)} {_geometry(word.bbox)}{wc}/>')
+            parts.append(f'<String ID="string_{key}_{i}_{w}" CONTENT={xml_attr(word.text)} '
+                         f'{_geometry(word.bbox)}{wc}/>')
         parts.append("</TextLine>")
         lines.append("".join(parts))
     if not lines:

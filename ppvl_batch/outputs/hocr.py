@@ -100,7 +100,8 @@ def _block(block: TextBlock, key: str) -> list[str]:
             wtitle = _box(word.bbox)
             if word.confidence is not None:
                 wtitle += f"; x_wconf {round(100 * word.confidence)}"
-            spans.append(f'<span class="ocrx_word" id="word_{key}_{i}_{w}" title="{wtitle}">{xml_text(word.text)}</span>')
+            spans.append(f'<span class="ocrx_word" id="word_{key}_{i}_{w}" title="{wtitle}">'
+                         f'{xml_text(word.text)}</span>')
         out.append(f'<span class="ocr_line" id="line_{key}_{i}" title="{title}">{" ".join(spans)}</span>')
     out += ["</p>", "</div>"]
     return out

@@ -208,7 +208,8 @@ def _image_ink(image: Image.Image, record: Record) -> Callable[[], Box | None]:
         found = ink_fraction_box(ImageOps.exif_transpose(image).convert("L"))
         if found is None:
             return None
-        return found[0] * record["width"], found[1] * record["height"], found[2] * record["width"], found[3] * record["height"]
+        width, height = record["width"], record["height"]
+        return found[0] * width, found[1] * height, found[2] * width, found[3] * height
 
     return box
 
