@@ -48,7 +48,9 @@ class Page:
     error: PageError | None = None
     seconds: float = 0.0  # spent rendering and preparing
     blank: bool = False
-    size: tuple[int, int] | None = None  # of the rendered page, for a blank one
+    size: tuple[int, int] | None = None  # of the rendered page (the record's width x height)
+    page_size_pt: tuple[float, float] | None = None  # of a PDF page, in points
+    ink: Any = None  # whole pages: the rendered page's ink mask, for estimated line positions
     warnings: tuple[str, ...] = ()
 
 

@@ -43,13 +43,18 @@ def make_record(
     warnings: list[str] | tuple[str, ...] = (),
     blocks: list[dict[str, Any]] | None = None,
     layout_model: str | None = None,
+    positions: Any = None,
+    page_size_pt: tuple[float, float] | None = None,
 ) -> Record:
     """One JSONL record: a page read by the model (`result`, a recognizer PageResult), a blank
     page the model was spared (`blank`, `size` of the rendered page), or a page or document
     that failed (`error` = (type, message); `page` None when the whole document failed before
     its pages could be counted). `warnings` (e.g. a repaired PDF) and `blank` appear only when
     set. In layout mode (`layout_model` given) every record has `blocks` (Block.to_record
-    entries; [] for a blank page, null for a failed one) and `layout_model`."""
+    entries; [] for a blank page, null for a failed one) and `layout_model`. `positions` (a
+    layout.positions.PagePositions) gives `lines` and `positions` (null without it), and for
+    spotting the text and review reasons; `size`, the rendered page's, is the records' width x
+    height and the frame of the lines; `page_size_pt` (PDF pages) maps it onto the PDF page."""
     ok = error is None
     if blank:
         result = _Blank(*size) if size else _Blank()
@@ -58,11 +63,11 @@ def make_record(
         "sha256": sha256,
         "page": page,
         "page_count": page_count,
-        "width": result.width if ok else None,
-        "height": result.height if ok else None,
+        "width": (size[0] if size else result.width) if ok else None,
+        "height": (size[1] if size else result.height) if ok else None,
         "task": task,
         "prompt": prompt,
-        "text": result.text if ok else None,
+        "text": (result.text if positions is None or positions.text is None else positions.text) if ok else None,
         "finish_reason": result.finish_reason if ok else None,
         "status": "ok" if ok else "error",
         "error": None if ok else {"type": error[0], "message": error[1]},
@@ -75,6 +80,13 @@ def make_record(
     if layout_model is not None:
         record["blocks"] = ([] if blank else blocks) if ok else None
         record["layout_model"] = layout_model
+    record["lines"] = positions.lines if ok and positions is not None else None
+    record["positions"] = positions.positions if ok and positions is not None else None
+    if page_size_pt is not None:
+        record["page_size_pt"] = list(page_size_pt)
+    if ok and positions is not None and positions.review_reasons:
+        record["needs_review"], record["review_reasons"] = True, list(positions.review_reasons)
+        warnings = [*warnings, *(f"unparsed spotting: {p}" for p in positions.problems)]
     if blank:
         record["blank"] = True
     if warnings:

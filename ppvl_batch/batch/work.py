@@ -18,6 +18,9 @@ from ppvl_batch.documents.blank import is_blank
 from ppvl_batch.documents.pages import OpenDocument
 from ppvl_batch.documents.pages import PageError, classify_error
 
+from ppvl_batch.layout.lines import ink_mask
+from ppvl_batch.layout.positions import PagePositions, estimated_positions, spotting_positions
+
 from .layout_mode import LayoutMode
 from .options import ScanOptions
 from .plan import CopyPage, DocFailed, Page, page_settings
@@ -43,13 +46,17 @@ class PageWork:
         except Exception as e:
             page.error = classify_error(e, f"cannot render page {page.number}")
             return
+        page.size = image.size
         try:
+            page.page_size_pt = document.page_size_pt(page.number)
             if self.o.skip_blank and is_blank(image):
-                page.blank, page.size = True, image.size
+                page.blank = True
             elif self.layout is not None:
                 page.image = image.convert("RGB")
             else:
                 page.prepared = self.rec.prepare(image, self.o.task)
+                if self.o.task != "spotting" and not self.o.prompt:  # kept for the lines' estimate
+                    page.ink = ink_mask(image)
         except (ValueError, OSError) as e:  # the model's preprocessing refused the image
             page.error = PageError("unsupported", f"page cannot be prepared for the model: {e}")
         except Exception as e:
@@ -123,12 +130,24 @@ class PageWork:
         )
         if page.error is None and isinstance(result, Exception):  # DecoderError
             page.error = PageError("recognition", f"decoder failed: {result}")
+        common.update(size=page.size, page_size_pt=page.page_size_pt)
         if page.blank:
-            return make_record(**common, seconds=page.seconds, blank=True, size=page.size)
+            return make_record(**common, seconds=page.seconds, blank=True)
         if page.error is None:
             blocks = [b.to_record() for b in result.blocks] if self.layout else None
-            return make_record(**common, seconds=page.seconds + result.seconds, result=result, blocks=blocks)
+            return make_record(**common, seconds=page.seconds + result.seconds, result=result, blocks=blocks,
+                               positions=self.positions(page, result))
         return make_record(**common, seconds=page.seconds, error=(page.error.type, page.error.message))
+
+    def positions(self, page: Page, result: Any) -> PagePositions:
+        """The page's `lines` (layout/positions.py): its blocks' in layout mode, the spotting
+        answer's, or estimated from the page's ink."""
+        ink, page.ink = page.ink, None
+        if self.layout is not None:
+            return PagePositions(result.lines, "estimated" if result.lines is not None else None)
+        if self.o.task == "spotting" and not self.o.prompt:
+            return spotting_positions(self.rec.spotting(result, *page.size))
+        return estimated_positions(ink, result.text, self.o.task, self.o.prompt)
 
     def failed_record(self, item: DocFailed) -> Record:
         """The one record of a document that could not be opened."""

@@ -209,6 +209,9 @@ def scan(ctx: click.Context, inputs: tuple[str, ...], **opts: Any) -> None:
         if options.task not in rec.tasks:
             rec.close()
             raise UsageError(f"--task {options.task} is not available with this model (it has: {', '.join(rec.tasks)})")
+        if options.task == "spotting" and not options.prompt and not rec.spotting_tokens.locations:
+            rec.close()
+            raise UsageError("--task spotting: this model's tokenizer has no <|LOC_n|> location tokens")
         try:
             rec.check_prompt(options.prompt)
         except ValueError as exc:

@@ -216,6 +216,10 @@ class OpenDocument(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def page_size_pt(self, number: int) -> tuple[float, float] | None:
+        """The page's size in PDF points (1/72 inch) as rendered; None for images."""
+        return None
+
     def __enter__(self) -> OpenDocument:
         return self
 
@@ -264,6 +268,10 @@ class PdfDocument(OpenDocument):
         if pix.width == 0 or pix.height == 0:
             raise PageError("empty", f"page {number} has zero size")
         return Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
+
+    def page_size_pt(self, number: int) -> tuple[float, float] | None:
+        rect = self._doc.load_page(number - 1).rect  # the rendered area: the cropbox, rotated
+        return round(rect.width, 3), round(rect.height, 3)
 
     def close(self) -> None:
         self._doc.close()

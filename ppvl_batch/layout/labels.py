@@ -109,6 +109,7 @@ class Block:
     finish_reason: str | None = None
     output_tokens: int | None = None
     error: dict[str, str] | None = None  # {"type", "message"}: this block failed, not the page
+    lines: list[dict[str, Any]] | None = None  # its text lines' boxes (layout/positions.py), None: not placed
 
     def __post_init__(self) -> None:
         check_label(self.label)

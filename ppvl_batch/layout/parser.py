@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 from PIL import Image
 
 from ..errors import OutputError
@@ -27,6 +28,7 @@ from ..engine.llama import DecoderError
 from .blocks import BLOCK_MAX_PIXELS, BLOCK_MIN_PIXELS, CropError, block_input, crop_block, finish_text
 from .labels import MARKDOWN_IGNORE_LABELS, Block, block_format, block_task, prompt_table, reading_orders, saves_image
 from .markdown import image_filename, image_link, page_markdown, pages_markdown
+from .positions import page_block_lines
 
 if TYPE_CHECKING:
     from ..engine.recognizer import EncodedPage, Recognizer
@@ -96,6 +98,7 @@ class ParsedPage:
     decode_seconds: float  # its share of the decoding, by its blocks' prefill + decode time
     finish_reason: str = "stop"  # the first block's that did not stop: length or repetition
     errors: int = 0  # blocks with an error entry
+    lines: list[dict] | None = None  # every block's lines, in block order (estimated from the ink)
 
     @property
     def text(self) -> str:
@@ -278,6 +281,7 @@ class DocumentParser:
 
     def _page(self, page: Image.Image, blocks: list[Block], own: list[_Job], layout_seconds: float, decode_scale: float) -> ParsedPage:
         reasons = [b.finish_reason for b in blocks if b.finish_reason not in (None, "stop")]
+        lines = page_block_lines(np.asarray(page.convert("L")), blocks)
         return ParsedPage(
             blocks=blocks,
             markdown=page_markdown(blocks, ignore=self.o.ignore_labels, formula_numbers=self.o.formula_numbers),
@@ -291,4 +295,5 @@ class DocumentParser:
             decode_seconds=decode_scale * sum(j.busy_seconds for j in own),
             finish_reason=reasons[0] if reasons else "stop",
             errors=sum(b.error is not None for b in blocks),
+            lines=lines,
         )
