@@ -14,8 +14,17 @@ import tiny_model
 from PIL import Image, ImageDraw, ImageFont
 
 from ppvl_batch.engine.spotting import (
-    BAD_ORDER, NO_QUAD, NO_TEXT, SHORT_RUN, VALUE_OVER, SpottingTokens, geometric_mean, items_from_ids,
-    parse_items, parse_spotting, quad_in_order,
+    BAD_ORDER,
+    NO_QUAD,
+    NO_TEXT,
+    SHORT_RUN,
+    VALUE_OVER,
+    SpottingTokens,
+    geometric_mean,
+    items_from_ids,
+    parse_items,
+    parse_spotting,
+    quad_in_order,
 )
 from ppvl_batch.layout.labels import Block
 from ppvl_batch.layout.lines import ink_mask, page_line_boxes
@@ -199,7 +208,7 @@ def iou(a, b) -> float:
 def draw_lines(page: Image.Image, x: int, y: int, texts, font, leading: float) -> list[tuple[int, int, int, int]]:
     """Draw the lines; each one's true ink box (drawn alone on a blank page)."""
     boxes = []
-    step = int(round(font.size * leading)) if hasattr(font, "size") else 14
+    step = round(font.size * leading)
     for text in texts:
         ImageDraw.Draw(page).text((x, y), text, font=font, fill="black")
         alone = Image.new("L", page.size, 255)

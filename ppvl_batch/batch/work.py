@@ -17,7 +17,6 @@ from ppvl_batch.errors import OutputError
 from ppvl_batch.documents.blank import is_blank
 from ppvl_batch.documents.pages import OpenDocument
 from ppvl_batch.documents.pages import PageError, classify_error
-
 from ppvl_batch.layout.lines import ink_mask
 from ppvl_batch.layout.positions import PagePositions, estimated_positions, spotting_positions
 

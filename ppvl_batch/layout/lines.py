@@ -11,6 +11,7 @@ evenly; a whole page gets no lines, since there the disagreement means columns o
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 from PIL import Image
@@ -77,7 +78,7 @@ def split_bands(profile: np.ndarray, bands: list[tuple[int, int]], lines: int) -
     pitch = (bands[-1][1] - bands[0][0]) / lines
     out: list[tuple[int, int]] = []
     for a, b in bands:
-        parts = int(round((b - a) / pitch)) if (b - a) > SPLIT_AT * pitch else 1
+        parts = round((b - a) / pitch) if (b - a) > SPLIT_AT * pitch else 1
         start = a
         for k in range(1, parts):
             at = a + (b - a) * k / parts
@@ -100,8 +101,8 @@ def _band_box(mask: np.ndarray, band: tuple[int, int]) -> tuple[int, int, int, i
 def _has_gutter(mask: np.ndarray, band: tuple[int, int]) -> bool:
     """Whether the band's ink parts somewhere by more than GUTTER band heights."""
     a, b = band
-    runs = _runs(mask[a:b].any(axis=0))
-    return any(later[0] - earlier[1] > GUTTER * (b - a) for earlier, later in zip(runs, runs[1:]))
+    runs = _runs(np.asarray(mask[a:b].any(axis=0)))
+    return any(later[0] - earlier[1] > GUTTER * (b - a) for earlier, later in pairwise(runs))
 
 
 def text_lines(text: str) -> list[str]:
