@@ -38,7 +38,10 @@ overwritten without --overwrite.
 Records (one JSON object per line, written and flushed page by page):
   source sha256 page page_count width height task prompt text finish_reason
   status (ok|error) error {type, message} image_tokens output_tokens
-  seconds model key, and when they apply: blank (true: no ink, not read),
+  seconds model key lines positions (text lines with boxes in pixels of the
+  rendered page, width x height: "spotting", "estimated" from the ink, or
+  null), and when they apply: page_size_pt (PDF pages), needs_review and
+  review_reasons (an unparsed spotting answer), blank (true: no ink, not read),
   warnings (e.g. "repaired: ..." for a damaged PDF), same_as (the file with
   the same content whose record this one copies).
 In layout mode (a bundle with a layout model, unless --no-layout) task is
