@@ -18,6 +18,7 @@ from ppvl_batch.layout.blocks import BLOCK_MAX_PIXELS, BLOCK_MIN_PIXELS, finish_
 from ppvl_batch.layout.labels import Block
 from ppvl_batch.layout.markdown import page_markdown
 from ppvl_batch.layout.parser import DocumentParser, ParsedPage, ParserOptions
+from ppvl_batch.layout.positions import page_block_lines
 from ppvl_batch.recognizer import Recognizer
 
 MAX_NEW = 12  # tokens per block: the answers only need to be compared, not to be long
@@ -203,6 +204,8 @@ def test_oracle_page(rec: Recognizer, tmp_path: Path, monkeypatch) -> None:
             block.finish_reason, block.output_tokens = answer.finish_reason, answer.output_tokens
         block.order = next(text_orders) if box.label == "text" else orders.get(box.label)
         expected.append(block)
+    # each block's lines estimated from its own crop of the page (layout/positions.py)
+    assert parsed.lines == page_block_lines(np.asarray(page.convert("L")), expected)
     assert [b.to_record() for b in parsed.blocks] == [b.to_record() for b in expected]
     assert [b.order for b in parsed.blocks] == [1, 2, 3, None, 4, None, None]  # number: ignored label
 

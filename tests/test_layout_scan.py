@@ -19,7 +19,7 @@ from ppvl_batch.errors import ExitCode
 
 SMALL = ["--max-new-tokens", "4", "--dpi", "72"]
 BLOCK_FIELDS = {"id", "order", "label", "bbox", "score", "task", "text", "format", "image", "finish_reason",
-                "output_tokens", "error", "polygon"}
+                "output_tokens", "error", "polygon", "lines"}
 
 
 @pytest.fixture(autouse=True)

@@ -48,7 +48,10 @@ records; a line and the summary say why, and the run exits with 4.
 Records (one JSON object per line, written and flushed page by page):
   source sha256 page page_count width height task prompt text finish_reason
   status (ok|error) error {type, message} image_tokens output_tokens
-  seconds model key, and when they apply: blank (true: no ink, not read),
+  seconds model key lines positions (text lines with boxes in pixels of the
+  rendered page, width x height: "spotting", "estimated" from the ink, or
+  null), and when they apply: page_size_pt (PDF pages), needs_review and
+  review_reasons (an unparsed spotting answer), blank (true: no ink, not read),
   warnings (e.g. "repaired: ..." for a damaged PDF), same_as (the file with
   the same content whose record this one copies).
 In layout mode (a bundle with a layout model, unless --no-layout) task is
@@ -221,6 +224,9 @@ def scan(ctx: click.Context, inputs: tuple[str, ...], **opts: Any) -> None:
         if options.task not in rec.tasks:
             rec.close()
             raise UsageError(f"--task {options.task} is not available with this model (it has: {', '.join(rec.tasks)})")
+        if options.task == "spotting" and not options.prompt and not rec.spotting_tokens.locations:
+            rec.close()
+            raise UsageError("--task spotting: this model's tokenizer has no <|LOC_n|> location tokens")
         try:
             rec.check_prompt(options.prompt)
         except ValueError as exc:

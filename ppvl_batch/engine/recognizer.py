@@ -24,6 +24,7 @@ from .detokenize import Detokenizer
 from .generate import DecodeRequest, Generation, RepetitionGuard, Sampling, generate, generate_many
 from .llama import DecoderError, TextDecoder
 from .prompt import TASKS, V1_TASKS, task_text
+from .spotting import Spotting, SpottingTokens, items_from_ids, parse_items, parse_spotting
 from .tokenizer import PromptTokenizer
 from .vision import ImageEmbedding, ImagePreprocessor, PreparedImage, VisionEncoder, load_vision_tower
 
@@ -121,6 +122,7 @@ class Recognizer:
         self._tokenizer_dir = bundle.tokenizer_dir  # a bundle without tokenizer files fails here, before any work
         self._prompts: PromptTokenizer | None = None
         self._detokenizer: Detokenizer | None = None
+        self._spotting_tokens: SpottingTokens | None = None
         self.max_new_tokens = max_new_tokens
         # The llama.cpp context of one page: the largest image, the prompt text and the answer.
         self.n_ctx = n_ctx or self._context(max(self._max_image_pixels(), context_pixels or 0), max_new_tokens)
@@ -235,6 +237,22 @@ class Recognizer:
     def detokenize(self, ids: Sequence[int]) -> str:
         """Text of generated ids, as `tokenizer.decode(ids, skip_special_tokens=False)`."""
         return self.detokenizer.decode(ids)
+
+    @property
+    def spotting_tokens(self) -> SpottingTokens:
+        """The location and marker token ids of this checkpoint's tokenizer."""
+        if self._spotting_tokens is None:
+            self._spotting_tokens = SpottingTokens.from_tokenizer(self.prompts.tokenizer)
+        return self._spotting_tokens
+
+    def spotting(self, result: PageResult, width: float, height: float) -> Spotting:
+        """The lines of a spotting answer, in pixels of the `width` x `height` page the model was
+        given (engine/spotting.py); with the answer's token probabilities, when it has them,
+        each line's confidence."""
+        if not result.token_ids:
+            return parse_spotting(result.text, width, height)
+        probs = getattr(result, "token_probs", None) or None
+        return parse_items(items_from_ids(result.token_ids, self.spotting_tokens, self.detokenize, probs), width, height)
 
     def check_prompt(self, prompt: str | None) -> None:
         """PromptError (a ValueError) for a free prompt that contains a special token's text."""

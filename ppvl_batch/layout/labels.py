@@ -112,6 +112,7 @@ class Block:
     # PP-DocLayoutV4's quad, [[x, y]] TL TR BR BL in the bbox's pixels (bbox is its extent);
     # None for V2/V3, whose blocks are their bbox
     polygon: list[list[int]] | None = None
+    lines: list[dict[str, Any]] | None = None  # its text lines' boxes (layout/positions.py), None: not placed
 
     def __post_init__(self) -> None:
         check_label(self.label)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 from PIL import Image
 
 from ..engine.llama import DecoderError
@@ -29,6 +30,7 @@ from ..errors import OutputError
 from .blocks import BLOCK_MAX_PIXELS, BLOCK_MIN_PIXELS, CropError, block_input, crop_block, finish_text
 from .labels import MARKDOWN_IGNORE_LABELS, Block, block_format, block_task, prompt_table, reading_orders, saves_image
 from .markdown import MarkdownOptions, PageText, document_markdown, image_filename, image_link, page_markdown
+from .positions import page_block_lines
 
 if TYPE_CHECKING:
     from ..engine.recognizer import EncodedPage, Recognizer
@@ -112,6 +114,7 @@ class ParsedPage:
     # PP-DocLayoutV4's page geometry (roll, quadrant confidence, shear, kx, ky) when the layout
     # model has that head: recorded, not applied
     warp_params: list[float] | None = None
+    lines: list[dict] | None = None  # every block's lines, in block order (estimated from the ink)
 
     @property
     def text(self) -> str:
@@ -300,6 +303,7 @@ class DocumentParser:
     def _page(self, page: Image.Image, blocks: list[Block], own: list[_Job], layout_seconds: float, decode_scale: float,
               warp_params: list[float] | None) -> ParsedPage:
         reasons = [b.finish_reason for b in blocks if b.finish_reason not in (None, "stop")]
+        lines = page_block_lines(np.asarray(page.convert("L")), blocks)
         return ParsedPage(
             blocks=blocks,
             markdown=page_markdown(blocks, ignore=self.o.ignore_labels, formula_numbers=self.o.formula_numbers),
@@ -314,4 +318,5 @@ class DocumentParser:
             finish_reason=reasons[0] if reasons else "stop",
             errors=sum(b.error is not None for b in blocks),
             warp_params=warp_params,
+            lines=lines,
         )
