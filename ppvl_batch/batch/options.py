@@ -12,6 +12,8 @@ from ppvl_batch.errors import PPVLError
 from ppvl_batch.files import atomic_write
 from ppvl_batch.documents.pages import PageRanges
 
+from .review import DEFAULT_REVIEW_BELOW, DEFAULT_REVIEW_MIN_TOKEN, ReviewRules
+
 
 @dataclass
 class ScanOptions:
@@ -46,6 +48,13 @@ class ScanOptions:
     images: Path | None = None
     layout_threshold: float | None = None
     merge_tables: bool = True
+    # needs_review thresholds (review.py): record fields only, not part of the checkpoint key
+    review_below: float = DEFAULT_REVIEW_BELOW
+    review_min_token: float = DEFAULT_REVIEW_MIN_TOKEN
+
+    @property
+    def review(self) -> ReviewRules:
+        return ReviewRules(self.review_below, self.review_min_token)
 
 
 class InternalError(PPVLError):
@@ -64,6 +73,7 @@ class Summary:
     pages_failed: int = 0
     pages_done_before: int = 0  # skipped: finished by an earlier run
     pages_failed_before: int = 0  # skipped: failed in an earlier run (see --retry-failed)
+    pages_review: int = 0  # ok records (copies included) with needs_review: true
     seconds: float = 0.0
     pages_per_minute: float = 0.0
     interrupted: bool = False
@@ -80,8 +90,8 @@ class Summary:
         )
         if self.pages_failed_before:
             text += f", {self.pages_failed_before} failed before and skipped (--retry-failed retries them)"
-        extras = [(self.pages_blank, "blank (not read)"), (self.pages_copied, "copied from identical files"),
-                  (self.files_repaired, "repaired PDFs")]
+        extras = [(self.pages_review, "need review"), (self.pages_blank, "blank (not read)"),
+                  (self.pages_copied, "copied from identical files"), (self.files_repaired, "repaired PDFs")]
         text += "".join(f", {n} {what}" for n, what in extras if n)
         return text + f"; {self.pages_per_minute:.1f} pages/min over {_duration(self.seconds)}"
 

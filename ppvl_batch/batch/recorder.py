@@ -66,6 +66,7 @@ class Recorder:
         if record["status"] == "ok":
             s.pages_ok += 1
             s.pages_blank += bool(record.get("blank"))
+            s.pages_review += bool(record.get("needs_review"))
         else:
             s.pages_failed += 1
             error = record["error"]
@@ -85,6 +86,7 @@ class Recorder:
         self.writer.write(record)
         s = self.summary
         s.pages_copied += 1
+        s.pages_review += bool(record.get("needs_review"))
         if record["status"] == "error":  # this file fails too: it counts as failed in this run
             s.pages_failed += 1
             s.files_failed += item.number == 0

@@ -4,10 +4,13 @@ that says which page and which settings it answers (the README lists the fields)
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from .review import ReviewRules, needs_review
 
 Record = dict[str, Any]
 RECORD_START = b'{"source":'  # every record starts with its `source` field (see make_record)
@@ -43,13 +46,17 @@ def make_record(
     warnings: list[str] | tuple[str, ...] = (),
     blocks: list[dict[str, Any]] | None = None,
     layout_model: str | None = None,
+    review: ReviewRules | None = None,
+    exclude_ids: Collection[int] = (),
+    unparsed: Collection[str] = (),
 ) -> Record:
     """One JSONL record: a page read by the model (`result`, a recognizer PageResult), a blank
     page the model was spared (`blank`, `size` of the rendered page), or a page or document
     that failed (`error` = (type, message); `page` None when the whole document failed before
     its pages could be counted). `warnings` (e.g. a repaired PDF) and `blank` appear only when
     set. In layout mode (`layout_model` given) every record has `blocks` (Block.to_record
-    entries; [] for a blank page, null for a failed one) and `layout_model`."""
+    entries; [] for a blank page, null for a failed one) and `layout_model`. `review`, `exclude_ids`
+    and `unparsed` go to review_fields."""
     ok = error is None
     if blank:
         result = _Blank(*size) if size else _Blank()
@@ -72,6 +79,9 @@ def make_record(
         "model": model,
         "key": key,
     }
+    record.update(review_fields(result, task, review or ReviewRules(), exclude_ids, unparsed, blocks) if ok and not blank
+                  else {"confidence": None, "min_token_prob": None, "needs_review": False if ok else None,
+                        "review_reasons": [] if ok else None})
     if layout_model is not None:
         record["blocks"] = ([] if blank else blocks) if ok else None
         record["layout_model"] = layout_model
@@ -80,6 +90,22 @@ def make_record(
     if warnings:
         record["warnings"] = list(warnings)
     return record
+
+
+def review_fields(result: Any, task: str, rules: ReviewRules, exclude_ids: Collection[int] = (),
+                  unparsed: Collection[str] = (), blocks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """confidence, min_token_prob, needs_review, review_reasons of a page the model read (a
+    PageResult, or a layout ParsedPage whose confidence is over all its blocks' tokens).
+    `exclude_ids`: token ids that carry no text (spotting's location tokens); `unparsed`: answer
+    formats the caller found unparseable ("spotting"). A layout table block left as text (not OTSL)
+    is unparsed_table."""
+    confidence = result.text_confidence(exclude_ids)
+    failed = set(unparsed)
+    if any(b["label"] == "table" and b["format"] != "html" and b["text"].strip() for b in blocks or ()):
+        failed.add("table")
+    flag, reasons = needs_review(text=result.text, finish_reason=result.finish_reason, confidence=confidence.confidence,
+                                 min_token_prob=confidence.min_token_prob, rules=rules, task=task, unparsed=failed)
+    return {**confidence.fields(), "needs_review": flag, "review_reasons": reasons}
 
 
 @dataclass(frozen=True)

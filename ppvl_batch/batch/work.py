@@ -127,7 +127,8 @@ class PageWork:
             return make_record(**common, seconds=page.seconds, blank=True, size=page.size)
         if page.error is None:
             blocks = [b.to_record() for b in result.blocks] if self.layout else None
-            return make_record(**common, seconds=page.seconds + result.seconds, result=result, blocks=blocks)
+            return make_record(**common, seconds=page.seconds + result.seconds, result=result, blocks=blocks,
+                               review=o.review)
         return make_record(**common, seconds=page.seconds, error=(page.error.type, page.error.message))
 
     def failed_record(self, item: DocFailed) -> Record:
@@ -142,8 +143,10 @@ class PageWork:
 
 def copy_record(item: CopyPage, original: Record) -> Record:
     """The record of a page of a file identical to one already recorded: the original's record,
-    with this file's source and `same_as` naming the file that was read."""
-    return {**original, "source": item.doc.source, "seconds": 0.0, "same_as": original.get("same_as") or original["source"]}
+    with this file's source and `same_as` naming the file that was read. The model did not read
+    it: confidence and min_token_prob are null (needs_review follows the original's text)."""
+    return {**original, "source": item.doc.source, "seconds": 0.0, "same_as": original.get("same_as") or original["source"],
+            "confidence": None, "min_token_prob": None}
 
 
 def needs_model(item: object) -> bool:

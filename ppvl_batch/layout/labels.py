@@ -109,6 +109,8 @@ class Block:
     finish_reason: str | None = None
     output_tokens: int | None = None
     error: dict[str, str] | None = None  # {"type", "message"}: this block failed, not the page
+    confidence: float | None = None  # of its answer's tokens (engine/confidence.py); None unless read
+    min_token_prob: float | None = None
 
     def __post_init__(self) -> None:
         check_label(self.label)

@@ -15,14 +15,15 @@ encoded or decoded gets its own `error`; the page and the other blocks go on.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from PIL import Image
 
 from ..errors import OutputError
+from ..engine.confidence import TextConfidence
 from ..engine.llama import DecoderError
 from .blocks import BLOCK_MAX_PIXELS, BLOCK_MIN_PIXELS, CropError, block_input, crop_block, finish_text
 from .labels import MARKDOWN_IGNORE_LABELS, Block, block_format, block_task, prompt_table, reading_orders, saves_image
@@ -96,10 +97,16 @@ class ParsedPage:
     decode_seconds: float  # its share of the decoding, by its blocks' prefill + decode time
     finish_reason: str = "stop"  # the first block's that did not stop: length or repetition
     errors: int = 0  # blocks with an error entry
+    confidence: TextConfidence = field(default_factory=TextConfidence)  # over all its blocks' tokens
 
     @property
     def text(self) -> str:
         return self.markdown
+
+    def text_confidence(self, exclude: Collection[int] = ()) -> TextConfidence:
+        """As PageResult.text_confidence: over all the page's blocks' tokens (no block task has
+        tokens to exclude)."""
+        return self.confidence
 
     @property
     def seconds(self) -> float:
@@ -118,6 +125,7 @@ class _Job:
     image_tokens: int = 0  # once decoded
     prompt_tokens: int = 0
     busy_seconds: float = 0.0  # its prefill + decode time
+    confidence: TextConfidence = field(default_factory=TextConfidence)
 
 
 class DocumentParser:
@@ -272,6 +280,9 @@ class DocumentParser:
             job.block.text, job.block.format = finish_text(job.block.label, outcome.text, charts=self.o.charts)
             job.block.finish_reason = outcome.finish_reason
             job.block.output_tokens = outcome.output_tokens
+            job.confidence = outcome.text_confidence()
+            fields = job.confidence.fields()
+            job.block.confidence, job.block.min_token_prob = fields["confidence"], fields["min_token_prob"]
             job.image_tokens, job.prompt_tokens = outcome.image_tokens, outcome.prompt_tokens
             job.busy_seconds = outcome.prefill_seconds + outcome.decode_seconds
         return time.perf_counter() - started
@@ -291,4 +302,5 @@ class DocumentParser:
             decode_seconds=decode_scale * sum(j.busy_seconds for j in own),
             finish_reason=reasons[0] if reasons else "stop",
             errors=sum(b.error is not None for b in blocks),
+            confidence=TextConfidence.combine(j.confidence for j in own),
         )
