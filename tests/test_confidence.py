@@ -8,12 +8,16 @@ import math
 
 import numpy as np
 import pytest
+import reference
 from PIL import Image, ImageDraw
 
-import reference
 from ppvl_batch.batch.records import make_record
 from ppvl_batch.batch.review import ReviewRules, needs_review
-from ppvl_batch.engine.confidence import TextConfidence, text_confidence, text_token_probs
+from ppvl_batch.engine.confidence import (
+    TextConfidence,
+    text_confidence,
+    text_token_probs,
+)
 from ppvl_batch.engine.generate import Sampling, logsumexp, top_logprobs
 from ppvl_batch.engine.prompt import TASKS
 from ppvl_batch.engine.recognizer import PageResult, Recognizer
@@ -125,7 +129,8 @@ def test_confidence_is_the_geometric_mean_and_parts_combine():
 
 
 def review(text: str = "Total 12.50", finish: str = "stop", confidence: float | None = 0.97,
-           least: float | None = 0.5, rules: ReviewRules = ReviewRules(0.9, 0.1), **kw) -> tuple[bool, list[str]]:
+           least: float | None = 0.5, rules: ReviewRules | None = None, **kw) -> tuple[bool, list[str]]:
+    rules = rules or ReviewRules(0.9, 0.1)
     return needs_review(text=text, finish_reason=finish, confidence=confidence, min_token_prob=least, rules=rules, **kw)
 
 
@@ -170,8 +175,8 @@ def result(text: str, ids: list[int], probs: list[float], finish: str = "stop") 
                       token_ids=ids, token_probs=probs)
 
 
-COMMON = dict(source="a.pdf", sha256="0" * 64, page=1, page_count=1, task="ocr", prompt=None, model="m", key="k",
-              seconds=1.0)
+COMMON = {"source": "a.pdf", "sha256": "0" * 64, "page": 1, "page_count": 1, "task": "ocr", "prompt": None,
+          "model": "m", "key": "k", "seconds": 1.0}
 
 
 def test_record_fields_for_read_blank_and_failed_pages():

@@ -805,7 +805,7 @@ class FakeRec:
     def encode(self, images):
         return list(images)
 
-    def request(self, page, task, prompt, *, max_new_tokens, sampling, stop, on_text):
+    def request(self, page, task, prompt, *, max_new_tokens, sampling, stop, on_text, top_logprobs, on_token):
         return SimpleNamespace(page=page, budget=max_new_tokens, stop=stop, on_text=on_text)
 
     def decode_many(self, pages):

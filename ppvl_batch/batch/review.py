@@ -67,7 +67,7 @@ def needs_review(
         failed.add("table")
     unknown = failed - set(UNPARSED_FORMATS)
     if unknown:
-        raise ValueError(f"unknown answer format {sorted(unknown)[0]!r}; known: {', '.join(UNPARSED_FORMATS)}")
+        raise ValueError(f"unknown answer format {min(unknown)!r}; known: {', '.join(UNPARSED_FORMATS)}")
     reasons += [f"unparsed_{name}" for name in UNPARSED_FORMATS if name in failed]
     if confidence is not None and confidence < rules.review_below:
         reasons.append("low_confidence")

@@ -32,11 +32,19 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..errors import PPVLError
 from ..engine.recognizer import Recognizer
+from ..errors import PPVLError
 from .images import load_image
 from .metrics import Metrics, RequestLog
-from .requests import ApiError, ChatRequest, ServeOptions, bad_request, parse_chat_request, request_task, validate_request
+from .requests import (
+    ApiError,
+    ChatRequest,
+    ServeOptions,
+    bad_request,
+    parse_chat_request,
+    request_task,
+    validate_request,
+)
 from .responses import answer_tokens, completion, logprobs_content
 from .worker import Engine, Job
 

@@ -81,7 +81,7 @@ class Job:
         the job is cancelled."""
         try:
             kind, value = await asyncio.wait_for(self.events.get(), max(0.0, self.deadline - time.monotonic()))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.cancelled.set()
             raise self.stopped_error() from None
         if kind in ("skipped", "gone") or (kind == "done" and value.finish_reason == "abort"):
