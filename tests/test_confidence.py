@@ -209,3 +209,35 @@ def test_layout_record_flags_a_table_block_left_as_text():
     assert record["review_reasons"] == ["unparsed_table"]
     assert record["confidence"] == pytest.approx((0.95 * 0.99 * 0.97) ** (1 / 3), abs=1e-6)
     assert record["blocks"][0]["confidence"] == 0.95
+
+
+# --------------------------------------------------------------------------- calibration tool
+
+
+def test_calibrate_review_reports_the_threshold_that_catches_the_bad_pages(tmp_path, monkeypatch, capsys):
+    import json
+
+    import calibrate_review
+
+    monkeypatch.chdir(tmp_path)
+    truth = ["alpha beta", "gamma delta", "epsilon zeta", "eta theta"]
+    (tmp_path / "doc.gt.json").write_text(json.dumps({"pages": truth}))
+    read = ["alpha beta", "gamma delta", "epsilon zzzz", "xx"]  # pages 3 and 4 are bad
+    confidence = [0.99, 0.95, 0.80, 0.60]
+    records = [{"source": "doc.pdf", "page": i + 1, "status": "ok", "text": t, "confidence": c, "min_token_prob": c / 2,
+                "review_reasons": []} for i, (t, c) in enumerate(zip(read, confidence))]
+    records.append({"source": "doc.pdf", "page": 5, "status": "ok", "text": "", "confidence": None})  # blank
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert calibrate_review.main(["r.jsonl", "--json", "--catch", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["pages"] == 4 and result["left_out"]["no confidence (blank, copied, failed)"] == 1
+    below = result["review_below"]
+    assert 0.80 < below["threshold"] < 0.95 and (below["bad_caught"], below["bad"]) == (2, 2)
+    assert below["good_flagged"] == 0
+    half = calibrate_review.report(*calibrate_review.score(records, None), bad_cer=0.05, catch=0.5)
+    assert 0.60 < half["review_below"]["threshold"] < 0.80 and half["review_below"]["bad_caught"] == 1
+    # the same truth as JSONL of {source, page, text}
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"source": "doc.pdf", "page": i + 1, "text": t}) + "\n"
+                                              for i, t in enumerate(truth)))
+    assert calibrate_review.main(["r.jsonl", "--truth", "t.jsonl", "--json", "--catch", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["review_below"] == below

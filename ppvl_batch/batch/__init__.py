@@ -4,6 +4,7 @@
     plan.py       which pages to read, skip or copy, and their checkpoint keys
     work.py       one page: render, prepare, vision, decode -> its record (never raises for a bad page)
     records.py    the JSONL record and its key
+    review.py     the needs_review rules (hard flags, confidence thresholds)
     journal.py    the resume checkpoint on disk, torn-tail repair, the output lock
     hashcache.py  file hashes remembered by (path, size, mtime, ctime, inode)
     markdown.py   a document's Markdown

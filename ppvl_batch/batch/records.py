@@ -55,8 +55,8 @@ def make_record(
     that failed (`error` = (type, message); `page` None when the whole document failed before
     its pages could be counted). `warnings` (e.g. a repaired PDF) and `blank` appear only when
     set. In layout mode (`layout_model` given) every record has `blocks` (Block.to_record
-    entries; [] for a blank page, null for a failed one) and `layout_model`. `review`, `exclude_ids`
-    and `unparsed` go to review_fields."""
+    entries; [] for a blank page, null for a failed one) and `layout_model`. The last three go
+    to review_fields."""
     ok = error is None
     if blank:
         result = _Blank(*size) if size else _Blank()
@@ -79,9 +79,8 @@ def make_record(
         "model": model,
         "key": key,
     }
-    record.update(review_fields(result, task, review or ReviewRules(), exclude_ids, unparsed, blocks) if ok and not blank
-                  else {"confidence": None, "min_token_prob": None, "needs_review": False if ok else None,
-                        "review_reasons": [] if ok else None})
+    record.update(review_fields(result, task, review or ReviewRules(), exclude_ids, unparsed, blocks)
+                  if ok and not blank else unread_fields(ok))
     if layout_model is not None:
         record["blocks"] = ([] if blank else blocks) if ok else None
         record["layout_model"] = layout_model
@@ -106,6 +105,13 @@ def review_fields(result: Any, task: str, rules: ReviewRules, exclude_ids: Colle
     flag, reasons = needs_review(text=result.text, finish_reason=result.finish_reason, confidence=confidence.confidence,
                                  min_token_prob=confidence.min_token_prob, rules=rules, task=task, unparsed=failed)
     return {**confidence.fields(), "needs_review": flag, "review_reasons": reasons}
+
+
+def unread_fields(ok: bool) -> dict[str, Any]:
+    """The review fields of a page the model did not read: a blank one needs no review, a failed
+    one has nothing to judge."""
+    return {"confidence": None, "min_token_prob": None, "needs_review": False if ok else None,
+            "review_reasons": [] if ok else None}
 
 
 @dataclass(frozen=True)

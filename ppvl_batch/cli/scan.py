@@ -27,7 +27,8 @@ SCAN_EPILOG = """\b
 Resume: re-running the same command skips every page already in the output.
 A page's checkpoint key is the file's sha256, the page number and all that
 changes the answer (model and quant, --task/--prompt, --min/--max-pixels,
---dpi, --max-new-tokens): a changed file is read again, a moved one is not.
+--dpi, --max-new-tokens; not --review-below/--review-min-token): a changed
+file is read again, a moved one is not.
 The output file is itself the checkpoint (a partial last line left by a
 crash is cut off and its page redone); with -o - give --state DIR to resume.
 A lock (OUTPUT.lock or DIR/lock) stops two runs writing one output; a lock
