@@ -21,11 +21,13 @@ from dataclasses import dataclass
 
 from ..layout.otsl import parse_otsl
 
-# Chosen from a measurement (docs/confidence.md, "Choosing the thresholds"): on the demo model's
-# pages, this catches the pages whose character error rate is far above the rest while flagging
-# few good pages. Token probabilities are not calibrated: check it per model and quant.
-DEFAULT_REVIEW_BELOW = 0.9
-DEFAULT_REVIEW_MIN_TOKEN = 0.0  # off: one unsure token is common on good pages (measured as well)
+# Chosen from a measurement (bench/bench_review.py; docs/confidence.md, "Choosing the thresholds"):
+# on the demo model's 69 pages it catches 15 of the 17 with a CER above 5% and flags 8 of the 52
+# others. Token probabilities are not calibrated: check it per model and quant.
+DEFAULT_REVIEW_BELOW = 0.95
+# Off: on the same pages min_token_prob separates worse (catching 16 of 17 bad pages flags 12
+# good ones, at 0.53; confidence 0.96 catches all 17 and flags 13).
+DEFAULT_REVIEW_MIN_TOKEN = 0.0
 
 UNPARSED_FORMATS = ("table", "spotting")
 
