@@ -13,6 +13,7 @@ import pytest
 import tiny_model
 from PIL import Image, ImageDraw, ImageFont
 
+from ppvl_batch.engine.confidence import TextConfidence
 from ppvl_batch.engine.spotting import (
     BAD_ORDER,
     NO_QUAD,
@@ -20,7 +21,6 @@ from ppvl_batch.engine.spotting import (
     SHORT_RUN,
     VALUE_OVER,
     SpottingTokens,
-    geometric_mean,
     items_from_ids,
     parse_items,
     parse_spotting,
@@ -28,7 +28,7 @@ from ppvl_batch.engine.spotting import (
 )
 from ppvl_batch.layout.labels import Block
 from ppvl_batch.layout.lines import ink_mask, page_line_boxes
-from ppvl_batch.layout.positions import UNPARSED_SPOTTING, block_lines, estimated_positions, spotting_positions
+from ppvl_batch.layout.positions import block_lines, estimated_positions, spotting_positions
 
 
 def locs(*values: int) -> str:
@@ -83,7 +83,7 @@ def test_malformed_parts_keep_their_text_and_the_lines_that_parse(answer, proble
     assert [line.text for line in s.lines] == lines
     assert s.text == text
     fields = spotting_positions(s)
-    assert fields.review_reasons == [UNPARSED_SPOTTING] and fields.text == text and fields.positions == "spotting"
+    assert fields.unparsed == ("spotting",) and fields.text == text and fields.positions == "spotting"
 
 
 @pytest.mark.parametrize("angle", [0, 15, 90, 160, 180, 270, 330])
@@ -131,11 +131,11 @@ def test_ids_parse_as_the_text_does_and_lines_get_their_own_tokens_confidence(to
     # line 1: the tokens before its first location token; line 2: <|TEXT_START|> through
     # <|TEXT_END|> (the text markers count, the location tokens and the blank between do not)
     first_loc = next(i for i, t in enumerate(ids) if t in tokens.locations)
-    assert s.lines[0].confidence == pytest.approx(geometric_mean(probs[:first_loc]))
+    assert s.lines[0].confidence == pytest.approx(TextConfidence.of(probs[:first_loc]).confidence)
     start = ids.index(tokenizer.convert_tokens_to_ids("<|TEXT_START|>"))
     assert start > first_loc + 8  # the newline after line 1's quad lies between
     end = ids.index(tokenizer.convert_tokens_to_ids("<|TEXT_END|>")) + 1
-    assert s.lines[1].confidence == pytest.approx(geometric_mean(probs[start:end]))
+    assert s.lines[1].confidence == pytest.approx(TextConfidence.of(probs[start:end]).confidence)
     assert all(not tokens.is_location(t) for t in ids[start:end])
 
 

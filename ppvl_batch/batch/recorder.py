@@ -54,6 +54,7 @@ class Recorder:
             s.pages_ok += 1
             s.pages_blank += bool(record.get("blank"))
             s.pages_read += not record.get("blank")
+            s.pages_review += bool(record.get("needs_review"))
         else:
             s.pages_failed += 1
             s.pages_read += record["error"]["type"] in ("recognition", CRASHED)  # the model tried
@@ -75,6 +76,7 @@ class Recorder:
         self.writer.write(record)
         s = self.summary
         s.pages_copied += 1
+        s.pages_review += bool(record.get("needs_review"))
         if record["status"] == "error":  # this file fails too: it counts as failed in this run
             s.pages_failed += 1
             s.files_failed += task.page is None

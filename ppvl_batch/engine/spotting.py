@@ -22,11 +22,12 @@ wrong.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from .confidence import TextConfidence
 
 LOC_MAX = 1000  # location values are thousandths of the image's sides
 QUAD_VALUES = 8  # 4 points x (x, y)
@@ -215,7 +216,7 @@ class _Parser:
             self.problem(BAD_ORDER)
             self.end_text()
             return
-        self.lines.append(SpottedLine(text, quad, geometric_mean(self.text_probs)))
+        self.lines.append(SpottedLine(text, quad, TextConfidence.of(self.text_probs).fields()["confidence"]))
         self.texts.append(text)
         self.text, self.text_probs = "", []
 
@@ -246,12 +247,3 @@ def parse_items(items: Iterator[Item] | Sequence[Item], width: float, height: fl
 def parse_spotting(answer: str, width: float, height: float) -> Spotting:
     """Lines of a spotting answer's text (decoded with its special tokens kept)."""
     return parse_items(items_from_text(answer), width, height)
-
-
-def geometric_mean(probs: Sequence[float]) -> float | None:
-    """exp(mean(log p)), None for no probabilities; a zero probability gives 0."""
-    if not probs:
-        return None
-    if min(probs) <= 0:
-        return 0.0
-    return math.exp(math.fsum(math.log(p) for p in probs) / len(probs))

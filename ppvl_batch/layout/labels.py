@@ -113,6 +113,8 @@ class Block:
     # None for V2/V3, whose blocks are their bbox
     polygon: list[list[int]] | None = None
     lines: list[dict[str, Any]] | None = None  # its text lines' boxes (layout/positions.py), None: not placed
+    confidence: float | None = None  # of its answer's tokens (engine/confidence.py); None unless read
+    min_token_prob: float | None = None
 
     def __post_init__(self) -> None:
         check_label(self.label)

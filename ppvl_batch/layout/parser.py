@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from PIL import Image
 
+from ..engine.confidence import TextConfidence
 from ..engine.llama import DecoderError
 from ..errors import OutputError
 from .blocks import BLOCK_MAX_PIXELS, BLOCK_MIN_PIXELS, CropError, block_input, crop_block, finish_text
@@ -115,10 +116,31 @@ class ParsedPage:
     # model has that head: recorded, not applied
     warp_params: list[float] | None = None
     lines: list[dict] | None = None  # every block's lines, in block order (estimated from the ink)
+    tokens: TextConfidence = field(default_factory=TextConfidence)  # all its blocks' token probabilities
+    text_source: str = "model"
 
     @property
     def text(self) -> str:
         return self.markdown
+
+    @property
+    def confidence(self) -> float | None:
+        """Over all the page's blocks' tokens (records.build_record reads it and the below)."""
+        return self.tokens.fields()["confidence"]
+
+    @property
+    def min_token_prob(self) -> float | None:
+        return self.tokens.fields()["min_token_prob"]
+
+    @property
+    def positions(self) -> str | None:
+        return "estimated" if self.lines is not None else None
+
+    @property
+    def unparsed(self) -> tuple[str, ...]:
+        """A table block left as text (not OTSL) is an unparsed table (review.py)."""
+        tables = any(b.label == "table" and b.format != "html" and b.text.strip() for b in self.blocks)
+        return ("table",) if tables else ()
 
     @property
     def seconds(self) -> float:
@@ -137,6 +159,7 @@ class _Job:
     image_tokens: int = 0  # once decoded
     prompt_tokens: int = 0
     busy_seconds: float = 0.0  # its prefill + decode time
+    confidence: TextConfidence = field(default_factory=TextConfidence)
 
 
 class DocumentParser:
@@ -296,6 +319,9 @@ class DocumentParser:
             job.block.text, job.block.format = finish_text(job.block.label, outcome.text, charts=self.o.charts)
             job.block.finish_reason = outcome.finish_reason
             job.block.output_tokens = outcome.output_tokens
+            job.confidence = outcome.text_confidence()
+            fields = job.confidence.fields()
+            job.block.confidence, job.block.min_token_prob = fields["confidence"], fields["min_token_prob"]
             job.image_tokens, job.prompt_tokens = outcome.image_tokens, outcome.prompt_tokens
             job.busy_seconds = outcome.prefill_seconds + outcome.decode_seconds
         return time.perf_counter() - started
@@ -319,4 +345,5 @@ class DocumentParser:
             errors=sum(b.error is not None for b in blocks),
             warp_params=warp_params,
             lines=lines,
+            tokens=TextConfidence.combine(j.confidence for j in own),
         )

@@ -17,17 +17,17 @@ from .lines import block_line_boxes, even_boxes, ink_box, ink_mask, line_records
 # Tasks whose whole answer is one unit on the page (HTML, LaTeX, a seal's text): one line, the
 # ink's box. OCR answers are lines of text; free prompts can be anything (no lines).
 ONE_LINE_TASKS = frozenset({"table", "formula", "chart", "seal"})
-UNPARSED_SPOTTING = "unparsed_spotting"  # the review reason of a spotting answer not parsed whole
 
 
 @dataclass
 class PagePositions:
-    """What a page's record gets: `lines`, `positions`, and for spotting its text and review."""
+    """What a page's record gets: `lines`, `positions`, and for spotting its text and whether it
+    parsed (`unparsed`: the formats review.py flags)."""
 
     lines: list[dict[str, Any]] | None
     positions: str | None  # spotting | estimated | None
     text: str | None = None  # replaces the answer's text (spotting: without location tokens)
-    review_reasons: list[str] = field(default_factory=list)
+    unparsed: tuple[str, ...] = ()
     problems: list[str] = field(default_factory=list)  # what did not parse, for a warning
 
 
@@ -37,7 +37,7 @@ def spotting_positions(spotting: Spotting) -> PagePositions:
         lines=[line.to_record() for line in spotting.lines],
         positions="spotting",
         text=spotting.text,
-        review_reasons=[] if spotting.ok else [UNPARSED_SPOTTING],
+        unparsed=() if spotting.ok else ("spotting",),
         problems=list(spotting.problems),
     )
 
