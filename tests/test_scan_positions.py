@@ -72,7 +72,7 @@ def test_a_forced_spotting_answer_becomes_lines_text_and_review(tmp_path: Path, 
     assert line["text"] == "Total 12" and line["confidence"] == pytest.approx(0.9)
     assert line["quad"] == [[41.1, 46.6], [205.5, 46.6], [205.5, 69.9], [41.1, 69.9]]
     assert line["bbox"] == [41.1, 46.6, 205.5, 69.9]
-    assert r["needs_review"] is True and r["review_reasons"] == ["unparsed_spotting"]
+    assert r["needs_review"] is True and "unparsed_spotting" in r["review_reasons"]  # besides length, confidence
     assert any(w.startswith("unparsed spotting: location run") for w in r["warnings"])
 
 

@@ -61,6 +61,20 @@ def estimated_positions(mask: np.ndarray | None, text: str, task: str, prompt: s
     return PagePositions(line_records(lines, boxes), "estimated")
 
 
+def stacked_lines(mask: np.ndarray, text: str, max_band: float = 0.5) -> list[dict[str, Any]]:
+    """Every line of `text` in the ink's box (the whole mask without ink), sharing its height
+    evenly, for a consumer that must place all the text (a PDF text layer) where
+    estimated_positions found no match. A line is at most `max_band` times as tall as the box is
+    wide: OCRmyPDF's renderer drops a line far taller than its text (a page's ink for one line)."""
+    lines = text_lines(text)
+    if not lines:
+        return []
+    box = ink_box(mask) or (0.0, 0.0, float(mask.shape[1]), float(mask.shape[0]))
+    x0, y0, x1, y1 = box
+    band = min((y1 - y0) / len(lines), (x1 - x0) * max_band)
+    return line_records(lines, even_boxes((x0, y0, x1, y0 + band * len(lines)), len(lines)))
+
+
 def block_lines(grey: np.ndarray, block: Block) -> list[dict[str, Any]] | None:
     """A layout block's `lines` from the page's grey pixels: text blocks from their crop's ink
     (the block's height shared evenly when bands and lines disagree), tables, formulas and
