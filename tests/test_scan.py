@@ -128,6 +128,7 @@ def test_globs_hidden_files_and_outside_cwd_markdown(in_tmp: Path, fast_model: P
 
 
 REVIEW_FIELDS = ("confidence", "min_token_prob", "needs_review", "review_reasons")
+NEW_FIELDS = (*REVIEW_FIELDS, "lines", "positions", "text_source", "page_size_pt")  # issue 20's
 
 
 def test_review_fields_counts_and_an_old_journal_without_them(in_tmp: Path, fast_model: Path) -> None:
@@ -149,9 +150,10 @@ def test_review_fields_counts_and_an_old_journal_without_them(in_tmp: Path, fast
     assert "6 need review" in first.stderr
     assert orjson.loads(Path("s.json").read_bytes())["pages_review"] == 6
 
-    # a journal written before these fields existed still resumes; the thresholds are no part of
+    # a journal written before these fields (and lines, positions) existed still resumes; the thresholds are no part of
     # the checkpoint key (another --review-below reads nothing again)
-    old = [{k: v for k, v in r.items() if k not in REVIEW_FIELDS} for r in recs]
+    assert all(r["text_source"] == "model" and r["page_size_pt"] for r in read)
+    old = [{k: v for k, v in r.items() if k not in NEW_FIELDS} for r in recs]
     Path("o.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in old))
     again = scan("a.pdf", "b.pdf", "-o", "o.jsonl", "--review-below", "0.5", "--summary-json", "s.json", model=fast_model)
     assert again.exit_code == 0, again.stderr

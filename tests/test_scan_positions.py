@@ -95,7 +95,7 @@ def test_whole_pages_carry_estimated_lines_and_pdf_page_sizes(tmp_path: Path, ti
     assert pdf["width"] / pdf["height"] == pytest.approx(144 / 108, rel=0.02)
     assert (png["width"], png["height"]) == (301, 187)
     for r in (pdf, png):  # random text: its lines match the ink or not; the record says which
-        assert r["positions"] in ("estimated", None) and (r["lines"] is None) == (r["positions"] is None)
+        assert r.get("positions") in ("estimated", None) and (r.get("lines") is None) == (r.get("positions") is None)
 
 
 def test_layout_blocks_carry_lines(tmp_path: Path, layout_bundle: Path) -> None:

@@ -28,9 +28,9 @@ OPTIONAL_RESULT_FIELDS = (
     "warp_params",
 )
 # A page the model did not read has no confidence; a failed one nothing to review either.
-UNREAD = {"confidence": None, "min_token_prob": None}
-FAILED = {**UNREAD, "needs_review": None, "review_reasons": None}
-BLANK = {**UNREAD, "needs_review": False, "review_reasons": []}
+UNREAD: Record = {"confidence": None, "min_token_prob": None}
+FAILED: Record = {**UNREAD, "needs_review": None, "review_reasons": None}
+BLANK: Record = {**UNREAD, "needs_review": False, "review_reasons": []}
 
 
 def settings_digest(settings: dict[str, Any]) -> str:
