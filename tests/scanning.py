@@ -49,7 +49,8 @@ class SlowModel:
 
     def decode(self, encoded, task, prompt, max_new_tokens):
         time.sleep(0.002)
-        return SimpleNamespace(text="x", finish_reason="stop", image_tokens=4, output_tokens=1, width=56, height=56, seconds=0.002)
+        return SimpleNamespace(text="x", finish_reason="stop", image_tokens=4, output_tokens=1, width=56, height=56, seconds=0.002,
+                               token_ids=[7], token_probs=[0.9], warnings=[])
 
     # The scan pipeline's interface to the recognizer: requests, then results as pages finish
     # (an exception in place of the result for a page that failed).

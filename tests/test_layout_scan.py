@@ -19,7 +19,7 @@ from ppvl_batch.errors import ExitCode
 
 SMALL = ["--max-new-tokens", "4", "--dpi", "72"]
 BLOCK_FIELDS = {"id", "order", "label", "bbox", "score", "task", "text", "format", "image", "finish_reason",
-                "output_tokens", "error", "polygon", "text_source", "lines"}
+                "output_tokens", "error", "polygon", "text_source", "lines", "confidence", "min_token_prob"}
 
 
 @pytest.fixture(autouse=True)
@@ -58,6 +58,13 @@ def test_layout_mode_records_resume_and_markdown(layout_bundle, tmp_path):
             assert 0 <= x0 < x1 <= r["width"] and 0 <= y0 < y1 <= r["height"]
         assert r["output_tokens"] == sum(b["output_tokens"] for b in r["blocks"])
         assert r["text"] == "\n\n".join(b["text"] for b in r["blocks"] if b["text"])
+        # the page's confidence is over all its blocks' tokens: between the blocks' least and most
+        # confident, its least token the blocks' least
+        confidences = [b["confidence"] for b in r["blocks"]]
+        assert all(0 < c <= 1 for c in confidences)
+        assert min(confidences) - 1e-6 <= r["confidence"] <= max(confidences) + 1e-6
+        assert r["min_token_prob"] == min(b["min_token_prob"] for b in r["blocks"])
+        assert isinstance(r["needs_review"], bool) and isinstance(r["review_reasons"], list)
     markdown = (tmp_path / "md" / "docs" / "a.pdf.md").read_text()
     for r in got:
         assert f"<!-- page {r['page']} -->\n\n{r['text'].strip()}\n" in markdown

@@ -65,8 +65,9 @@ def test_folder_scan_records_and_markdown_mirror(in_tmp: Path, fast_model: Path)
     first = recs[0]
     assert first["status"] == "ok" and first["error"] is None and first["task"] == "ocr"
     assert first["page_count"] == 2 and recs[2]["page_count"] == 3
-    assert first["width"] % 28 == 0 and first["width"] * first["height"] <= 3136
-    assert first["image_tokens"] == first["width"] * first["height"] // 784
+    # width x height: the rendered page (the frame of `lines`); the model saw it within --max-pixels
+    assert first["page_size_pt"] == [144, 108] and first["width"] / first["height"] == pytest.approx(144 / 108, rel=0.02)
+    assert 1 <= first["image_tokens"] <= 3136 // 784
     assert 1 <= first["output_tokens"] <= 4 and first["finish_reason"] in ("stop", "length", "repetition")
     assert first["model"].split(":")[1] == "F32" and {r["model"] for r in recs} == {first["model"]}
     import hashlib
@@ -126,6 +127,44 @@ def test_globs_hidden_files_and_outside_cwd_markdown(in_tmp: Path, fast_model: P
 # ---------------------------------------------------------------------------- resume
 
 
+REVIEW_FIELDS = ("confidence", "min_token_prob", "needs_review", "review_reasons")
+NEW_FIELDS = (*REVIEW_FIELDS, "lines", "positions", "text_source", "page_size_pt")  # issue 20's
+
+
+def test_review_fields_counts_and_an_old_journal_without_them(in_tmp: Path, fast_model: Path) -> None:
+    make_pdf(in_tmp / "a.pdf", pages=3, label="review")
+    shutil.copy(in_tmp / "a.pdf", in_tmp / "b.pdf")  # identical: its records are copies
+    # every page the model reads is below a confidence of 1 (the threshold from the environment)
+    first = scan("a.pdf", "b.pdf", "-o", "o.jsonl", "--summary-json", "s.json", model=fast_model,
+                 env={"PPVL_REVIEW_BELOW": "1"})
+    assert first.exit_code == 0, first.stderr
+    recs = records("o.jsonl")
+    read, copies = recs[:3], recs[3:]
+    for r in read:
+        assert 0 < r["min_token_prob"] <= r["confidence"] < 1  # a geometric mean is at least the least
+        assert r["needs_review"] is True and "low_confidence" in r["review_reasons"]
+        assert ("length" in r["review_reasons"]) == (r["finish_reason"] == "length")  # SMALL: 4 tokens at most
+    for r, original in zip(copies, read):  # not read by the model, but the same text to check
+        assert r["same_as"] == "a.pdf" and r["confidence"] is None and r["min_token_prob"] is None
+        assert (r["needs_review"], r["review_reasons"]) == (original["needs_review"], original["review_reasons"])
+    assert "6 need review" in first.stderr
+    assert orjson.loads(Path("s.json").read_bytes())["pages_review"] == 6
+
+    # a journal written before these fields (and lines, positions) existed still resumes; the thresholds are no part of
+    # the checkpoint key (another --review-below reads nothing again)
+    assert all(r["text_source"] == "model" and r["page_size_pt"] for r in read)
+    old = [{k: v for k, v in r.items() if k not in NEW_FIELDS} for r in recs]
+    Path("o.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in old))
+    again = scan("a.pdf", "b.pdf", "-o", "o.jsonl", "--review-below", "0.5", "--summary-json", "s.json", model=fast_model)
+    assert again.exit_code == 0, again.stderr
+    assert "0 pages ok, 0 failed, 6 already done" in again.stderr and "need review" not in again.stderr
+    assert records("o.jsonl") == old
+    assert orjson.loads(Path("s.json").read_bytes())["pages_review"] == 0
+
+    bad = scan("a.pdf", "-o", "o.jsonl", "--review-below", "1.5", model=fast_model)
+    assert bad.exit_code == 2 and "--review-below" in bad.stderr
+
+
 def test_resume_changed_and_moved_files_and_settings(in_tmp: Path, fast_model: Path) -> None:
     docs = docs_tree(in_tmp)
     args = ["docs", "-o", "out.jsonl", "--markdown", "md"]
@@ -147,7 +186,8 @@ def test_resume_changed_and_moved_files_and_settings(in_tmp: Path, fast_model: P
     assert pages_of(new) == [("docs/a/report.pdf", 1), ("docs/moved.png", 1)]
     assert new[0]["sha256"] != first[0]["sha256"] and new[0]["page_count"] == 1
     old_png = next(r for r in first if r["source"] == "docs/z.png")
-    assert new[1] == {**old_png, "source": "docs/moved.png", "same_as": "docs/z.png", "seconds": 0.0}
+    assert new[1] == {**old_png, "source": "docs/moved.png", "same_as": "docs/z.png", "seconds": 0.0,
+                      "confidence": None, "min_token_prob": None}  # a copy was not read by the model
     assert "1 copied from identical files" in result.stderr
     assert Path("md/docs/a/report.pdf.md").read_text(encoding="utf-8").count("<!-- page") == 1
     assert Path("md/docs/moved.png.md").is_file()
@@ -176,6 +216,27 @@ def untimed(record: dict) -> dict:
     return {k: v for k, v in record.items() if k != "seconds"}
 
 
+
+CONFIDENCE_FIELDS = ("confidence", "min_token_prob")
+
+
+def unbatched(record: dict) -> dict:
+    """A record without what differs between pages decoded alone and together: its time, and
+    its token probabilities in the last float bits (a batched llama.cpp step sums in another
+    order; the tokens are the same)."""
+    out = {k: v for k, v in untimed(record).items() if k not in CONFIDENCE_FIELDS}
+    if out.get("blocks"):
+        out["blocks"] = [{k: v for k, v in b.items() if k not in CONFIDENCE_FIELDS} for b in out["blocks"]]
+    return out
+
+
+def confidences(recs: list[dict]) -> list[float]:
+    """Every confidence and least token probability of the records and their blocks, in order."""
+    parts = [r for rec in recs for r in [rec, *(rec.get("blocks") or [])]]
+    return [p[k] for p in parts for k in CONFIDENCE_FIELDS if p.get(k) is not None]
+
+
+BOOK = 48  # pages in the interrupted book
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -564,7 +625,8 @@ def test_parallel_decoding_gives_the_same_records_in_the_same_order(in_tmp: Path
     one = scan(str(docs), "-o", "one.jsonl", model=model)
     four = scan(str(docs), "-o", "four.jsonl", "--parallel", "4", "--batch-size", "8", model=model)
     assert one.exit_code == four.exit_code == 0, four.stderr
-    assert [untimed(r) for r in records("four.jsonl")] == [untimed(r) for r in records("one.jsonl")]
+    assert [unbatched(r) for r in records("four.jsonl")] == [unbatched(r) for r in records("one.jsonl")]
+    assert confidences(records("four.jsonl")) == pytest.approx(confidences(records("one.jsonl")), rel=1e-4)
     assert len(records("one.jsonl")) == 16
     assert mode == "whole-page" or all(r["blocks"] for r in records("one.jsonl") if r["source"].endswith("sizes.tiff"))
 

@@ -742,7 +742,7 @@ class FakeRec:
     def encode(self, images):
         return list(images)
 
-    def request(self, page, task, prompt, *, max_new_tokens, sampling, stop, on_text):
+    def request(self, page, task, prompt, *, max_new_tokens, sampling, stop, on_text, top_logprobs, on_token):
         return SimpleNamespace(page=page, budget=max_new_tokens, stop=stop, on_text=on_text)
 
     def decode_many(self, pages):
@@ -944,3 +944,65 @@ def test_serve_process_logs_and_stops_on_sigterm(tiny_bundle, tmp_path):
     request_lines = [line for line in err.splitlines() if "chatcmpl-" in line]
     assert len(request_lines) == 1
     assert re.search(r"chatcmpl-\w+ 200 images=1 prompt_tokens=\d+ completion_tokens=3 finish=length [\d.]+s", request_lines[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# logprobs
+
+
+def test_logprobs_equal_the_recognizers_streamed_and_not(client, rec):
+    image = noise_image(31)
+    [page] = rec.encode([image])
+    want = rec.decode(page, "ocr", max_new_tokens=8, top_logprobs=3)
+    want_logprobs = [float(np.log(p)) for p in want.token_probs]
+
+    got = client.chat.completions.create(model="x", messages=ocr_messages(image), max_tokens=8, logprobs=True,
+                                         top_logprobs=3)
+    content = got.choices[0].logprobs.content
+    assert [c.logprob for c in content] == pytest.approx(want_logprobs, abs=1e-9)
+    assert [t.logprob for c in content for t in c.top_logprobs] == \
+        pytest.approx([lp for top in want.top_logprobs for _, lp in top], abs=1e-9)
+    assert [[rec.detokenizer.token_bytes(t) for t, _ in top] for top in want.top_logprobs] == \
+        [[bytes(t.bytes) for t in c.top_logprobs] for c in content]
+    assert [c.top_logprobs[0].token for c in content] == [c.token for c in content]  # greedy: the most likely
+    assert b"".join(bytes(c.bytes) for c in content).decode("utf-8", "replace").strip() == \
+        got.choices[0].message.content.strip()  # the tokens' bytes make the text
+    for c in content:  # the bytes as text, or spelled out when they are part of a character
+        try:
+            assert c.token == bytes(c.bytes).decode("utf-8")
+        except UnicodeDecodeError:
+            assert c.token == "bytes:" + "".join(f"\\x{b:02x}" for b in c.bytes)
+
+    chunks = list(client.chat.completions.create(model="x", messages=ocr_messages(image), max_tokens=8, stream=True,
+                                                 logprobs=True, top_logprobs=3))
+    streamed = [c for chunk in chunks if chunk.choices and chunk.choices[0].logprobs
+                for c in chunk.choices[0].logprobs.content or []]
+    assert [c.logprob for c in streamed] == pytest.approx(want_logprobs, abs=1e-9)
+    assert [[t.token for t in c.top_logprobs] for c in streamed] == [[t.token for t in c.top_logprobs] for c in content]
+    assert sum(1 for chunk in chunks if chunk.choices and chunk.choices[0].logprobs
+               and chunk.choices[0].logprobs.content) > 1  # sent with the text, not all at the end
+
+
+def test_logprobs_off_and_without_alternatives(srv, rec):
+    image = noise_image(32)
+    plain = post(srv.url, {"messages": ocr_messages(image), "max_tokens": 5}).json()
+    assert plain["choices"][0]["logprobs"] is None
+    bare = post(srv.url, {"messages": ocr_messages(image), "max_tokens": 5, "logprobs": True}).json()
+    content = bare["choices"][0]["logprobs"]["content"]
+    assert len(content) == bare["usage"]["completion_tokens"] > 0
+    assert all(set(c) == {"token", "logprob", "bytes", "top_logprobs"} and c["top_logprobs"] == [] for c in content)
+    assert all(c["logprob"] <= 0 for c in content)
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"logprobs": "yes"}, "logprobs"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": -1}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": 2.5}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": True}, "top_logprobs"),
+    ({"top_logprobs": 2}, "top_logprobs"),  # needs logprobs: true
+    ({"logprobs": False, "top_logprobs": 2}, "top_logprobs"),
+])
+def test_bad_logprobs_values_are_400(srv, body, param):
+    response = post(srv.url, {"messages": ocr_messages(noise_image(33)), "max_tokens": 2, **body})
+    assert_api_error(response, 400, "invalid_value", param)

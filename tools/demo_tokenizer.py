@@ -37,7 +37,7 @@ def main(bundle: Path) -> None:
         tok = Path(tmp)
         corpus_rng = random.Random(train_demo.SEED + 1)  # as train_demo.main() builds it
         build_tokenizer(tok, version="1.5", vocab_size=train_demo.VOCAB_SIZE,
-                        corpus=[random_text(corpus_rng) for _ in range(4000)])
+                        corpus=[random_text(corpus_rng) for _ in range(4000)], spotting_markers=False)
         sp = spm.SentencePieceProcessor(model_file=str(tok / "tokenizer.model"))
         reader = gguf.GGUFReader(str(bundle / manifest.text.quants[manifest.text.default_quant]))
         tokens = reader.fields["tokenizer.ggml.tokens"]

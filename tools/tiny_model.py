@@ -29,6 +29,8 @@ from typing import Any
 BEGIN_OF_SENTENCE = "<|begin_of_sentence|>"
 IMAGE_TOKENS = ["<|IMAGE_PLACEHOLDER|>", "<|IMAGE_START|>", "<|IMAGE_END|>"]
 LOC_TOKENS = [f"<|LOC_{i}|>" for i in range(1001)]
+# The markers of spotting answers (docs/positions.md), after the location tokens as in the real one.
+SPOTTING_MARKERS = ["<|LOC_BEGIN|>", "<|LOC_END|>", "<|LOC_SEP|>", "<|TEXT_START|>", "<|TEXT_END|>"]
 
 # Chat templates of the two prompt styles (docs/design.md section 2). They differ only in the ending.
 _TEMPLATE = (
@@ -104,9 +106,11 @@ def build_tokenizer(
     corpus: list[str] | None = None,
     seed: int = 0,
     variant: str | None = None,
+    spotting_markers: bool = True,
 ) -> dict[str, int]:
     """Write tokenizer.model, tokenizer_config.json, added_tokens.json, special_tokens_map.json
     and the chat template of `version` into out_dir (changed as TOKENIZER_VARIANTS[variant] says).
+    `spotting_markers`: add SPOTTING_MARKERS (the demo model's tokenizer predates them).
     Returns the ids of the special tokens."""
     import io
 
@@ -139,7 +143,8 @@ def build_tokenizer(
     sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
     base = sp.get_piece_size()
 
-    added = {tok: base + i for i, tok in enumerate(IMAGE_TOKENS + LOC_TOKENS)}
+    markers = SPOTTING_MARKERS if spotting_markers else []
+    added = {tok: base + i for i, tok in enumerate(IMAGE_TOKENS + LOC_TOKENS + markers)}
     decoder: dict[str, Any] = {
         "0": {"content": "<unk>", "special": True},
         "1": {"content": "<s>", "special": True},

@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (tok_dir / "tokenizer.model").exists():
         corpus_rng = random.Random(SEED + 1)
         corpus = [random_text(corpus_rng) for _ in range(4000)]
-        build_tokenizer(tok_dir, version="1.5", vocab_size=VOCAB_SIZE, corpus=corpus)
+        build_tokenizer(tok_dir, version="1.5", vocab_size=VOCAB_SIZE, corpus=corpus, spotting_markers=False)
     # The Encoder reads the tokenizer and preprocessor from a checkpoint-shaped folder.
     write_preprocessor(tok_dir, "1.5", PIXELS)
     enc = Encoder(tok_dir)

@@ -4,6 +4,7 @@ executors that only schedule it.
     options.py       ScanOptions (the request) and its narrow views; Summary (what was done)
     task.py          PageTask (one page's work, picklable, key carried) and Rendered (a page on its way)
     records.py       the JSONL record: build_record (the one builder), RunFields, checkpoint keys
+    review.py        the needs_review rules (hard flags, confidence thresholds)
     plan.py          which pages to read, skip or copy, and their checkpoint keys (computed once)
     strategy.py      page strategies chosen when the session opens: the plan, WholePage
     layout_mode.py   the layout strategy: pages parsed block by block (DocumentParser)

@@ -13,11 +13,13 @@ from ppvl_batch.documents.pages import PageRanges
 from ppvl_batch.errors import PPVLError
 from ppvl_batch.files import atomic_write
 
+from .review import DEFAULT_REVIEW_BELOW, DEFAULT_REVIEW_MIN_TOKEN, ReviewRules
+
 
 @dataclass(frozen=True)
 class PageOptions:
-    """How a page is opened and read: everything here but `password` and `skip_blank` is part of
-    its checkpoint key (plan.page_settings)."""
+    """How a page is opened and read: everything here but `password`, `skip_blank` and `review`
+    is part of its checkpoint key (plan.page_settings)."""
 
     task: str = "ocr"
     prompt: str | None = None
@@ -28,6 +30,7 @@ class PageOptions:
     password: str | None = None
     skip_blank: bool = True  # blank pages get an ok record without the model
     text_layer: str = "ignore"  # --text-layer (text_pages.py): not in the digest, it picks between keys
+    review: ReviewRules = ReviewRules()  # needs_review thresholds: record fields only, not in the key
 
 
 @dataclass(frozen=True)
@@ -117,11 +120,15 @@ class ScanOptions:
     alto: Path | None = None
     pdfa: bool = False
     text_layer: str = "ignore"  # auto | ignore | only (text_pages.py); the CLI defaults to auto
+    # needs_review thresholds (review.py): record fields only, not part of the checkpoint key
+    review_below: float = DEFAULT_REVIEW_BELOW
+    review_min_token: float = DEFAULT_REVIEW_MIN_TOKEN
 
     @property
     def page(self) -> PageOptions:
         return PageOptions(self.task, self.prompt, self.max_new_tokens, self.min_pixels, self.max_pixels, self.dpi,
-                           self.password, self.skip_blank, self.text_layer)
+                           self.password, self.skip_blank, self.text_layer,
+                           ReviewRules(self.review_below, self.review_min_token))
 
     @property
     def plan(self) -> PlanOptions:
@@ -162,6 +169,7 @@ class Summary:
     pages_failed_before: int = 0  # skipped: failed in an earlier run (see --retry-failed)
     outputs_written: int = 0  # document outputs (Markdown, ...) written in this run
     output_errors: list[str] = field(default_factory=list)  # one line per document output not written
+    pages_review: int = 0  # ok records (copies included) with needs_review: true
     seconds: float = 0.0
     pages_per_minute: float = 0.0
     interrupted: bool = False
@@ -178,9 +186,10 @@ class Summary:
         )
         if self.pages_failed_before:
             text += f", {self.pages_failed_before} failed before and skipped (--retry-failed retries them)"
-        extras = [(self.pages_text_layer, "from text layers"), (self.blocks_text_layer, "blocks from text layers"),
-                  (self.pages_blank, "blank (not read)"), (self.pages_copied, "copied from identical files"),
-                  (self.files_repaired, "repaired PDFs"), (len(self.output_errors), "document outputs not written")]
+        extras = [(self.pages_review, "need review"), (self.pages_text_layer, "from text layers"),
+                  (self.blocks_text_layer, "blocks from text layers"), (self.pages_blank, "blank (not read)"),
+                  (self.pages_copied, "copied from identical files"), (self.files_repaired, "repaired PDFs"),
+                  (len(self.output_errors), "document outputs not written")]
         text += "".join(f", {n} {what}" for n, what in extras if n)
         if not self.pages_read:
             return text + f"; no page read by the model, {_duration(self.seconds)}"

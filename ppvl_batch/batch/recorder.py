@@ -57,6 +57,7 @@ class Recorder:
             s.pages_text_layer += from_layer
             s.blocks_text_layer += sum(b.get("text_source") == "pdf" for b in record.get("blocks") or ())
             s.pages_read += not record.get("blank") and not from_layer
+            s.pages_review += bool(record.get("needs_review"))
         else:
             s.pages_failed += 1
             s.pages_read += record["error"]["type"] in ("recognition", CRASHED)  # the model tried
@@ -79,6 +80,7 @@ class Recorder:
         self.writer.write(record)
         s = self.summary
         s.pages_copied += 1
+        s.pages_review += bool(record.get("needs_review"))
         if record["status"] == "error":  # this file fails too: it counts as failed in this run
             s.pages_failed += 1
             s.files_failed += task.page is None

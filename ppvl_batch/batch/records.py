@@ -12,19 +12,25 @@ import orjson
 
 from ppvl_batch.documents.pages import PageError
 
+from .review import ReviewRules, needs_review
 from .task import PageTask
 
 Record = dict[str, Any]
 RECORD_START = b'{"source":'  # every record starts with its `source` field (see build_record)
 CRASHED = "worker_crashed"  # error type of a page that took its Ray worker down on every try
 
-# Fields of the shared record schema that a result (engine PageResult, layout ParsedPage) may
+# Fields of the shared record schema that a result (strategy.ModelPage, layout ParsedPage) may
 # carry beyond the base record: copied when the result has them and they are not None. A new
-# field of that kind is added here, and nowhere else.
+# field of that kind is added here, and nowhere else. needs_review and review_reasons are
+# judged from the result (review_fields) unless it carries them (a PDF's own text layer).
 OPTIONAL_RESULT_FIELDS = (
     "confidence", "min_token_prob", "needs_review", "review_reasons", "lines", "positions", "text_source",
     "warp_params",
 )
+# A page the model did not read has no confidence; a failed one nothing to review either.
+UNREAD: Record = {"confidence": None, "min_token_prob": None}
+FAILED: Record = {**UNREAD, "needs_review": None, "review_reasons": None}
+BLANK: Record = {**UNREAD, "needs_review": False, "review_reasons": []}
 
 
 def settings_digest(settings: dict[str, Any]) -> str:
@@ -47,6 +53,7 @@ class RunFields:
     prompt: str | None
     model: str
     layout_model: str | None = None  # layout mode: records add `blocks` and `layout_model`
+    review: ReviewRules = ReviewRules()  # the needs_review thresholds (--review-below, --review-min-token)
 
 
 @dataclass(frozen=True)
@@ -90,7 +97,8 @@ def build_record(
     if isinstance(outcome, Copied):
         original = outcome.original
         same_as = original.get("same_as") or original["source"]
-        return {**original, "source": task.source, "seconds": 0.0, "same_as": same_as}
+        # not read by the model: no confidence (needs_review follows the original's text)
+        return {**original, "source": task.source, "seconds": 0.0, "same_as": same_as, **UNREAD}
     error = outcome if isinstance(outcome, PageError) else None
     ok = error is None
     result = outcome if ok else None
@@ -118,6 +126,7 @@ def build_record(
         record["layout_model"] = run.layout_model
     if isinstance(result, Blank):
         record["blank"] = True
+    record.update(FAILED if not ok else BLANK if isinstance(result, Blank) else review_fields(result, run))
     warnings = [*warnings, *getattr(result, "warnings", ())]
     if warnings:
         record["warnings"] = warnings
@@ -128,6 +137,20 @@ def build_record(
         if value is not None:
             record[name] = value
     return record
+
+
+def review_fields(result: Any, run: RunFields) -> dict[str, Any]:
+    """confidence, min_token_prob, needs_review and review_reasons of a page read: the result's
+    confidence fields (None without them) judged by the run's rules (review.py); `unparsed` names
+    the answer formats the result found unparseable ("table", "spotting")."""
+    confidence, least = getattr(result, "confidence", None), getattr(result, "min_token_prob", None)
+    if getattr(result, "needs_review", None) is not None:  # judged already (a PDF's own text)
+        return {"confidence": confidence, "min_token_prob": least, "needs_review": result.needs_review,
+                "review_reasons": list(result.review_reasons)}
+    flag, reasons = needs_review(text=result.text, finish_reason=result.finish_reason, confidence=confidence,
+                                 min_token_prob=least, rules=run.review, task=run.task,
+                                 unparsed=getattr(result, "unparsed", ()))
+    return {"confidence": confidence, "min_token_prob": least, "needs_review": flag, "review_reasons": reasons}
 
 
 def crash_record(run: RunFields, task: PageTask, message: str) -> Record:

@@ -28,7 +28,7 @@ class PageWork:
     def __init__(self, strategy: PageStrategy, page: PageOptions, model_id: str) -> None:
         self.strategy = strategy
         self.page = page
-        self.run = RunFields(strategy.task, page.prompt, model_id, strategy.layout_model)
+        self.run = RunFields(strategy.task, page.prompt, model_id, strategy.layout_model, page.review)
         # page_settings digest: part of every key, and what a Ray worker must compute as well
         self.settings = page_settings(page, model_id, strategy.key_settings())
 

@@ -6,9 +6,11 @@ OCRmyPDF calls the engine once per page, from several threads at once (`--jobs`)
 that wait while one batch is being read are taken together as the next batch: one vision pass
 and one llama.cpp context decoding up to `parallel` of them together (`PageQueue`).
 
-`read_pages` is the one place that runs the model; the lead will swap it for the shared page
-task once that exists (positions from `Spotting:`, confidence); until then a record that has no
-`lines` gets them estimated from the ink (`ink_lines`), and says so (`positions: "estimated"`).
+`read_pages` runs the model through scan's own page work (batch/work.PageWork over the page
+strategy, records from records.build_record), so a page's record is scan's: confidence, review,
+`lines` from spotting or estimated from the ink (layout/positions.py). A text layer must hold all
+the text, so a whole page whose ink could not be matched to its lines gets them stacked over its
+ink (positions.stacked_lines; `positions: "estimated"`).
 """
 
 from __future__ import annotations
@@ -19,21 +21,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
-from ..batch.layout_mode import LayoutMode, layout_mode
 from ..batch.options import ScanOptions
-from ..batch.records import Record, make_record
+from ..batch.records import Record
+from ..batch.strategy import StrategyPlan, choose_strategy
+from ..batch.task import PageTask, Rendered
+from ..batch.work import PageWork
+from ..bundle import Bundle, resolve_model
 from ..documents.blank import is_blank
 from ..documents.images import to_rgb
+from ..documents.pages import PageError
 from ..engine.recognizer import Recognizer
 from ..errors import UsageError
-from ..layout.parser import DocumentParser
+from ..layout.lines import ink_mask
+from ..layout.positions import stacked_lines
 from .ocrmypdf_tree import plain_text
-
-# A pixel is ink when it is this much darker than white (grey levels of 255), for the ink box.
-INK_LEVEL = 160
 
 
 @dataclass(frozen=True)
@@ -64,14 +67,15 @@ class ModelSettings:
                            batch_size=self.batch_size, skip_blank=self.skip_blank)
 
 
-def load_recognizer(s: ModelSettings) -> Recognizer:
-    """A lazy recognizer (weights at the first page) with a checked task: ModelError for a bundle
-    that is missing or broken, UsageError for a task or layout choice the bundle cannot do."""
-    rec = Recognizer.load(
-        None if s.model == "demo" else s.model, quant=s.quant, device=s.device, dtype=s.vision_dtype,
+def load_recognizer(s: ModelSettings, bundle: Bundle, **recognizer_options: Any) -> Recognizer:
+    """A lazy recognizer (weights at the first page) with a checked task, built as the page
+    strategy asks (`recognizer_options`: parallel, context_pixels): UsageError for a task the
+    bundle cannot do."""
+    rec = Recognizer(
+        bundle, quant=s.quant, device=s.device, dtype=s.vision_dtype,
         threads=s.threads, n_gpu_layers=s.n_gpu_layers, kv_type=s.kv_type, n_ctx=s.ctx_size,
         min_pixels=s.min_pixels, max_pixels=s.max_pixels, max_new_tokens=s.max_new_tokens,
-        parallel=s.parallel or 1, lazy=True,
+        **{"parallel": s.parallel or 1, **recognizer_options}, lazy=True,
     )
     if s.task not in rec.tasks:
         rec.close()
@@ -79,19 +83,24 @@ def load_recognizer(s: ModelSettings) -> Recognizer:
     return rec
 
 
+def choose_plan(options: ScanOptions, bundle: Bundle) -> StrategyPlan:
+    """scan's page strategy (whole pages or layout mode), its errors in the plugin's words."""
+    try:
+        return choose_strategy(options, bundle)
+    except UsageError as e:
+        raise UsageError(str(e).replace("--layout", "--ppvl-layout").replace("--task", "--ppvl-task")) from e
+
+
 class PageReader:
-    """One model and its reading mode (whole pages, or layout blocks), pages in, records out."""
+    """One model and its page strategy (whole pages, or layout blocks), pages in, records out."""
 
     def __init__(self, settings: ModelSettings, log: Callable[[str], None]) -> None:
         self.settings = settings
-        self.rec = load_recognizer(settings)
-        try:
-            self.layout: LayoutMode | None = layout_mode(self.rec, settings.scan_options(), Path.cwd())
-        except UsageError as e:
-            self.rec.close()
-            raise UsageError(str(e).replace("--layout", "--ppvl-layout").replace("--task", "--ppvl-task")) from e
-        # RuledDetector returns LayoutBlocks, which are DetectedBoxes (list invariance hides it from mypy)
-        self.parser = DocumentParser(self.rec, self.layout.detector, self.layout.options) if self.layout else None  # type: ignore[arg-type]
+        options = settings.scan_options()
+        bundle = Bundle.open(resolve_model(None if settings.model == "demo" else settings.model))
+        plan = choose_plan(options, bundle)
+        self.rec = load_recognizer(settings, bundle, **plan.recognizer_options())
+        self.work = PageWork(plan.start(self.rec, Path.cwd()), options.page, self.rec.model_id)
         self.queue = PageQueue(self.read_pages, settings.batch_size)
         self._log = log
         self._loaded = False
@@ -101,89 +110,43 @@ class PageReader:
         return self.queue.submit(image, page)
 
     def read_pages(self, images: Sequence[Image.Image], pages: Sequence[int]) -> list[Record | Exception]:
-        """Records of a batch of pages (or the exception of a page that could not be read)."""
+        """Records of a batch of pages (or the error of a page that could not be read)."""
         if not self._loaded:
             self._log(f"loading PaddleOCR-VL {self.rec.bundle.path} ({self.rec.model_id})")
             self.rec.warm()
             self._loaded = True
         images = [to_rgb(im) for im in images]
-        blank = [self.settings.skip_blank and is_blank(im) for im in images]
-        todo = [i for i, b in enumerate(blank) if not b]
-        outcomes: dict[int, Any] = dict(zip(todo, self._recognize([images[i] for i in todo])))
-        records: list[Record | Exception] = []
-        for i, (image, page) in enumerate(zip(images, pages)):
-            outcome = outcomes.get(i)
-            if isinstance(outcome, Exception):
-                records.append(outcome)
+        rendered = [self._prepare(image, page) for image, page in zip(images, pages)]
+        by_page = {id(page): record for page, record in self.work.read(rendered)}
+        out: list[Record | Exception] = []
+        for image, page in zip(images, rendered):
+            record = by_page[id(page)]
+            if record["status"] == "error":
+                out.append(RuntimeError(f"{record['error']['type']}: {record['error']['message']}"))
             else:
-                records.append(self._record(image, page, outcome))
-        return records
+                out.append(place_all_lines(record, image))
+        return out
 
-    def _recognize(self, images: list[Image.Image]) -> list[Any]:
-        """PageResults (or ParsedPages in layout mode), or a DecoderError per failed page."""
-        if not images:
-            return []
-        if self.parser is not None:
-            return list(self.parser.parse(images))
-        s = self.settings
-        encoded = self.rec.encode(images, s.task)
-        jobs = [(e, self.rec.request(e, s.task, max_new_tokens=s.max_new_tokens)) for e in encoded]
-        done = dict(self.rec.decode_many(jobs))
-        return [done[i] for i in range(len(encoded))]
-
-    def _record(self, image: Image.Image, page: int, result: Any) -> Record:
-        """The page's record as `scan` writes it, with `lines` estimated where it has none."""
-        blank = result is None
-        record = make_record(
-            source="", sha256=None, page=page, page_count=None, task="layout" if self.layout else self.settings.task,
-            prompt=None, model=self.rec.model_id, key="", seconds=0.0 if blank else result.seconds,
-            result=result, blank=blank, size=image.size,
-            blocks=[b.to_record() for b in result.blocks] if self.layout and not blank else None,
-            layout_model=self.layout.model_id if self.layout else None,
-        )
-        add_estimated_lines(record, image)
-        return record
+    def _prepare(self, image: Image.Image, number: int) -> Rendered:
+        """A page image as scan's page work takes it (blank, prepared, or the error it met)."""
+        page = Rendered(PageTask("", "", "", number, None, None))
+        try:
+            if self.settings.skip_blank and is_blank(image):
+                page.blank_size = image.size
+            else:
+                page.input = self.work.strategy.prepare(image)
+        except (ValueError, OSError) as e:  # the model's preprocessing refused the image
+            page.error = PageError("unsupported", f"page cannot be prepared for the model: {e}")
+        return page
 
 
-def add_estimated_lines(record: Record, image: Image.Image) -> None:
-    """Give a record without `lines` (and each layout block without them) lines estimated from
-    the ink of its region, in the record's pixels (its `width` x `height`)."""
-    if record.get("lines") is not None or not record.get("width"):
-        return
-    sx, sy = record["width"] / image.width, record["height"] / image.height
-    grey = np.asarray(image.convert("L"))
-    if record.get("blocks") is not None:
-        for block in record["blocks"]:
-            if block.get("lines") is None and block.get("text") and block.get("format") != "image":
-                x0, y0, x1, y1 = block["bbox"]  # pixels of the page as rendered: the image itself
-                block["lines"] = ink_lines(plain_text(block["text"]), grey[y0:y1, x0:x1], (x0, y0), (1.0, 1.0))
-        record["lines"] = [line for b in record["blocks"] for line in b.get("lines") or ()]
-    else:
-        record["lines"] = ink_lines(plain_text(record["text"] or ""), grey, (0, 0), (sx, sy))
-    record["positions"] = "estimated"
-
-
-def ink_lines(text: str, grey: np.ndarray, offset: tuple[int, int], scale: tuple[float, float]) -> list[dict[str, Any]]:
-    """The text's lines stacked in the ink box of `grey` (a region at `offset` in the page), one
-    band of equal height per line, coordinates times `scale`. A band is at most half as tall as it
-    is wide: OCRmyPDF's renderer drops a line whose box is taller than wide and far narrower than
-    its text would be (a whole page's ink given to one short line)."""
-    rows = [row.strip() for row in text.splitlines() if row.strip()]
-    if not rows:
-        return []
-    ys, xs = np.nonzero(grey < INK_LEVEL) if grey.size else (np.array([]), np.array([]))
-    if len(xs):
-        x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-    else:  # no ink (a faint page): the whole region
-        x0, y0, x1, y1 = 0, 0, grey.shape[1], grey.shape[0]
-    band = min((y1 - y0) / len(rows), (x1 - x0) / 2)
-    lines = []
-    for n, row in enumerate(rows):
-        box = [(x0 + offset[0]) * scale[0], (y0 + offset[1] + n * band) * scale[1],
-               (x1 + offset[0]) * scale[0], (y0 + offset[1] + (n + 1) * band) * scale[1]]
-        quad = [[box[0], box[1]], [box[2], box[1]], [box[2], box[3]], [box[0], box[3]]]
-        lines.append({"text": row, "bbox": box, "quad": quad, "confidence": None})
-    return lines
+def place_all_lines(record: Record, image: Image.Image) -> Record:
+    """A whole page's record whose text could not be matched to its ink gets every line stacked
+    over the ink (a text layer holds all the text); layout blocks always have their lines."""
+    if record.get("lines") is None and record.get("blocks") is None and record.get("text"):
+        record["lines"] = stacked_lines(ink_mask(image), plain_text(record["text"]))
+        record["positions"] = "estimated"
+    return record
 
 
 @dataclass

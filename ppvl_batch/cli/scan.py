@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ..batch.review import DEFAULT_REVIEW_BELOW, DEFAULT_REVIEW_MIN_TOKEN
 from ..config import config_option
 from ..engine.prompt import TASKS
 from ..errors import exit_codes_help
@@ -26,7 +27,8 @@ SCAN_EPILOG = """\b
 Resume: re-running the same command skips every page already in the output.
 A page's checkpoint key is the file's sha256, the page number and all that
 changes the answer (model and quant, --task/--prompt, --min/--max-pixels,
---dpi, --max-new-tokens): a changed file is read again, a moved one is not.
+--dpi, --max-new-tokens; not --review-below/--review-min-token): a changed
+file is read again, a moved one is not.
 The output file is itself the checkpoint (a partial last line left by a
 crash is cut off and its page redone); with -o - give --state DIR to resume.
 A lock (OUTPUT.lock or DIR/lock) stops two runs writing one output; a lock
@@ -48,7 +50,11 @@ records; a line and the summary say why, and the run exits with 4.
 Records (one JSON object per line, written and flushed page by page):
   source sha256 page page_count width height task prompt text finish_reason
   status (ok|error) error {type, message} image_tokens output_tokens
-  seconds model key, and when they apply: blank (true: no ink, not read),
+  seconds model key confidence min_token_prob needs_review review_reasons
+  text_source lines positions (text lines with boxes in pixels of the
+  rendered page, width x height: "spotting", "estimated" from the ink, or
+  null), and when they apply: page_size_pt (PDF pages), blank (true: no
+  ink, not read),
   warnings (e.g. "repaired: ..." for a damaged PDF), same_as (the file with
   the same content whose record this one copies), text_source (model|pdf),
 with the text layer (--text-layer) lines positions (pdf) confidence (null).
@@ -56,7 +62,12 @@ A page taken from its text layer has a key of its own.
 In layout mode (a bundle with a layout model, unless --no-layout) task is
 "layout", text is the page's Markdown, and records add layout_model and
 blocks (id order label bbox score task text format image finish_reason
-output_tokens error); the key also covers the layout model and its options.
+output_tokens error polygon confidence min_token_prob lines); the key also covers the
+layout model and its options. confidence is the geometric mean of the
+probabilities of the answer's tokens (null for blank, copied and failed
+pages); needs_review is true when review_reasons name a rule: repetition
+length empty unparsed_table unparsed_spotting low_confidence
+low_min_token_prob (README "Which pages to check").
 A document that cannot be opened gets one record with page null. Error types:
   missing unreadable empty unsupported corrupt truncated encrypted too_large
   recognition internal worker_crashed (--ray) no_text_layer (--text-layer only)
@@ -179,6 +190,15 @@ The command line wins over the environment, which wins over the file.
                    "0.3 for PP-DocLayoutV3, per label 0.4-0.5 for V2). [env PPVL_LAYOUT_THRESHOLD]")
 @click.option("--merge-tables/--no-merge-tables", default=True, show_default=True, envvar="PPVL_MERGE_TABLES",
               help="Layout mode: join a table split over a page break in the Markdown. [env PPVL_MERGE_TABLES]")
+# -- which pages need review (README "Which pages to check"; batch/review.py) --
+@click.option("--review-below", type=click.FloatRange(0, 1), default=DEFAULT_REVIEW_BELOW, show_default=True,
+              envvar="PPVL_REVIEW_BELOW", metavar="P",
+              help="A page read with a confidence (geometric mean of its token probabilities) below P needs review. "
+                   "Token probabilities are not calibrated: check P on your documents, model and quant with "
+                   "tools/calibrate_review.py. 0 turns the rule off. [env PPVL_REVIEW_BELOW]")
+@click.option("--review-min-token", type=click.FloatRange(0, 1), default=DEFAULT_REVIEW_MIN_TOKEN, show_default=True,
+              envvar="PPVL_REVIEW_MIN_TOKEN", metavar="P",
+              help="A page with a token of probability below P needs review (0: off). [env PPVL_REVIEW_MIN_TOKEN]")
 @model_options
 @click.pass_context
 def scan(ctx: click.Context, inputs: tuple[str, ...], **opts: Any) -> None:
@@ -230,6 +250,9 @@ def scan(ctx: click.Context, inputs: tuple[str, ...], **opts: Any) -> None:
         if options.task not in rec.tasks:
             rec.close()
             raise UsageError(f"--task {options.task} is not available with this model (it has: {', '.join(rec.tasks)})")
+        if options.task == "spotting" and not options.prompt and not rec.spotting_tokens.locations:
+            rec.close()
+            raise UsageError("--task spotting: this model's tokenizer has no <|LOC_n|> location tokens")
         try:
             rec.check_prompt(options.prompt)
         except ValueError as exc:

@@ -249,6 +249,7 @@ class PdfDocument(OpenDocument):
             raise TextLayerError(f"text layer unreadable: {classify_error(e, f'page {number}').message}") from e
         size = (page.rect * pymupdf.Matrix(zoom, zoom)).irect  # the pixmap render() makes (tested)
         return read_text_layer(page, (size.width, size.height))
+
     def size_pt(self, number: int) -> tuple[float, float] | None:
         rect = self._doc.load_page(number - 1).rect
         return (rect.width, rect.height)

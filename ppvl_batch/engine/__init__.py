@@ -5,7 +5,8 @@
     vision.py      page image -> smart_resize, patches -> image embeddings (PyTorch)
     compact.py     linear layers with int8/bf16 weights widened per call (the vision tower's memory saver)
     llama.py       TextDecoder: the llama.cpp binding (model, context, batches, M-RoPE prefill, one decode step)
-    generate.py    DecodeRequest -> Generation: sampling, repetition guard, several pages decoded together
+    generate.py    DecodeRequest -> Generation: sampling, token probabilities, repetition guard, pages together
+    confidence.py  token probabilities -> a text's confidence and least token probability
     detokenize.py  generated ids -> text, incrementally and safe to stream (stop strings, split UTF-8)
     recognizer.py  Recognizer: a bundle loaded once; the library API over the modules above
     answers.py     questions about pages (task or free prompt) -> answers: shared by `serve` and `ask`

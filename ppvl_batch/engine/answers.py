@@ -21,6 +21,7 @@ from .prompt import TASKS, task_from_text
 from .vision import PreparedImage
 
 if TYPE_CHECKING:
+    from .generate import TokenChoice
     from .recognizer import EncodedPage, PageResult, Recognizer, Sampling
 
 PAGE_SEPARATOR = "\n\n"  # between the texts of several images in one answer
@@ -66,6 +67,8 @@ class Question:
     sampling: Sampling | None = None
     stop: Sequence[str] = ()
     on_text: Callable[[str], bool | None] | None = None  # each new piece of text; False aborts
+    top_logprobs: int = 0  # keep this many most likely tokens of each step (PageResult.top_logprobs)
+    on_token: Callable[[TokenChoice], None] | None = None  # each generated token, before its text
 
 
 class _Progress:
@@ -166,7 +169,7 @@ def answer_many(rec: Recognizer, questions: Sequence[Question]) -> list[Answer |
             q = p.question
             try:
                 request = rec.request(page, q.task, q.prompt, max_new_tokens=p.budget, sampling=q.sampling,
-                                      stop=q.stop, on_text=q.on_text)
+                                      stop=q.stop, on_text=q.on_text, top_logprobs=q.top_logprobs, on_token=q.on_token)
             except Exception as exc:
                 p.fail(exc)
                 continue

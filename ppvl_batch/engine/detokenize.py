@@ -246,6 +246,7 @@ class Detokenizer:
         # What tokenizers feeds its decoder for each id: the added token's content or the model's
         # piece; None for ids it does not know (they are dropped).
         self.pieces: list[str | None] = [backend.id_to_token(i) for i in range(size)]
+        self._bytes: dict[int, bytes] = {}  # token_bytes, as asked
 
     def chain(self) -> _Chain:
         token_stages, text_stages = _stages(self.spec)
@@ -255,6 +256,30 @@ class Detokenizer:
 
     def piece(self, token: int) -> str | None:
         return self.pieces[token] if 0 <= token < len(self.pieces) else None
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes one token stands for in the middle of a text (OpenAI logprobs' `bytes`): a
+        byte-fallback token its byte, any other its string through the per-token stages (the
+        metaspace a space); b"" for an id the tokenizer does not know. The bytes of an answer's
+        tokens join to its text but for what the text stages change (a leading space cut)."""
+        found = self._bytes.get(token)
+        if found is None:
+            found = self._bytes[token] = self._token_bytes(token)
+        return found
+
+    def _token_bytes(self, token: int) -> bytes:
+        piece = self.piece(token)
+        if piece is None:
+            return b""
+        pieces = [piece]
+        for stage in self.chain().token_stages:
+            byte = _ByteFallback.byte(pieces[0]) if isinstance(stage, _ByteFallback) and len(pieces) == 1 else None
+            if byte is not None:
+                return bytes([byte])
+            if isinstance(stage, _TokenMetaspace):
+                stage.seen = 1  # not the first token: the replacement stays a space
+            pieces = [out for p in pieces for out in stage.push(p)]
+        return "".join(pieces).encode()
 
     def decode(self, ids: Sequence[int]) -> str:
         chain = self.chain()

@@ -1,11 +1,15 @@
 """Generated text for pages whose prompts go into a TextDecoder's context (llama.py): one page's
 request and result, sampling, the repetition guard, and the loop that decodes up to `n_seq` pages
 together. Per page, after its prefill: sample one token at a time until </s>, max_new_tokens, a
-stop string or a repetition loop, streaming only the text no later token can change.
+stop string or a repetition loop, streaming only the text no later token can change. Each chosen
+token's probability under the model (the softmax of that step's raw logits, before temperature or
+top_p) is kept beside it, at the cost of one logsumexp over the vocabulary per token
+(bench/bench_confidence.py).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,6 +34,11 @@ class Sampling:
     seed: int | None = None
 
 
+# One generated token as `on_token` gets it: id, its log probability, and the `top_logprobs`
+# most likely tokens of that step as (id, log probability), most likely first ([] when not asked).
+TokenChoice = tuple[int, float, list[tuple[int, float]]]
+
+
 @dataclass
 class Generation:
     token_ids: list[int]
@@ -39,6 +48,8 @@ class Generation:
     prefill_seconds: float
     decode_seconds: float
     warnings: list[str] = field(default_factory=list)  # e.g. an answer the context cut short
+    token_logprobs: list[float] = field(default_factory=list)  # natural log, one per token id
+    top_logprobs: list[list[tuple[int, float]]] | None = None  # per token, when the request asked
 
 
 class RepetitionGuard:
@@ -95,6 +106,8 @@ class DecodeRequest:
     repetition_guard: RepetitionGuard | None = None
     ignore_eos: bool = False  # benchmarks that need a fixed number of tokens
     detokenizer: Detokenizer | None = None  # the checkpoint tokenizer's decoding; None: no text
+    top_logprobs: int = 0  # also keep this many most likely tokens of each step (OpenAI top_logprobs)
+    on_token: Callable[[TokenChoice], None] | None = None  # each generated token, before its text
 
 
 class _Sequence:
@@ -111,6 +124,8 @@ class _Sequence:
         self.next_pos = len(request.before_image) + max(image.rows, image.cols) + len(request.after_image)
         self.rng = np.random.default_rng(request.sampling.seed)
         self.out: list[int] = []
+        self.logprobs: list[float] = []
+        self.tops: list[list[tuple[int, float]]] = []
         self.loops = request.repetition_guard.watch() if request.repetition_guard is not None else None
         # The answer's text, streamed: only text no later token can change is handed out.
         self.text = request.detokenizer.stream(request.stop) if request.detokenizer is not None else None
@@ -121,8 +136,13 @@ class _Sequence:
     def pick(self, logits: np.ndarray) -> None:
         """Chooses the next token from `logits` at once, while they are valid: they may be a view
         into llama.cpp's buffer, which the next llama_decode (another page's prefill) overwrites.
-        Reading them in place saves a copy of the whole vocabulary per token."""
+        Reading them in place saves a copy of the whole vocabulary per token. The token's log
+        probability and the step's top alternatives are read from the same raw logits."""
         self.chosen = pick_token(logits, self.request.sampling, self.rng)
+        greedy = self.request.sampling.temperature <= 0  # the chosen token is the maximum: one pass fewer
+        lse = logsumexp(logits, logits[self.chosen] if greedy else None)
+        self.chosen_logprob = float(logits[self.chosen]) - lse
+        self.chosen_top = top_logprobs(logits, self.request.top_logprobs, lse)
 
     def next_token(self, decoder: TextDecoder) -> int | None:
         """The token to feed next, or None when the page is finished."""
@@ -136,6 +156,11 @@ class _Sequence:
             self.finish = "stop"
             return None
         self.out.append(token)
+        self.logprobs.append(self.chosen_logprob)
+        if request.top_logprobs:
+            self.tops.append(self.chosen_top)
+        if request.on_token is not None:
+            request.on_token((token, self.chosen_logprob, self.chosen_top))
         if self.text is not None:
             delta = self.text.push(token)
             if self.text.stopped:
@@ -176,6 +201,8 @@ class _Sequence:
             prefill_seconds=self.prefill_seconds,
             decode_seconds=time.perf_counter() - (self.started or time.perf_counter()),
             warnings=warnings,
+            token_logprobs=self.logprobs,
+            top_logprobs=self.tops if self.request.top_logprobs else None,
         )
 
 
@@ -254,3 +281,22 @@ def pick_token(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator)
         probs = np.where(mask, probs, 0.0)
         probs /= probs.sum()
     return int(rng.choice(len(probs), p=probs))
+
+
+def logsumexp(logits: np.ndarray, peak: float | None = None) -> float:
+    """log(sum(exp(logits))) in the logits' own float32, as transformers' softmax computes it
+    (numpy's pairwise sum keeps the relative error near 1e-8 over the vocabulary; a float64 sum
+    costs a third more). `peak`: the maximum of the logits when the caller knows it (greedy
+    picked it)."""
+    if peak is None:
+        peak = logits.max()
+    return float(peak) + math.log(float(np.exp(logits - peak).sum()))
+
+
+def top_logprobs(logits: np.ndarray, n: int, lse: float) -> list[tuple[int, float]]:
+    """The n most likely tokens of a step as (id, log probability), most likely first; ties by id."""
+    if n <= 0:
+        return []
+    top = np.argpartition(-logits, n - 1)[:n]
+    order = sorted(top.tolist(), key=lambda t: (-float(logits[t]), t))
+    return [(t, float(logits[t]) - lse) for t in order]

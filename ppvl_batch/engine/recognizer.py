@@ -11,7 +11,8 @@ turns one encoded page into text through the one persistent llama.cpp context.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import math
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,12 @@ from PIL import Image
 
 from ..bundle import Bundle, resolve_model
 from ..documents.images import to_rgb
+from .confidence import TextConfidence, text_confidence
 from .detokenize import Detokenizer
-from .generate import DecodeRequest, Generation, RepetitionGuard, Sampling, generate, generate_many
+from .generate import DecodeRequest, Generation, RepetitionGuard, Sampling, TokenChoice, generate, generate_many
 from .llama import DecoderError, TextDecoder
 from .prompt import TASKS, V1_TASKS, task_text
+from .spotting import Spotting, SpottingTokens, items_from_ids, parse_items, parse_spotting
 from .tokenizer import PromptTokenizer
 from .vision import ImageEmbedding, ImagePreprocessor, PreparedImage, VisionEncoder, load_vision_tower
 
@@ -51,10 +54,21 @@ class PageResult:
     decode_seconds: float
     token_ids: list[int] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # e.g. an answer the context cut short
+    # Each generated token's probability under the model: the softmax of its step's raw logits
+    # (before temperature and top_p), one per token id (engine/confidence.py sums them up).
+    token_probs: list[float] = field(default_factory=list)
+    # Per token, the step's most likely tokens as (id, log probability), when the request asked
+    # for them (DecodeRequest.top_logprobs; the server's OpenAI `top_logprobs`).
+    top_logprobs: list[list[tuple[int, float]]] | None = None
 
     @property
     def seconds(self) -> float:
         return self.vision_seconds + self.prefill_seconds + self.decode_seconds
+
+    def text_confidence(self, exclude: Collection[int] = ()) -> TextConfidence:
+        """The confidence of the text (token ids in `exclude`, e.g. spotting's location tokens,
+        left out; the final </s> is never among the token ids)."""
+        return text_confidence(self.token_ids, self.token_probs, exclude=exclude)
 
 
 @dataclass
@@ -121,6 +135,7 @@ class Recognizer:
         self._tokenizer_dir = bundle.tokenizer_dir  # a bundle without tokenizer files fails here, before any work
         self._prompts: PromptTokenizer | None = None
         self._detokenizer: Detokenizer | None = None
+        self._spotting_tokens: SpottingTokens | None = None
         self.max_new_tokens = max_new_tokens
         # The llama.cpp context of one page: the largest image, the prompt text and the answer.
         self.n_ctx = n_ctx or self._context(max(self._max_image_pixels(), context_pixels or 0), max_new_tokens)
@@ -236,6 +251,22 @@ class Recognizer:
         """Text of generated ids, as `tokenizer.decode(ids, skip_special_tokens=False)`."""
         return self.detokenizer.decode(ids)
 
+    @property
+    def spotting_tokens(self) -> SpottingTokens:
+        """The location and marker token ids of this checkpoint's tokenizer."""
+        if self._spotting_tokens is None:
+            self._spotting_tokens = SpottingTokens.from_tokenizer(self.prompts.tokenizer)
+        return self._spotting_tokens
+
+    def spotting(self, result: PageResult, width: float, height: float) -> Spotting:
+        """The lines of a spotting answer, in pixels of the `width` x `height` page the model was
+        given (engine/spotting.py); with the answer's token probabilities, when it has them,
+        each line's confidence."""
+        if not result.token_ids:
+            return parse_spotting(result.text, width, height)
+        probs = getattr(result, "token_probs", None) or None
+        return parse_items(items_from_ids(result.token_ids, self.spotting_tokens, self.detokenize, probs), width, height)
+
     def check_prompt(self, prompt: str | None) -> None:
         """PromptError (a ValueError) for a free prompt that contains a special token's text."""
         if prompt:
@@ -256,8 +287,11 @@ class Recognizer:
         stop: Sequence[str] = (),
         on_text: Callable[[str], bool | None] | None = None,
         repetition_guard: bool = True,
+        top_logprobs: int = 0,
+        on_token: Callable[[TokenChoice], None] | None = None,
     ) -> DecodeRequest:
-        """What the decoder needs for one encoded page."""
+        """What the decoder needs for one encoded page; `top_logprobs` > 0 keeps that many most
+        likely tokens of each step, `on_token` gets each generated token (OpenAI logprobs)."""
         before, after = self.prompt_ids(task, prompt)
         return DecodeRequest(
             before_image=before,
@@ -269,6 +303,8 @@ class Recognizer:
             on_text=on_text,
             repetition_guard=RepetitionGuard() if repetition_guard else None,
             detokenizer=self.detokenizer,
+            top_logprobs=top_logprobs,
+            on_token=on_token,
         )
 
     def decode(self, page: EncodedPage, task: str | None = "ocr", prompt: str | None = None, **options) -> PageResult:
@@ -306,6 +342,8 @@ class Recognizer:
             decode_seconds=gen.decode_seconds,
             token_ids=gen.token_ids,
             warnings=gen.warnings,
+            token_probs=[math.exp(lp) for lp in gen.token_logprobs],
+            top_logprobs=gen.top_logprobs,
         )
 
     def recognize(

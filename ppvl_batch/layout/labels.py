@@ -114,6 +114,8 @@ class Block:
     polygon: list[list[int]] | None = None
     text_source: str | None = None  # "model" | "pdf" (the PDF's text layer, --text-layer); None: not read
     lines: list[dict[str, Any]] | None = None  # the text layer's lines in the block (shared record schema)
+    confidence: float | None = None  # of its answer's tokens (engine/confidence.py); None unless read
+    min_token_prob: float | None = None
 
     def __post_init__(self) -> None:
         check_label(self.label)

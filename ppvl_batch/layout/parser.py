@@ -18,17 +18,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 from PIL import Image
 
+from ..engine.confidence import TextConfidence
 from ..engine.llama import DecoderError
 from ..errors import OutputError
 from .blocks import BLOCK_MAX_PIXELS, BLOCK_MIN_PIXELS, CropError, block_input, crop_block, finish_text
 from .labels import MARKDOWN_IGNORE_LABELS, Block, block_format, block_task, prompt_table, reading_orders, saves_image
 from .markdown import MarkdownOptions, PageText, document_markdown, image_filename, image_link, page_markdown
+from .positions import page_block_lines
 
 if TYPE_CHECKING:
     from ..engine.recognizer import EncodedPage, Recognizer
@@ -112,10 +115,32 @@ class ParsedPage:
     # PP-DocLayoutV4's page geometry (roll, quadrant confidence, shear, kx, ky) when the layout
     # model has that head: recorded, not applied
     warp_params: list[float] | None = None
+    lines: list[dict] | None = None  # every block's lines, in block order (estimated from the ink)
+    tokens: TextConfidence = field(default_factory=TextConfidence)  # all its blocks' token probabilities
+    text_source: str = "model"
 
     @property
     def text(self) -> str:
         return self.markdown
+
+    @property
+    def confidence(self) -> float | None:
+        """Over all the page's blocks' tokens (records.build_record reads it and the below)."""
+        return self.tokens.fields()["confidence"]
+
+    @property
+    def min_token_prob(self) -> float | None:
+        return self.tokens.fields()["min_token_prob"]
+
+    @property
+    def positions(self) -> str | None:
+        return "estimated" if self.lines is not None else None
+
+    @property
+    def unparsed(self) -> tuple[str, ...]:
+        """A table block left as text (not OTSL) is an unparsed table (review.py)."""
+        tables = any(b.label == "table" and b.format != "html" and b.text.strip() for b in self.blocks)
+        return ("table",) if tables else ()
 
     @property
     def seconds(self) -> float:
@@ -134,6 +159,7 @@ class _Job:
     image_tokens: int = 0  # once decoded
     prompt_tokens: int = 0
     busy_seconds: float = 0.0  # its prefill + decode time
+    confidence: TextConfidence = field(default_factory=TextConfidence)
 
 
 class DocumentParser:
@@ -311,6 +337,9 @@ class DocumentParser:
             job.block.finish_reason = outcome.finish_reason
             job.block.text_source = "model"
             job.block.output_tokens = outcome.output_tokens
+            job.confidence = outcome.text_confidence()
+            fields = job.confidence.fields()
+            job.block.confidence, job.block.min_token_prob = fields["confidence"], fields["min_token_prob"]
             job.image_tokens, job.prompt_tokens = outcome.image_tokens, outcome.prompt_tokens
             job.busy_seconds = outcome.prefill_seconds + outcome.decode_seconds
         return time.perf_counter() - started
@@ -318,6 +347,7 @@ class DocumentParser:
     def _page(self, page: Image.Image, blocks: list[Block], own: list[_Job], layout_seconds: float, decode_scale: float,
               warp_params: list[float] | None) -> ParsedPage:
         reasons = [b.finish_reason for b in blocks if b.finish_reason not in (None, "stop")]
+        lines = page_block_lines(np.asarray(page.convert("L")), blocks)
         return ParsedPage(
             blocks=blocks,
             markdown=page_markdown(blocks, ignore=self.o.ignore_labels, formula_numbers=self.o.formula_numbers),
@@ -332,4 +362,6 @@ class DocumentParser:
             finish_reason=reasons[0] if reasons else "stop",
             errors=sum(b.error is not None for b in blocks),
             warp_params=warp_params,
+            lines=lines,
+            tokens=TextConfidence.combine(j.confidence for j in own),
         )

@@ -1,6 +1,8 @@
 """`ppvl-ocr serve` (an OpenAI Chat Completions compatible OCR server) and `ppvl-ocr ask` (its client).
 
-    app.py       the FastAPI app: routes, API key, JSON and SSE answers; binding the port, running uvicorn
+    app.py       the FastAPI app: routes, API key, JSON answers; binding the port, running uvicorn
+    responses.py the answers' JSON in OpenAI's shapes (completion, chunk, usage, logprobs)
+    stream.py    the server-sent event response of a streamed answer
     worker.py    Job and Engine: the one model thread, bounded admission, waiting jobs decoded together
     requests.py  ServeOptions, ApiError; parsing a chat request and the checks done before it joins a batch
     images.py    image URLs (data:, file://, http(s)) -> bytes -> checked RGB images

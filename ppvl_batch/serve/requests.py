@@ -19,6 +19,7 @@ from ..engine.vision import PreparedImage
 
 ROLES = ("system", "developer", "user", "assistant")
 MAX_STOP_STRINGS = 4  # as OpenAI
+MAX_TOP_LOGPROBS = 20  # as OpenAI
 GREEDY_BELOW = 1e-6  # temperatures below this decode greedily
 
 
@@ -74,6 +75,8 @@ class ChatRequest:
     stop: list[str]
     stream: bool
     include_usage: bool
+    logprobs: bool = False  # answer each token's log probability (OpenAI `logprobs`)
+    top_logprobs: int = 0  # and this many most likely tokens of each step
 
 
 def _number(body: dict[str, Any], name: str, low: float, high: float, default: float) -> float:
@@ -115,6 +118,22 @@ def _stop(body: dict[str, Any]) -> list[str]:
         raise bad_request(f"stop must be a non-empty string or a list of up to {MAX_STOP_STRINGS} of them",
                           "invalid_value", "stop")
     return values
+
+
+def _logprobs(body: dict[str, Any]) -> tuple[bool, int]:
+    """(logprobs, top_logprobs): OpenAI's rules, top_logprobs an integer from 0 to 20 that needs
+    logprobs true."""
+    logprobs = body.get("logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise bad_request("logprobs must be true or false", "invalid_value", "logprobs")
+    top = body.get("top_logprobs")
+    if top is None:
+        return bool(logprobs), 0
+    if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise bad_request(f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}", "invalid_value", "top_logprobs")
+    if not logprobs:
+        raise bad_request("top_logprobs needs logprobs: true", "invalid_value", "top_logprobs")
+    return True, top
 
 
 def _user_content(content: Any, where: str) -> tuple[list[tuple[str, str]], list[str]]:
@@ -178,6 +197,7 @@ def parse_chat_request(body: Any, options: ServeOptions) -> ChatRequest:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise bad_request("seed must be a non-negative integer", "invalid_value", "seed")
     stream_options = body.get("stream_options") or {}
+    logprobs, top_logprobs = _logprobs(body)
     return ChatRequest(
         image_urls=urls,
         text="\n".join(t.strip() for t in texts if t.strip()),
@@ -186,6 +206,8 @@ def parse_chat_request(body: Any, options: ServeOptions) -> ChatRequest:
         stop=_stop(body),
         stream=bool(body.get("stream", False)),
         include_usage=isinstance(stream_options, dict) and bool(stream_options.get("include_usage")),
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
     )
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.answers import Answer, Question, answer_many
+from ..engine.generate import TokenChoice
 from ..engine.recognizer import Recognizer
 from ..engine.vision import PreparedImage
 from .metrics import Metrics
@@ -43,11 +44,15 @@ class Job:
     enqueued: float = field(default_factory=time.monotonic)
     started: float | None = None
     streamed: bool = False  # some text has gone to the client
+    # Streamed with logprobs: the tokens generated since the last delta, sent with the next one.
+    tokens: list[TokenChoice] = field(default_factory=list)
 
     @property
     def question(self) -> Question:
         r = self.request
-        return Question(self.images, self.task, self.prompt, r.max_tokens, r.sampling, r.stop, self.on_text)
+        on_token = self.tokens.append if r.stream and r.logprobs else None
+        return Question(self.images, self.task, self.prompt, r.max_tokens, r.sampling, r.stop, self.on_text,
+                        top_logprobs=r.top_logprobs, on_token=on_token)
 
     def emit(self, kind: str, value: Any = None) -> None:
         """From the worker thread: hand an event to the request's event loop."""
@@ -66,8 +71,30 @@ class Job:
             return False
         if self.request.stream:
             self.streamed = True
-            self.emit("delta", delta)
+            tokens, self.tokens = self.tokens, []
+            self.emit("delta", (delta, tokens))
         return True
+
+    async def next_event(self) -> tuple[str, Any]:
+        """On the handler's loop: the next event, ("start", None), ("delta", (text, tokens)) or
+        ("done", Answer). Raises ApiError when the job failed or stopped early; past its deadline
+        the job is cancelled."""
+        try:
+            kind, value = await asyncio.wait_for(self.events.get(), max(0.0, self.deadline - time.monotonic()))
+        except TimeoutError:
+            self.cancelled.set()
+            raise self.stopped_error() from None
+        if kind in ("skipped", "gone") or (kind == "done" and value.finish_reason == "abort"):
+            raise self.stopped_error()
+        if kind == "error":
+            raise ApiError(500, f"recognition failed: {value}", code="recognition_failed", type="server_error")
+        return kind, value
+
+    def stopped_error(self) -> ApiError:
+        """Why the job ended early: its deadline passed, or else its client went away."""
+        if time.monotonic() >= self.deadline:
+            return ApiError(408, "the request took longer than this server's --timeout", code="timeout")
+        return ApiError(499, "client closed the request", code="client_closed")
 
 
 class Engine:
@@ -173,6 +200,8 @@ class Engine:
         to that job; what it raises came from a decoding step they all shared. Then each job that
         has sent no text yet is answered again alone, so that only the one that breaks a step
         fails; a streamed job that has already sent text cannot start over and fails too."""
+        for job in jobs:
+            job.tokens.clear()  # a job answered again alone starts over
         try:
             return answer_many(self.rec, [job.question for job in jobs])
         except Exception as exc:  # must not stop the worker
