@@ -87,7 +87,8 @@ def test_spotting_is_refused_on_v1_bundles(tmp_path: Path, bundle_dirs) -> None:
 def test_whole_pages_carry_estimated_lines_and_pdf_page_sizes(tmp_path: Path, tiny_bundle: Path) -> None:
     make_pdf(tmp_path / "d.pdf", pages=1, size=(144, 108), label="alpha")
     text_page(tmp_path / "p.png")
-    result = scan(str(tmp_path / "d.pdf"), str(tmp_path / "p.png"), "--no-layout", "-o", str(tmp_path / "o.jsonl"),
+    result = scan(str(tmp_path / "d.pdf"), str(tmp_path / "p.png"), "--no-layout", "--text-layer", "ignore",
+                  "-o", str(tmp_path / "o.jsonl"),
                   model=tiny_bundle)
     assert result.exit_code == 0, result.stderr
     pdf, png = records(tmp_path / "o.jsonl")

@@ -176,7 +176,8 @@ def test_layout_blocks_say_where_their_text_came_from(layout_bundle, tmp_path):
                     [line.text for line in region.lines]
                 from_pdf += 1
             else:
-                assert block["text_source"] == "model" and block["lines"] is None
+                # the model's blocks carry lines estimated from their ink (layout/positions.py)
+                assert block["text_source"] == "model" and (block["lines"] is None or isinstance(block["lines"], list))
     assert summary(tmp_path / "s.json")["blocks_text_layer"] == from_pdf
     ignored = tmp_path / "ignore.jsonl"
     assert scan(str(pdf), "-o", str(ignored), "--model", str(layout_bundle), "--text-layer", "ignore").exit_code == 0
