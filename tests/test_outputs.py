@@ -58,7 +58,8 @@ def test_record_fields_and_prefix() -> None:
     ok = record("k")
     assert list(ok) == [
         "source", "sha256", "page", "page_count", "width", "height", "task", "prompt", "text", "finish_reason",
-        "status", "error", "image_tokens", "output_tokens", "seconds", "model", "key", "lines", "positions",
+        "status", "error", "image_tokens", "output_tokens", "seconds", "model", "key",
+        "confidence", "min_token_prob", "needs_review", "review_reasons",
     ]
     assert (ok["status"], ok["error"], ok["width"], ok["text"], ok["seconds"]) == ("ok", None, 56, "t", 1.235)
     bad = record("k", status="error")
