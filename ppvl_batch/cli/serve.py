@@ -180,6 +180,7 @@ def _ask_layout(images: tuple[Path, ...], page: int, text: str, server: str | No
     """ask --layout: the pages parsed in one batch as `scan` parses them in layout mode (the same
     strategy, recognizer settings and page rendering), their Markdown on stdout through the one
     document assembler (tables merged across them), a line on stderr for each block that failed."""
+    from ..batch.layout_mode import LayoutPlan
     from ..batch.options import ScanOptions
     from ..batch.strategy import choose_strategy
     from ..documents.inputs import InputFile
@@ -196,6 +197,7 @@ def _ask_layout(images: tuple[Path, ...], page: int, text: str, server: str | No
         raise ModelError(f"{bundle.path}: has no layout model; "
                          f"add one with `ppvl-ocr convert --add-layout LAYOUT {bundle.path}`")
     plan = choose_strategy(ScanOptions(inputs=[], layout=True, max_new_tokens=max_tokens), bundle)
+    assert isinstance(plan, LayoutPlan)  # layout=True on a bundle with a layout model
     with load_recognizer(**{**model, "model": bundle}, max_new_tokens=max_tokens, **plan.recognizer_options()) as rec:
         strategy = plan.start(rec, Path.cwd())
         pages = [strategy.prepare(load_page(path, page, max_pixels=rec.max_pixels)) for path in images]

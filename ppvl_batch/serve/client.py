@@ -138,7 +138,8 @@ def _json_or_none(text: str) -> Any:
 def _read_stream(server: str, lines: Any, on_text: Callable[[str], None] | None) -> Reply:
     """Server-sent events of a streamed completion -> Reply."""
     parts: list[str] = []
-    finish, usage = None, {}
+    finish = None
+    usage: dict[str, Any] = {}
     for line in lines:
         if not line.startswith("data:"):
             continue
