@@ -98,7 +98,8 @@ def ask_server(
     try:
         import httpx
     except ImportError as exc:
-        raise PPVLError("asking a server needs httpx: pip install 'ppvl-batch[serve]' (or leave out --server to run locally)") from exc
+        raise PPVLError("asking a server needs httpx: pip install 'ppvl-batch[serve]' "
+                        "(or leave out --server to run locally)") from exc
 
     url = completions_url(server)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
