@@ -103,7 +103,7 @@ def test_a_18_bundle_with_pp_doclayout_v4_records_quads_and_warp_params_and_resu
             assert set(b) == BLOCK_FIELDS and b["label"] == "text" and b["error"] is None
             xs, ys = [x for x, _ in b["polygon"]], [y for _, y in b["polygon"]]
             assert len(b["polygon"]) == 4 and b["bbox"] == [min(xs), min(ys), max(xs), max(ys)]
-            assert 0 <= min(xs) and max(xs) <= r["width"] and 0 <= min(ys) and max(ys) <= r["height"]
+            assert min(xs) >= 0 and max(xs) <= r["width"] and min(ys) >= 0 and max(ys) <= r["height"]
     again = scan(str(pdf), "-o", str(out), "--model", str(layout_v4_bundle), *SMALL)
     assert again.exit_code == 0 and "2 already done" in again.stderr, again.output
     assert records(out) == got

@@ -50,9 +50,9 @@ def test_pages_over_several_runs_and_a_kill_give_one_runs_markdown(in_tmp: Path,
     make_pdf(in_tmp / "docs/book.pdf", pages=BOOK)
     args = ["-o", "out.jsonl", "--markdown", "md", "--batch-size", "1"]
     assert scan("docs/a.pdf", "--pages", "1", *args, model=fast_model).exit_code == 0
-    assert Path("md/docs/a.pdf.md").read_text().count("<!-- page ") == 1  # what is recorded so far
+    assert Path("md/docs/a.pdf.md").read_text(encoding="utf-8").count("<!-- page ") == 1  # what is recorded so far
     assert scan("docs/a.pdf", "--pages", "2-3", *args, model=fast_model).exit_code == 0
-    assert Path("md/docs/a.pdf.md").read_text().count("<!-- page ") == 3
+    assert Path("md/docs/a.pdf.md").read_text(encoding="utf-8").count("<!-- page ") == 3
 
     proc = subprocess.Popen([PPVL, "scan", "docs", *args, "--model", str(fast_model), *SMALL],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -64,8 +64,8 @@ def test_pages_over_several_runs_and_a_kill_give_one_runs_markdown(in_tmp: Path,
 
     assert scan("docs", "-o", "calm.jsonl", "--markdown", "calm", "--batch-size", "1", model=fast_model).exit_code == 0
     for name in ("a.pdf.md", "book.pdf.md"):
-        assert Path("md/docs", name).read_text() == Path("calm/docs", name).read_text()
-    assert Path("md/docs/book.pdf.md").read_text().count("<!-- page ") == BOOK
+        assert Path("md/docs", name).read_text(encoding="utf-8") == Path("calm/docs", name).read_text(encoding="utf-8")
+    assert Path("md/docs/book.pdf.md").read_text(encoding="utf-8").count("<!-- page ") == BOOK
 
 
 def test_markdown_added_to_a_finished_run_reads_no_page(in_tmp: Path) -> None:
@@ -83,7 +83,7 @@ def test_markdown_added_to_a_finished_run_reads_no_page(in_tmp: Path) -> None:
                 lambda **_: CountingModel()).run()
     assert calm.exit_code == 0
     for name in ("a.pdf.md", "b.pdf.md"):
-        assert Path("md", name).read_text() == Path("cm", name).read_text()
+        assert Path("md", name).read_text(encoding="utf-8") == Path("cm", name).read_text(encoding="utf-8")
 
 
 def test_a_page_read_again_rewrites_its_documents_markdown_with_the_newest_record(in_tmp: Path) -> None:
@@ -99,10 +99,10 @@ def test_a_page_read_again_rewrites_its_documents_markdown_with_the_newest_recor
         f.write(orjson.dumps(failed) + b"\n")
     plain = ScanOptions(inputs=["a.pdf"], output="o.jsonl", dpi=20, quiet=True)
     assert Scan(plain, lambda **_: model).run().exit_code == 0
-    assert "recognition: oops" not in Path("md/a.pdf.md").read_text()  # no new record: the file stays
+    assert "recognition: oops" not in Path("md/a.pdf.md").read_text(encoding="utf-8")  # no new record: the file stays
     summary = Scan(options, lambda **_: model).run()
     assert summary.exit_code == 0 and model.decoded == 3
-    text = Path("md/a.pdf.md").read_text()
+    text = Path("md/a.pdf.md").read_text(encoding="utf-8")
     assert "oops" not in text and text.count("<!-- page ") == 2
 
 

@@ -236,7 +236,6 @@ def confidences(recs: list[dict]) -> list[float]:
     return [p[k] for p in parts for k in CONFIDENCE_FIELDS if p.get(k) is not None]
 
 
-
 @pytest.mark.parametrize("mode", MODES)
 def test_sigterm_then_kill_9_then_resume_gives_every_page_once(in_tmp: Path, fast_model: Path, mode: str, request) -> None:
     model = request.getfixturevalue(MODES[mode])

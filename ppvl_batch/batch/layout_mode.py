@@ -139,7 +139,8 @@ def layout_plan(o: ScanOptions, bundle: Any) -> LayoutPlan | None:
     if o.text_layer == "only" and o.layout:
         raise UsageError("--text-layer only runs no model, no layout model either: it reads whole pages (--no-layout)")
     if not (has_layout and o.text_layer != "only" if o.layout is None else o.layout):
-        given = [name for name, used in (("--charts", o.charts), ("--seals", o.seals), ("--images", o.images is not None),
+        given = [name for name, used in (("--charts", o.charts), ("--seals", o.seals),
+                                         ("--images", o.images is not None),
                                          ("--layout-threshold", o.layout_threshold is not None)) if used]
         if given:
             why = ("--no-layout is given" if o.layout is False else "--text-layer only reads whole pages") \
@@ -148,10 +149,11 @@ def layout_plan(o: ScanOptions, bundle: Any) -> LayoutPlan | None:
         return None
     if not has_layout:
         where = getattr(bundle, "path", "the model")
-        raise UsageError(f"--layout: {where} has no layout model; add one with `ppvl-ocr convert --add-layout LAYOUT {where}`")
+        raise UsageError(f"--layout: {where} has no layout model; "
+                         f"add one with `ppvl-ocr convert --add-layout LAYOUT {where}`")
     if o.prompt is not None or o.task != "ocr":
-        raise UsageError("--task and --prompt are for whole pages: in layout mode each block is read with its label's prompt "
-                         "(use --no-layout)")
+        raise UsageError("--task and --prompt are for whole pages: "
+                         "in layout mode each block is read with its label's prompt (use --no-layout)")
     tasks = V1_TASKS if bundle.prompt_style == "v1" else tuple(TASKS)
     if o.seals and "seal" not in tasks:
         raise UsageError("--seals: this is a PaddleOCR-VL v1 bundle, which has no seal recognition")

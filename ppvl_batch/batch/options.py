@@ -103,7 +103,8 @@ class ScanOptions:
     min_pixels: int | None = None
     max_pixels: int | None = None
     batch_size: int = 4
-    parallel: int | None = None  # pages (blocks) decoded together in the one llama.cpp context; None: the mode's default
+    # pages (blocks) decoded together in the one llama.cpp context; None: the mode's default
+    parallel: int | None = None
     prefetch: int = 8
     quiet: bool = False
     log_interval: float = 60.0

@@ -71,7 +71,8 @@ def check_outside_inputs(found: Inputs, options: OutputOptions, targets: list[tu
     outputs: list[tuple[str, Path]] = []
     if options.output != "-":
         outputs.append(("output", Path(options.output)))
-    for label, path in (("--state", options.state), ("--summary-json", options.summary_json), ("--images", options.images)):
+    for label, path in (("--state", options.state), ("--summary-json", options.summary_json),
+                        ("--images", options.images)):
         if path is not None:
             outputs.append((label, path))
     outputs += targets
@@ -80,7 +81,8 @@ def check_outside_inputs(found: Inputs, options: OutputOptions, targets: list[tu
         resolved = path.resolve()
         inside = next((f for f in found.folders if resolved.is_relative_to(f)), None)
         if inside is not None:
-            raise UsageError(f"{label} {path} is inside the input folder {inside}; write outputs outside the input tree")
+            raise UsageError(f"{label} {path} is inside the input folder {inside}; "
+                             "write outputs outside the input tree")
         if resolved in files:
             raise UsageError(f"{label} {path} is one of the input files")
 
@@ -168,7 +170,7 @@ class Planner:
         if sha is not None and self.writer.journal is not None and (self._skip(key) or sha in self._seen):
             yield self._skip_or_copy(task)
         elif self._skip(key):
-            yield Skipped(self.writer.status(key))
+            yield self._skipped(key)
         else:
             yield DocFailed(task, error, seconds)
         if sha is not None:
@@ -178,7 +180,7 @@ class Planner:
         """A page recorded before: skipped when this path has its own record, else copied."""
         journal = self.writer.journal
         if journal is not None and (task.key, task.source) in journal.sources and self._skip(task.key):
-            return Skipped(journal.status(task.key))
+            return self._skipped(task.key)
         return CopyPage(task)
 
     def _page_items(
@@ -228,8 +230,14 @@ class Planner:
             return replace(task, key=task.text_key)
         return task
 
+    def _skipped(self, key: str) -> Skipped:
+        status = self.writer.status(key)
+        assert status is not None  # only called where _skip(key) held: the key has a record
+        return Skipped(status)
+
     def _skip(self, key: str) -> bool:
         status = self.writer.status(key)
-        if status == "ok":
-            return self.o.skip_blank or not self.writer.journal.entries[key].blank  # --no-skip-blank reads them
+        journal = self.writer.journal
+        if status == "ok" and journal is not None:  # a status comes from the journal
+            return self.o.skip_blank or not journal.entries[key].blank  # --no-skip-blank reads them
         return status == "error" and not self.o.retry_failed

@@ -101,7 +101,7 @@ def build_record(
         return {**original, "source": task.source, "seconds": 0.0, "same_as": same_as, **UNREAD}
     error = outcome if isinstance(outcome, PageError) else None
     ok = error is None
-    result = outcome if ok else None
+    result: Outcome = outcome if ok else None
     record: Record = {
         "source": task.source,
         "sha256": task.sha256,

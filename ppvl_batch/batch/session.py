@@ -66,7 +66,8 @@ def open_session(
 
     writer.open()
     journal = writer.journal
-    hashes = HashCache(journal and journal.path.with_name(journal.path.name + ".hashes"), rehash=options.rehash)
+    hashes_path = journal.path.with_name(journal.path.name + ".hashes") if journal is not None else None
+    hashes = HashCache(hashes_path, rehash=options.rehash)
     try:
         hashes.load(outs.overwrite)
         # Without a checkpoint, an existing file at one of our output paths is someone else's.

@@ -18,8 +18,8 @@ from PIL import Image
 
 from ppvl_batch.documents.pages import PageError
 from ppvl_batch.engine.confidence import text_confidence
-from ppvl_batch.layout.lines import ink_mask
 from ppvl_batch.errors import UsageError
+from ppvl_batch.layout.lines import ink_mask
 from ppvl_batch.layout.markdown import MarkdownOptions
 from ppvl_batch.layout.positions import PagePositions, estimated_positions, spotting_positions
 

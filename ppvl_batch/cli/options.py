@@ -18,23 +18,31 @@ def model_options(func: Callable) -> Callable:
     """The options that load a model, shared by every command that runs one."""
     options = [
         click.option("--model", "-m", envvar="PPVL_MODEL", metavar="BUNDLE",
-                     help="Model bundle folder (from `ppvl-ocr convert`); `demo` or unset: the bundled demo model. [env PPVL_MODEL]"),
+                     help="Model bundle folder (from `ppvl-ocr convert`); `demo` or unset: the bundled demo model. "
+                     "[env PPVL_MODEL]"),
         click.option("--quant", envvar="PPVL_QUANT", metavar="NAME",
-                     help="Decoder quantization to use when the bundle has several (default: the bundle's first). [env PPVL_QUANT]"),
-        click.option("--device", envvar="PPVL_DEVICE", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+                     help="Decoder quantization to use when the bundle has several (default: the bundle's first). "
+                     "[env PPVL_QUANT]"),
+        click.option("--device", envvar="PPVL_DEVICE", type=click.Choice(["cpu", "cuda"]), default="cpu",
+                     show_default=True,
                      help="Where the vision encoder runs. [env PPVL_DEVICE]"),
-        click.option("--vision-dtype", envvar="PPVL_VISION_DTYPE", type=click.Choice(["auto", "fp32", "bf16", "int8"]), default="auto",
-                     show_default=True, help="Vision precision; auto = bf16 where the CPU/GPU computes it natively (AVX512-BF16, AMX, CUDA), "
-                     "else fp32 compute on bf16-held weights (same numbers as fp32, half the memory); int8 = auto with int8 weights (see README). [env PPVL_VISION_DTYPE]"),
+        click.option("--vision-dtype", envvar="PPVL_VISION_DTYPE", type=click.Choice(["auto", "fp32", "bf16", "int8"]),
+                     default="auto", show_default=True,
+                     help="Vision precision; auto = bf16 where the CPU/GPU computes it natively "
+                     "(AVX512-BF16, AMX, CUDA), "
+                     "else fp32 compute on bf16-held weights (same numbers as fp32, half the memory); "
+                     "int8 = auto with int8 weights (see README). [env PPVL_VISION_DTYPE]"),
         click.option("--threads", envvar="PPVL_THREADS", type=click.IntRange(1), default=None,
                      help="CPU threads for vision and decoder (default: physical cores). [env PPVL_THREADS]"),
         click.option("--n-gpu-layers", envvar="PPVL_N_GPU_LAYERS", type=click.IntRange(0), default=0, show_default=True,
-                     help="Decoder layers offloaded to the GPU (llama-cpp-python built with CUDA/Metal). [env PPVL_N_GPU_LAYERS]"),
+                     help="Decoder layers offloaded to the GPU (llama-cpp-python built with CUDA/Metal). "
+                     "[env PPVL_N_GPU_LAYERS]"),
         click.option("--kv-type", envvar="PPVL_KV_TYPE", type=click.Choice(["f16", "f32", "q8_0"]), default="f16",
                      show_default=True, help="llama.cpp KV cache precision: f32 (with flash attention off) gives "
                      "transformers' numerics, q8_0 halves the cache again. [env PPVL_KV_TYPE]"),
         click.option("--ctx-size", envvar="PPVL_CTX_SIZE", type=click.IntRange(256), default=None,
-                     help="llama.cpp context in tokens (default: the largest page, or layout block, + max new tokens). [env PPVL_CTX_SIZE]"),
+                     help="llama.cpp context in tokens (default: the largest page, or layout block, + max new tokens). "
+                     "[env PPVL_CTX_SIZE]"),
     ]
     for option in reversed(options):
         func = option(func)

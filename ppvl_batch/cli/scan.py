@@ -166,7 +166,8 @@ The command line wins over the environment, which wins over the file.
               envvar="PPVL_RAY_CPUS_PER_WORKER", help="CPUs per worker, also its torch and llama.cpp threads. "
                                                      "[env PPVL_RAY_CPUS_PER_WORKER]")
 @click.option("--ray-gpus-per-worker", type=click.FloatRange(min=0), default=0, show_default=True,
-              envvar="PPVL_RAY_GPUS_PER_WORKER", help="GPUs per worker (with --device cuda). [env PPVL_RAY_GPUS_PER_WORKER]")
+              envvar="PPVL_RAY_GPUS_PER_WORKER", help="GPUs per worker (with --device cuda). "
+                                                     "[env PPVL_RAY_GPUS_PER_WORKER]")
 @click.option("--ray-pages-per-task", type=click.IntRange(1), default=2, show_default=True,
               envvar="PPVL_RAY_PAGES_PER_TASK", help="Pages a worker reads per task (one vision batch): records arrive "
                                                     "a task at a time, and a dead worker's task is redone. "
@@ -235,7 +236,8 @@ def scan(ctx: click.Context, inputs: tuple[str, ...], **opts: Any) -> None:
     # PIL warns about each damaged file it still decodes; the records say what failed
     warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
-    model = {k: opts.pop(k) for k in ("model", "quant", "device", "vision_dtype", "threads", "n_gpu_layers", "kv_type", "ctx_size")}
+    model = {k: opts.pop(k) for k in ("model", "quant", "device", "vision_dtype", "threads", "n_gpu_layers", "kv_type",
+                                      "ctx_size")}
     ray = {k.removeprefix("ray_"): opts.pop(k) for k in list(opts) if k.startswith("ray_")}
     if not inputs:
         raise UsageError("no inputs: give files, folders, glob patterns, or - to read paths from stdin")

@@ -40,23 +40,28 @@ flight finish, then ends (SIGTERM: by the signal, status 143; Ctrl-C: 130).
               help="Require `Authorization: Bearer KEY` on /v1/ requests (prefer the environment variable). "
                    "[env PPVL_API_KEY]")
 @click.option("--allow-files", type=click.Path(exists=True, file_okay=False, path_type=Path), envvar="PPVL_ALLOW_FILES",
-              metavar="DIR", help="Accept file:// image URLs for files inside DIR (symlinks resolved). [env PPVL_ALLOW_FILES]")
+              metavar="DIR", help="Accept file:// image URLs for files inside DIR (symlinks resolved). "
+                                  "[env PPVL_ALLOW_FILES]")
 @click.option("--allow-remote-images", is_flag=True, envvar="PPVL_ALLOW_REMOTE_IMAGES",
-              help="Fetch http(s) image URLs (off: the server makes no outgoing requests). [env PPVL_ALLOW_REMOTE_IMAGES]")
+              help="Fetch http(s) image URLs (off: the server makes no outgoing requests). "
+                   "[env PPVL_ALLOW_REMOTE_IMAGES]")
 @click.option("--queue-size", type=click.IntRange(0), default=32, show_default=True, envvar="PPVL_QUEUE_SIZE",
-              help="Requests that may wait behind the one running; more get 503 with Retry-After. [env PPVL_QUEUE_SIZE]")
+              help="Requests that may wait behind the one running; more get 503 with Retry-After. "
+                   "[env PPVL_QUEUE_SIZE]")
 @click.option("--max-images", type=click.IntRange(1), default=8, show_default=True, envvar="PPVL_MAX_IMAGES",
               help="Images per request. [env PPVL_MAX_IMAGES]")
 @click.option("--max-image-pixels", type=click.IntRange(1), default=50_000_000, show_default=True,
               envvar="PPVL_MAX_IMAGE_PIXELS", help="Largest image accepted (width x height, checked before "
                                                    "decoding). [env PPVL_MAX_IMAGE_PIXELS]")
 @click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=32, show_default=True,
-              envvar="PPVL_MAX_BODY_MB", help="Largest request body, and largest fetched image, in MiB. [env PPVL_MAX_BODY_MB]")
+              envvar="PPVL_MAX_BODY_MB", help="Largest request body, and largest fetched image, in MiB. "
+                                             "[env PPVL_MAX_BODY_MB]")
 @click.option("--max-tokens", type=click.IntRange(1), default=None, envvar="PPVL_MAX_TOKENS",
               help="Answer length when a request gives no max_tokens (default: 1024, or --max-tokens-limit if "
                    "lower). [env PPVL_MAX_TOKENS]")
 @click.option("--max-tokens-limit", type=click.IntRange(1), default=4096, show_default=True,
-              envvar="PPVL_MAX_TOKENS_LIMIT", help="Largest max_tokens a request may ask for. [env PPVL_MAX_TOKENS_LIMIT]")
+              envvar="PPVL_MAX_TOKENS_LIMIT", help="Largest max_tokens a request may ask for. "
+                                                  "[env PPVL_MAX_TOKENS_LIMIT]")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600, show_default=True,
               envvar="PPVL_TIMEOUT", metavar="SECONDS",
               help="Per request, from arrival to the last token (waiting included); then 408. [env PPVL_TIMEOUT]")
@@ -89,12 +94,14 @@ def serve(host: str, port: int, api_key: str | None, allow_files: Path | None, a
     options = ServeOptions(
         api_key=api_key, allow_files=allow_files, allow_remote_images=allow_remote_images,
         max_body_bytes=int(max_body_mb * 1024 * 1024), max_image_pixels=max_image_pixels, max_images=max_images,
-        default_max_tokens=max_tokens or min(1024, max_tokens_limit), max_tokens_limit=max_tokens_limit, queue_size=queue_size, request_timeout=timeout,
+        default_max_tokens=max_tokens or min(1024, max_tokens_limit), max_tokens_limit=max_tokens_limit,
+        queue_size=queue_size, request_timeout=timeout,
     )
     logging.getLogger("ppvl_batch.serve").setLevel(logging.INFO)
     logging.getLogger("ppvl_batch.serve.requests").setLevel(logging.WARNING if quiet else logging.INFO)
     # The context must hold the largest page plus the longest answer a request may ask for.
-    run_server(options, lambda: load_recognizer(**model, max_new_tokens=max_tokens_limit, parallel=parallel), host, port)
+    run_server(options, lambda: load_recognizer(**model, max_new_tokens=max_tokens_limit, parallel=parallel),
+               host, port)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,19 +180,24 @@ def _ask_layout(images: tuple[Path, ...], page: int, text: str, server: str | No
     """ask --layout: the pages parsed in one batch as `scan` parses them in layout mode (the same
     strategy, recognizer settings and page rendering), their Markdown on stdout through the one
     document assembler (tables merged across them), a line on stderr for each block that failed."""
+    from ..batch.layout_mode import LayoutPlan
     from ..batch.options import ScanOptions
     from ..batch.strategy import choose_strategy
     from ..documents.inputs import InputFile
     from ..errors import ModelError, UsageError
     from ..serve.client import load_page
 
-    refused = [name for name, given in (("--server", server), ("--stream", stream), ("--text", text != "OCR:")) if given]
+    refused = [name for name, given in (("--server", server), ("--stream", stream), ("--text", text != "OCR:"))
+               if given]
     if refused:
-        raise UsageError(f"--layout does not take {', '.join(refused)}: it runs the model here and each block gets its label's prompt")
+        raise UsageError(f"--layout does not take {', '.join(refused)}: "
+                         "it runs the model here and each block gets its label's prompt")
     bundle = open_bundle(model["model"])
     if bundle.layout_dir is None:
-        raise ModelError(f"{bundle.path}: has no layout model; add one with `ppvl-ocr convert --add-layout LAYOUT {bundle.path}`")
+        raise ModelError(f"{bundle.path}: has no layout model; "
+                         f"add one with `ppvl-ocr convert --add-layout LAYOUT {bundle.path}`")
     plan = choose_strategy(ScanOptions(inputs=[], layout=True, max_new_tokens=max_tokens), bundle)
+    assert isinstance(plan, LayoutPlan)  # layout=True on a bundle with a layout model
     with load_recognizer(**{**model, "model": bundle}, max_new_tokens=max_tokens, **plan.recognizer_options()) as rec:
         strategy = plan.start(rec, Path.cwd())
         pages = [strategy.prepare(load_page(path, page, max_pixels=rec.max_pixels)) for path in images]

@@ -279,7 +279,8 @@ class ImageDocument(OpenDocument):
         multi = self._image.format in MULTI_PAGE_FORMATS
         try:
             # n_frames walks the TIFF's directory chain: a damaged one fails here
-            self.page_count = self._image.n_frames if multi else 1
+            # (Pillow declares n_frames only on its multi-frame plugins' classes, not on ImageFile)
+            self.page_count = self._image.n_frames if multi else 1  # type: ignore[attr-defined]
         except Exception as e:
             self._image.close()
             raise classify_error(e, "cannot count the frames") from e

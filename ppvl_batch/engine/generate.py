@@ -113,7 +113,8 @@ class DecodeRequest:
 class _Sequence:
     """A page in flight: its tokens so far and the logits for its next token."""
 
-    def __init__(self, index: int, request: DecodeRequest, n_prompt: int, logits: np.ndarray, prefill_seconds: float, capacity: int):
+    def __init__(self, index: int, request: DecodeRequest, n_prompt: int, logits: np.ndarray, prefill_seconds: float,
+                 capacity: int):
         self.index = index
         self.request = request
         self.n_prompt = n_prompt
@@ -214,7 +215,9 @@ def generate(decoder: TextDecoder, request: DecodeRequest) -> Generation:
     return generation
 
 
-def generate_many(decoder: TextDecoder, requests: Iterable[DecodeRequest]) -> Iterator[tuple[int, Generation | DecoderError]]:
+def generate_many(
+    decoder: TextDecoder, requests: Iterable[DecodeRequest]
+) -> Iterator[tuple[int, Generation | DecoderError]]:
     """Decode pages with up to `decoder.n_seq` of them in flight in the one context: each step is one
     llama_decode over every active page's next token, which reads the weights once for all
     of them (single-sequence decoding on a CPU is bound by reading the weights). Yields
@@ -241,7 +244,8 @@ def generate_many(decoder: TextDecoder, requests: Iterable[DecodeRequest]) -> It
                 except DecoderError as exc:  # this page alone fails (e.g. too long for the context)
                     yield index, exc
                     continue
-                active[seq] = _Sequence(index, request, n_prompt, logits, time.perf_counter() - started, decoder.ctx_per_sequence)
+                active[seq] = _Sequence(index, request, n_prompt, logits, time.perf_counter() - started,
+                                        decoder.ctx_per_sequence)
         if not active:
             return
         step_tokens, step_seqs, step_pos = [], [], []

@@ -139,7 +139,7 @@ class Recognizer:
         self.max_new_tokens = max_new_tokens
         # The llama.cpp context of one page: the largest image, the prompt text and the answer.
         self.n_ctx = n_ctx or self._context(max(self._max_image_pixels(), context_pixels or 0), max_new_tokens)
-        self._decoder_options = dict(
+        self._decoder_options: dict[str, Any] = dict(
             n_ctx=self.n_ctx,
             threads=self.threads,
             n_gpu_layers=n_gpu_layers,
@@ -156,7 +156,8 @@ class Recognizer:
     def warm(self) -> None:
         """Load the vision and decoder weights now rather than at the first page."""
         if self._vision is None:
-            tower = load_vision_tower(self.bundle.config, self.bundle.vision_file, device=self._device, dtype=self._vision_dtype)
+            tower = load_vision_tower(self.bundle.config, self.bundle.vision_file, device=self._device,
+                                      dtype=self._vision_dtype)
             self._vision = VisionEncoder(tower, self.preprocessor, self._device)
         if self._decoder is None:
             self._decoder = TextDecoder(self._gguf_path, **self._decoder_options)
@@ -165,12 +166,14 @@ class Recognizer:
     def vision(self) -> VisionEncoder:
         if self._vision is None:
             self.warm()
+        assert self._vision is not None  # warm() loaded it
         return self._vision
 
     @property
     def decoder(self) -> TextDecoder:
         if self._decoder is None:
             self.warm()
+        assert self._decoder is not None  # warm() loaded it
         return self._decoder
 
     @classmethod
@@ -265,7 +268,8 @@ class Recognizer:
         if not result.token_ids:
             return parse_spotting(result.text, width, height)
         probs = getattr(result, "token_probs", None) or None
-        return parse_items(items_from_ids(result.token_ids, self.spotting_tokens, self.detokenize, probs), width, height)
+        items = items_from_ids(result.token_ids, self.spotting_tokens, self.detokenize, probs)
+        return parse_items(items, width, height)
 
     def check_prompt(self, prompt: str | None) -> None:
         """PromptError (a ValueError) for a free prompt that contains a special token's text."""
@@ -357,12 +361,14 @@ class Recognizer:
     ) -> list[PageResult]:
         """Text of each page, in order: one vision batch, then the decoder (`parallel` pages at a time)."""
         encoded = self.encode(images, task)
-        jobs = [(page, self.request(page, task, prompt, max_new_tokens=max_new_tokens, repetition_guard=repetition_guard)) for page in encoded]
+        jobs = [(page, self.request(page, task, prompt, max_new_tokens=max_new_tokens,
+                                    repetition_guard=repetition_guard)) for page in encoded]
         results = dict(self.decode_many(jobs))
         for outcome in results.values():
             if isinstance(outcome, DecoderError):
                 raise outcome
-        return [results[i] for i in range(len(encoded))]
+        # (no DecoderError is left: the filter only tells the type checker so)
+        return [page for i in range(len(encoded)) if not isinstance(page := results[i], DecoderError)]
 
     def close(self) -> None:
         if self._decoder is not None:

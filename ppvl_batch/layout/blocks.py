@@ -2,8 +2,9 @@
 
 Inputs: a block is cut from the page image at full resolution as PaddleX cuts it and formula
 crops are trimmed to their ink; a crop of an aspect ratio smart_resize refuses is padded with
-white by the engine's preprocessor itself (engine/vision.pad_aspect_ratio), at the block limits. Outputs: the model's answer for a block is cleaned up by the rules PaddleX
-applies per label (repetition cut, math delimiters, OTSL tables, chart tables).
+white by the engine's preprocessor itself (engine/vision.pad_aspect_ratio), at the block limits.
+Outputs: the model's answer for a block is cleaned up by the rules PaddleX applies per label
+(repetition cut, math delimiters, OTSL tables, chart tables).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class CropError(Exception):
     """A block whose crop cannot be given to the model; it fails that block, not the page."""
 
 
-def crop_block(page: Image.Image, bbox: Sequence[float], polygon: Sequence[Sequence[float]] | None = None) -> Image.Image:
+def crop_block(page: Image.Image, bbox: Sequence[float],
+               polygon: Sequence[Sequence[float]] | None = None) -> Image.Image:
     """The block's pixels: `page[y0:y1, x0:x1]` with each coordinate truncated to an int, no
     margin, no padding. With a polygon (PP-DocLayoutV3), pixels outside it are painted white."""
     x0, y0, x1, y1 = (int(v) for v in bbox)

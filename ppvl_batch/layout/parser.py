@@ -59,7 +59,7 @@ class Detector(Protocol):
     """Layout detection with the pipeline's box rules applied: per page, its kept boxes in
     reading order."""
 
-    def detect(self, images: list[Image.Image]) -> list[list[DetectedBox]]: ...
+    def detect(self, images: list[Image.Image]) -> Sequence[list[DetectedBox]]: ...
 
 
 def _warp_params(boxes: object) -> list[float] | None:
@@ -162,6 +162,11 @@ class _Job:
     confidence: TextConfidence = field(default_factory=TextConfidence)
 
 
+def _prepared(job: _Job) -> PreparedImage:
+    assert job.prepared is not None  # set when the job is made, dropped only once it is encoded
+    return job.prepared
+
+
 class DocumentParser:
     """Document parsing over a Recognizer: each page's layout is detected (a Detector, the bundle's
     layout model by default), its blocks put in reading order and read one by one with their
@@ -223,8 +228,8 @@ class DocumentParser:
         # each page's share of the decoding wall time, by its blocks' own prefill + decode time
         busy = sum(j.busy_seconds for j in jobs)
         return [
-            self._page(page, blocks, [j for j in jobs if j.page == p], layout_seconds, decode_wall / busy if busy else 0.0,
-                       _warp_params(boxes))
+            self._page(page, blocks, [j for j in jobs if j.page == p], layout_seconds,
+                       decode_wall / busy if busy else 0.0, _warp_params(boxes))
             for p, (page, blocks, boxes) in enumerate(zip(pages, page_blocks, detected))
         ]
 
@@ -308,13 +313,14 @@ class DocumentParser:
         block fails alone."""
         if not jobs:
             return
+        encoded: list[EncodedPage | None]
         try:
-            encoded = self.rec.encode([j.prepared for j in jobs])
+            encoded = [*self.rec.encode([_prepared(j) for j in jobs])]
         except (RuntimeError, ValueError):
             encoded = []
             for job in jobs:
                 try:
-                    encoded += self.rec.encode([job.prepared])
+                    encoded += self.rec.encode([_prepared(job)])
                 except (RuntimeError, ValueError) as e:
                     job.block.fail("recognition", f"vision encoder failed: {e}")
                     encoded.append(None)
@@ -326,7 +332,10 @@ class DocumentParser:
     def _decode(self, jobs: list[_Job]) -> float:
         """Decode every encoded block, `parallel` at a time; returns the wall time."""
         started = time.perf_counter()
-        requests = ((j.encoded, self.rec.request(j.encoded, j.block.task, max_new_tokens=self.o.max_new_tokens)) for j in jobs)
+        # every job here is encoded (the caller keeps only those): the filter drops none, so that
+        # decode_many's indices stay the jobs' own, and tells the type checker so
+        requests = ((j.encoded, self.rec.request(j.encoded, j.block.task, max_new_tokens=self.o.max_new_tokens))
+                    for j in jobs if j.encoded is not None)
         for index, outcome in self.rec.decode_many(requests):
             job = jobs[index]
             job.encoded = None

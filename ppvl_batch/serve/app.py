@@ -106,7 +106,8 @@ class Api:
         return error_response(exc)
 
     async def http_error(self, request: Request, exc: Exception) -> Response:
-        status, detail, headers = getattr(exc, "status_code", 500), getattr(exc, "detail", ""), getattr(exc, "headers", None)
+        status, detail = getattr(exc, "status_code", 500), getattr(exc, "detail", "")
+        headers = getattr(exc, "headers", None)
         return error_response(ApiError(status, str(detail), code="not_found" if status == 404 else "invalid_request",
                                        headers=dict(headers or {})))
 
@@ -193,7 +194,8 @@ class Api:
         params = [param for param, _ in chat.image_urls]
         prepared = await asyncio.to_thread(validate_request, rec, images, task, prompt, params)
         del images  # the prepared pixels are all the worker needs
-        job = Job(chat, prepared, task, prompt, asyncio.get_running_loop(), entry.started + self.options.request_timeout)
+        job = Job(chat, prepared, task, prompt, asyncio.get_running_loop(),
+                  entry.started + self.options.request_timeout)
         self.engine.submit(job)
         return job
 

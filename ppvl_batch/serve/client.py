@@ -98,7 +98,8 @@ def ask_server(
     try:
         import httpx
     except ImportError as exc:
-        raise PPVLError("asking a server needs httpx: pip install 'ppvl-batch[serve]' (or leave out --server to run locally)") from exc
+        raise PPVLError("asking a server needs httpx: pip install 'ppvl-batch[serve]' "
+                        "(or leave out --server to run locally)") from exc
 
     url = completions_url(server)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -138,7 +139,8 @@ def _json_or_none(text: str) -> Any:
 def _read_stream(server: str, lines: Any, on_text: Callable[[str], None] | None) -> Reply:
     """Server-sent events of a streamed completion -> Reply."""
     parts: list[str] = []
-    finish, usage = None, {}
+    finish = None
+    usage: dict[str, Any] = {}
     for line in lines:
         if not line.startswith("data:"):
             continue

@@ -57,17 +57,19 @@ async def fetch_remote(url: str, options: ServeOptions, param: str) -> bytes:
         raise bad_request("http(s) image URLs are disabled on this server (start it with --allow-remote-images), "
                           "send the image as a data: URL", "remote_images_disabled", param)
     try:
-        async with httpx.AsyncClient(follow_redirects=True, timeout=options.remote_timeout) as client:
-            async with client.stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise bad_request(f"fetching the image gave HTTP {response.status_code}", "image_fetch_failed", param)
-                data = bytearray()
-                async for chunk in response.aiter_bytes():
-                    data += chunk
-                    if len(data) > options.max_body_bytes:
-                        raise ApiError(413, f"the image is larger than {options.max_body_bytes} bytes",
-                                       code="image_too_large", param=param)
-                return bytes(data)
+        async with (
+            httpx.AsyncClient(follow_redirects=True, timeout=options.remote_timeout) as client,
+            client.stream("GET", url) as response,
+        ):
+            if response.status_code != 200:
+                raise bad_request(f"fetching the image gave HTTP {response.status_code}", "image_fetch_failed", param)
+            data = bytearray()
+            async for chunk in response.aiter_bytes():
+                data += chunk
+                if len(data) > options.max_body_bytes:
+                    raise ApiError(413, f"the image is larger than {options.max_body_bytes} bytes",
+                                   code="image_too_large", param=param)
+            return bytes(data)
     except httpx.HTTPError as exc:
         raise bad_request(f"cannot fetch the image: {exc}", "image_fetch_failed", param) from exc
 

@@ -33,7 +33,8 @@ class Histogram:
 
     def lines(self, name: str) -> list[str]:
         out = [f'{name}_bucket{{le="{bound:g}"}} {count}' for bound, count in zip(self.buckets, self.counts)]
-        return out + [f'{name}_bucket{{le="+Inf"}} {self.total}', f"{name}_sum {self.sum:.6f}", f"{name}_count {self.total}"]
+        return out + [f'{name}_bucket{{le="+Inf"}} {self.total}', f"{name}_sum {self.sum:.6f}",
+                      f"{name}_count {self.total}"]
 
 
 class Metrics:
@@ -94,7 +95,8 @@ class Metrics:
                 *block("ppvl_batch_size", "histogram", "Requests the worker answered together (serve --parallel).",
                        self.batch_sizes.lines("ppvl_batch_size")),
             ]
-        out += block("ppvl_queue_depth", "gauge", "Requests waiting for the model.", [f"ppvl_queue_depth {engine.waiting}"])
+        out += block("ppvl_queue_depth", "gauge", "Requests waiting for the model.",
+                     [f"ppvl_queue_depth {engine.waiting}"])
         out += block("ppvl_requests_in_progress", "gauge", "Requests admitted and not finished.",
                      [f"ppvl_requests_in_progress {engine.admitted}"])
         out += block("ppvl_model_loaded", "gauge", "1 once the model is loaded.",

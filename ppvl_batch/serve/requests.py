@@ -130,7 +130,8 @@ def _logprobs(body: dict[str, Any]) -> tuple[bool, int]:
     if top is None:
         return bool(logprobs), 0
     if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS:
-        raise bad_request(f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}", "invalid_value", "top_logprobs")
+        raise bad_request(f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}", "invalid_value",
+                          "top_logprobs")
     if not logprobs:
         raise bad_request("top_logprobs needs logprobs: true", "invalid_value", "top_logprobs")
     return True, top
@@ -239,7 +240,9 @@ def check_prompt(rec: Recognizer, task: str, prompt: str | None) -> int:
     return len(before) + len(after)
 
 
-def prepare_images(rec: Recognizer, images: Sequence[Image.Image], task: str, params: Sequence[str]) -> list[PreparedImage]:
+def prepare_images(
+    rec: Recognizer, images: Sequence[Image.Image], task: str, params: Sequence[str]
+) -> list[PreparedImage]:
     """smart_resize + patchify of each image (extreme aspect ratios are padded by the
     preprocessor), or 400 naming the image the preprocessor refuses."""
     prepared = []
@@ -251,7 +254,9 @@ def prepare_images(rec: Recognizer, images: Sequence[Image.Image], task: str, pa
     return prepared
 
 
-def check_context(rec: Recognizer, prepared: Sequence[PreparedImage], prompt_tokens: int, params: Sequence[str]) -> None:
+def check_context(
+    rec: Recognizer, prepared: Sequence[PreparedImage], prompt_tokens: int, params: Sequence[str]
+) -> None:
     """400 when an image and the prompt do not fit one request's share of the llama.cpp context
     (a long free prompt): the decoder would refuse the page only once it is in a batch."""
     capacity = rec.decoder.ctx_per_sequence

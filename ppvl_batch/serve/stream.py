@@ -40,7 +40,9 @@ class EventStream(StreamingResponse):
             self.engine.release()
             self.entry.done(*self.entry.outcome)
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None, tokens: Sequence[TokenChoice] = ()) -> dict[str, Any]:
+    def _chunk(
+        self, delta: dict[str, Any], finish: str | None = None, tokens: Sequence[TokenChoice] = ()
+    ) -> dict[str, Any]:
         logprobs = logprobs_content(self.detokenizer, tokens) if self.job.request.logprobs else None
         return chunk(self.entry.id, self.created, self.model, delta, finish, logprobs)
 
@@ -62,5 +64,6 @@ class EventStream(StreamingResponse):
             last = self._chunk({}, answer.finish_reason, answer_tokens(answer)[sent:])
             yield sse({**last, "ppvl": {"pages": pages(answer)}})
             if job.request.include_usage:
-                yield sse({**chunk(entry.id, self.created, self.model, {}, None), "choices": [], "usage": usage(answer)})
+                yield sse({**chunk(entry.id, self.created, self.model, {}, None), "choices": [],
+                           "usage": usage(answer)})
         yield b"data: [DONE]\n\n"

@@ -158,10 +158,15 @@ class Engine:
             self._work(self._take_more(job))
         self.rec.close()
 
+    @property
+    def _rec(self) -> Recognizer:
+        assert self.rec is not None  # _run loads it before it takes a job
+        return self.rec
+
     def _take_more(self, first: Job) -> list[Job]:
         """`first` and the jobs waiting behind it, up to as many as the recognizer decodes together."""
         jobs = [first]
-        while len(jobs) < self.rec.decoder.n_seq:
+        while len(jobs) < self._rec.decoder.n_seq:
             try:
                 job = self._jobs.get_nowait()
             except queue.Empty:
@@ -173,12 +178,14 @@ class Engine:
         return jobs
 
     def _work(self, jobs: list[Job]) -> None:
-        live = []
+        live: list[Job] = []
+        starts: list[float] = []  # the live jobs' `started`, known to be set
         for job in jobs:
             if job.keep_going():
-                job.started = time.monotonic()
+                job.started = start = time.monotonic()
                 job.emit("start")
                 live.append(job)
+                starts.append(start)
             else:  # gone or timed out while waiting
                 job.emit("skipped")
         if not live:
@@ -186,13 +193,13 @@ class Engine:
         self.metrics.batch_started(len(live))
         answers = self._answer(live)
         now = time.monotonic()
-        self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * (now - live[0].started) / len(live)
-        for job, answer in zip(live, answers):
+        self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * (now - starts[0]) / len(live)
+        for job, start, answer in zip(live, starts, answers):
             if isinstance(answer, Exception):
                 log.error("recognition failed: %s", answer)
                 job.emit("error", answer)
                 continue
-            self.metrics.job_done(answer, job.started - job.enqueued)
+            self.metrics.job_done(answer, start - job.enqueued)
             job.emit("done", answer)
 
     def _answer(self, jobs: list[Job]) -> list[Answer | Exception]:
@@ -203,7 +210,7 @@ class Engine:
         for job in jobs:
             job.tokens.clear()  # a job answered again alone starts over
         try:
-            return answer_many(self.rec, [job.question for job in jobs])
+            return answer_many(self._rec, [job.question for job in jobs])
         except Exception as exc:  # must not stop the worker
             log.exception("recognition of %d requests together failed", len(jobs))
             if len(jobs) == 1:
