@@ -199,7 +199,7 @@ def test_oracle_page(rec: Recognizer, tmp_path: Path, monkeypatch) -> None:
             block.format, block.image = "image", "doc_images/p0003_005_image.png"
         else:
             answer = next(by_label)
-            block.task = TASKS[box.label]
+            block.task, block.text_source = TASKS[box.label], "model"
             block.text, block.format = finish_text(box.label, answer.text)
             block.finish_reason, block.output_tokens = answer.finish_reason, answer.output_tokens
             confidence = answer.text_confidence().fields()  # of the block's own tokens
