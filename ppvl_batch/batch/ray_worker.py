@@ -157,7 +157,7 @@ class Worker:
         # Records travel as JSON text: Arrow never has to find one schema for varied records.
         return {
             "key": [u.key for u in units],
-            "record": [orjson.dumps(by_key[u.key]).decode() for u in units],
+            "record": [orjson.dumps(_record_of(u, by_key)).decode() for u in units],
             "worker": [self.name] * len(units),
             "threads": [self.threads] * len(units),
             "seconds": [each] * len(units),
@@ -177,3 +177,11 @@ def worker_error(exc: BaseException) -> Exception | None:
     """Our worker's error, recovered from the text of the actor death or task failure Ray reports."""
     m = re.search(r"WorkerError: \[(\w+)\] (.+)", str(exc))
     return _WORKER_ERRORS[m.group(1)](m.group(2).strip()) if m and m.group(1) in _WORKER_ERRORS else None
+
+
+def _record_of(task: PageTask, by_key: dict[str, Any]) -> Any:
+    """A task's record: under its key, or under its text-layer key when the page's text came from
+    its PDF text layer (text_pages.py gives such a page a key of its own)."""
+    if task.key in by_key or task.text_key is None:
+        return by_key[task.key]
+    return by_key[task.text_key]
