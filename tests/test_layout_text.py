@@ -108,11 +108,12 @@ def test_block_record_round_trip():
     assert record == {
         "id": 3, "order": None, "label": "table", "bbox": [10, 20, 300, 400], "score": 0.9123, "task": "table",
         "text": "<table></table>", "format": "html", "image": None, "finish_reason": "stop", "output_tokens": 17,
-        "error": None, "polygon": None,
+        "error": None, "polygon": None, "text_source": None, "lines": None, "confidence": None, "min_token_prob": None,
     }  # fmt: skip
     assert Block.from_record(record).to_record() == record
-    # a record from before PP-DocLayoutV4 (no polygon) still loads; a V4 block keeps its quad
-    old = {k: v for k, v in record.items() if k != "polygon"}
+    # a record from before this round's fields (polygon, text source, lines, confidence) still loads
+    new = ("polygon", "text_source", "lines", "confidence", "min_token_prob")
+    old = {k: v for k, v in record.items() if k not in new}
     assert Block.from_record(old).to_record() == record
     quad = Block(0, "text", (0, 0, 9, 9), 0.5, polygon=((4.0, 0), (9, 4), (5, 9), (0, 5)))
     assert Block.from_record(quad.to_record()).polygon == quad.to_record()["polygon"] == [[4, 0], [9, 4], [5, 9], [0, 5]]
