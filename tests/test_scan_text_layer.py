@@ -5,7 +5,6 @@ or with an invisible OCR layer) go through the model; `only`, keys, layout block
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import orjson
@@ -22,12 +21,10 @@ SMALL = ["--max-new-tokens", "4", "--dpi", "72"]
 
 
 @pytest.fixture(autouse=True)
-def in_tmp(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    for name in [k for k in os.environ if k.startswith("PPVL_")]:
-        monkeypatch.delenv(name)
+def one_thread_in_tmp(in_tmp: Path) -> Path:
+    """Every test in its own folder (conftest's in_tmp), with one torch thread."""
     torch.set_num_threads(1)
-    return tmp_path
+    return in_tmp
 
 
 def scan(*args: str):
